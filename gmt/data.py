@@ -1,0 +1,38 @@
+"""Loading training data the way a TRL user expects, plus a clear check of its columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset
+
+# Local file suffix -> the datasets builder that reads it.
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+
+# Column sets TRL's SFTTrainer accepts (conversational or standard, language modeling or
+# prompt-completion), and already tokenized data.
+SFT_COLUMN_SETS = (("messages",), ("prompt", "completion"), ("text",), ("input_ids",))
+
+
+def load_training_dataset(name: str, config: str | None = None, streaming: bool = False) -> DatasetDict:
+    """Load ``name``: a hub data set, a local folder of data files, or one local data file.
+
+    A single file becomes the ``train`` split, as ``load_dataset(builder, data_files=...)`` does.
+    """
+    path = Path(name)
+    if path.is_file():
+        builder = _BUILDERS.get(path.suffix)
+        if builder is None:
+            raise ValueError(f"dataset_name {name!r}: cannot read {path.suffix!r} files; use one of {sorted(_BUILDERS)}")
+        return load_dataset(builder, data_files=str(path), streaming=streaming)
+    return load_dataset(name, name=config, streaming=streaming)
+
+
+def check_columns(dataset: Dataset, column_sets: tuple[tuple[str, ...], ...], purpose: str) -> None:
+    """Refuse a data set that has none of the column sets ``purpose`` needs, or no rows."""
+    columns = set(dataset.column_names or [])
+    if not any(set(required) <= columns for required in column_sets):
+        wanted = " or ".join("+".join(required) for required in column_sets)
+        raise ValueError(f"{purpose} data set needs the columns {wanted}; it has {sorted(columns)}")
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"{purpose} data set is empty")

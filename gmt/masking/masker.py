@@ -1,0 +1,122 @@
+"""The masked step: once per optimizer step, choose the mask and apply it.
+
+Order within a step (SPEC): accumulate Γ -> mask -> clip by the norm of the masked gradient ->
+optimizer. The masker does the middle part for every strategy and engine:
+
+- ``gmt_mode: grad``: dropped entries of Γ are zeroed; the optimizer is untouched (the paper).
+- ``gmt_mode: update``: Γ is zeroed as well, and the optimizer (``MaskedAdamW``) is told to leave
+  dropped entries exactly as they are in this step: no update, no decay, moments untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gmt.masking.engines import GradientAccess
+from gmt.masking.optim import MaskedAdamW
+from gmt.masking.scopes import layer_groups
+from gmt.masking.strategies import MaskStrategy
+
+GMT_MODES = ("grad", "update")
+
+
+class GradientMasker:
+    """Applies a strategy's mask to the gradient (and optimizer) once per optimizer step."""
+
+    def __init__(
+        self,
+        strategy: MaskStrategy,
+        access: GradientAccess,
+        mode: str = "grad",
+        mask_start_step: int = 0,
+    ) -> None:
+        if mode not in GMT_MODES:
+            raise ValueError(f"gmt_mode must be one of {GMT_MODES}, got {mode!r}")
+        self.strategy = strategy
+        self.access = access
+        self.mode = mode
+        self.mask_start_step = mask_start_step
+        strategy.setup(access.layout, access.all_reduce)
+        self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
+        self._numels = torch.tensor(access.layout.numels, dtype=torch.float64)
+        self._reset_telemetry()
+
+    def apply(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Mask the accumulated gradient of optimizer step ``step`` (0-based), in place.
+
+        In ``update`` mode ``optimizer`` must be a ``MaskedAdamW``; it receives the masks for its
+        next ``step()``.
+        """
+        selection = None if step < self.mask_start_step else self.strategy.select(self.access.grads(), step)
+        self._steps += 1
+        if selection is None:
+            self._kept += self._numels  # everything kept, no pass over the gradient
+            return
+
+        update_masks: dict[Tensor, Tensor] = {}
+        kept = torch.zeros(len(self._numels), dtype=torch.float64)
+        for index, grad in enumerate(self.access.grads()):
+            if grad is None:
+                continue
+            keep = selection.keep(index, grad)
+            if keep is None:
+                kept[index] = grad.numel()
+                continue
+            kept[index] = keep.sum()
+            grad.mul_(keep)
+            if self.mode == "update":
+                update_masks[self.access.params[index]] = keep
+        if self.mode == "update":
+            if not isinstance(optimizer, MaskedAdamW):
+                raise TypeError("gmt_mode 'update' needs a MaskedAdamW optimizer")
+            optimizer.set_update_masks(update_masks)
+        self._kept += kept
+        thresholds = selection.thresholds()
+        if thresholds is not None:
+            self._last_threshold = float(thresholds[torch.isfinite(thresholds)].mean())
+
+    def pop_logs(self) -> dict[str, float]:
+        """Mask telemetry averaged over the steps since the last call, then reset.
+
+        Keys: ``mask/kept_fraction``, ``mask/threshold`` (mean over scope groups, last masked
+        step) and ``mask/kept_fraction/<layer>``. Every rank must call it (it may all-reduce).
+        """
+        if self._steps == 0:
+            return {}
+        kept = self._kept.clone()
+        if self.access.all_reduce is not None:
+            self.access.all_reduce(kept)
+        per_step = kept / self._steps
+        logs = {"mask/kept_fraction": float(per_step.sum() / self._numels.sum())}
+        if self._last_threshold is not None:
+            logs["mask/threshold"] = self._last_threshold
+        layer_kept = torch.zeros(len(self.layer_names), dtype=torch.float64)
+        layer_total = torch.zeros_like(layer_kept)
+        layer_index = torch.tensor(self._layer_of_param)
+        layer_kept.index_add_(0, layer_index, per_step)
+        layer_total.index_add_(0, layer_index, self._numels)
+        for name, kept_count, total in zip(self.layer_names, layer_kept, layer_total, strict=True):
+            logs[f"mask/kept_fraction/{name}"] = float(kept_count / total)
+        self._reset_telemetry()
+        return logs
+
+    def _reset_telemetry(self) -> None:
+        self._steps = 0
+        self._kept = torch.zeros(len(self._numels), dtype=torch.float64)
+        self._last_threshold: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Checkpointable state (the strategy's)."""
+        return {"strategy": self.strategy.name, "strategy_state": self.strategy.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict``; refuses a checkpoint written by another strategy."""
+        if state.get("strategy") != self.strategy.name:
+            raise ValueError(
+                f"checkpoint was written with mask_strategy {state.get('strategy')!r}, "
+                f"this run uses {self.strategy.name!r}"
+            )
+        self.strategy.load_state_dict(state.get("strategy_state", {}))

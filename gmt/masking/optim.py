@@ -1,0 +1,86 @@
+"""A masked AdamW step for ``gmt_mode: update``.
+
+Zeroing a gradient entry does not freeze it: AdamW's momentum and weight decay still move it.
+``MaskedAdamW`` takes one boolean keep-mask per parameter for the next step; an entry outside its
+mask does not change at all in that step (no update, no decay, moments untouched). The step count
+used for bias correction stays one per parameter tensor, as in torch's ``SparseAdam`` and TF's
+``LazyAdam``: a per-entry count would double the optimizer state.
+
+Without masks (or for parameters with no mask) the step is torch's own ``AdamW.step``, so an
+unmasked run is bitwise the run a plain ``AdamW`` gives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+class MaskedAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` that can restrict its next step to masked entries."""
+
+    def __init__(self, params, *args, **kwargs) -> None:
+        super().__init__(params, *args, **kwargs)
+        for group in self.param_groups:
+            if group.get("amsgrad") or group.get("maximize"):
+                raise ValueError("MaskedAdamW supports neither amsgrad nor maximize")
+        self._update_masks: dict[Tensor, Tensor] = {}
+
+    def set_update_masks(self, masks: dict[Tensor, Tensor]) -> None:
+        """Restrict the next ``step`` to ``masks[param]`` (bool, same shape as the parameter).
+
+        Parameters absent from ``masks`` get the ordinary update. The masks are used once.
+        """
+        self._update_masks = masks
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
+        masks, self._update_masks = self._update_masks, {}
+        if not masks:
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                self._masked_update(param, group, masks.get(param))
+        return loss
+
+    def _masked_update(self, param: Tensor, group: dict, keep: Tensor | None) -> None:
+        state = self.state[param]
+        if not state:
+            # Same state layout as torch's AdamW, so masked and unmasked steps interleave.
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        step = float(state["step"])
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = float(group["lr"]), group["eps"], group["weight_decay"]
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = math.sqrt(1 - beta2**step)
+
+        if keep is None:
+            values, grad = param, param.grad
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        else:
+            # Work on the kept entries only and scatter them back: the rest stay bitwise as they were.
+            values, grad = param[keep], param.grad[keep]
+            exp_avg, exp_avg_sq = state["exp_avg"][keep], state["exp_avg_sq"][keep]
+
+        values.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(grad, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+        values.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+
+        if keep is not None:
+            param.masked_scatter_(keep, values)
+            state["exp_avg"].masked_scatter_(keep, exp_avg)
+            state["exp_avg_sq"].masked_scatter_(keep, exp_avg_sq)

@@ -1,0 +1,3 @@
+from gmt.tiny.build import main
+
+main()

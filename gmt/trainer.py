@@ -1,0 +1,94 @@
+"""TRL trainers with gradient masking wired in. The masking itself lives in ``gmt.masking``.
+
+Where the mask goes in the HF Trainer's step: after the last micro-batch's backward, the Trainer
+clips (``_clip_grad_norm``) or measures (``_get_grad_norm``) the gradient, then calls
+``optimizer.step()``. SPEC orders a step as accumulate -> mask -> clip -> optimizer, so the mask is
+applied at the start of whichever of those two hooks runs first; ``on_pre_optimizer_step`` would
+be too late (after clipping). The logged ``grad_norm`` is therefore the masked gradient's.
+"""
+
+from __future__ import annotations
+
+import torch
+from trl import SFTTrainer
+
+from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
+
+
+class MaskingMixin:
+    """Adds a ``GradientMasker`` to a ``transformers.Trainer`` subclass (put it first in the bases)."""
+
+    _masker: GradientMasker | None = None
+    _masked_step: int = -1
+
+    def _check_engine_supported(self) -> None:
+        if self.args.mask_strategy == "full":
+            return
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            engine = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+            raise NotImplementedError(
+                f"mask_strategy {self.args.mask_strategy!r} under {engine} is not supported yet: the mask "
+                "needs the sharded gradient before the engine's own optimizer step. Run single-process or DDP, "
+                "or use mask_strategy 'full'."
+            )
+
+    def _uses_masked_optimizer(self) -> bool:
+        return self.args.gmt_mode == "update" and self.args.mask_strategy != "full"
+
+    def create_optimizer(self, model=None):
+        """In ``gmt_mode: update`` the configured AdamW becomes a ``MaskedAdamW`` with the same settings."""
+        if self.optimizer is None and self._uses_masked_optimizer():
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
+            if optimizer_cls is not torch.optim.AdamW:
+                raise ValueError(f"gmt_mode 'update' can only mask AdamW, but optim {self.args.optim!r} gives {optimizer_cls}")
+            self.optimizer_cls_and_kwargs = (MaskedAdamW, optimizer_kwargs)
+        return super().create_optimizer(model)
+
+    @property
+    def masker(self) -> GradientMasker:
+        """The masker, built on first use (after the model is wrapped and the optimizer exists)."""
+        if self._masker is None:
+            strategy = build_strategy(self.args.mask_strategy, self.args.mask_ratio, self.args.mask_scope)
+            self._masker = GradientMasker(
+                strategy,
+                LocalGradientAccess(self.model.named_parameters()),
+                mode=self.args.gmt_mode,
+                mask_start_step=self.args.mask_start_step,
+            )
+        return self._masker
+
+    def _mask_gradients(self) -> None:
+        # Runs once per optimizer step, whichever grad-norm hook comes first.
+        if self._masked_step == self.state.global_step:
+            return
+        self._masked_step = self.state.global_step
+        optimizer = self.optimizer
+        while not isinstance(optimizer, MaskedAdamW) and hasattr(optimizer, "optimizer"):
+            optimizer = optimizer.optimizer  # accelerate wraps the optimizer
+        self.masker.apply(self.state.global_step, optimizer)
+
+    def _clip_grad_norm(self, model):
+        self._mask_gradients()
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None:  # no clipping this run: this is the first hook of the step
+            self._mask_gradients()
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add the mask telemetry to the Trainer's training logs (so every ``report_to`` gets it)."""
+        if self._masker is not None and "loss" in logs:
+            logs = {**logs, **self._masker.pop_logs()}
+        super().log(logs, *args, **kwargs)
+
+
+class GMTSFTTrainer(MaskingMixin, SFTTrainer):
+    """``trl.SFTTrainer`` that masks the accumulated gradient at every optimizer step.
+
+    Takes a ``gmt.config.GMTSFTConfig`` as ``args``; everything else is ``SFTTrainer``'s.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_engine_supported()
