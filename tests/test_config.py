@@ -1,0 +1,64 @@
+"""Bad mask settings are refused before training, with a message naming the setting."""
+
+import pytest
+
+from gmt.config import GMTSFTConfig
+from gmt.sft import make_parser
+
+BASE = {"output_dir": "unused", "bf16": False}
+
+
+@pytest.mark.parametrize(
+    ("override", "setting"),
+    [
+        ({"mask_ratio": 1.0}, "mask_ratio"),
+        ({"mask_ratio": -0.1}, "mask_ratio"),
+        ({"mask_ratio": "0.5"}, "mask_ratio"),
+        ({"mask_ratio": True}, "mask_ratio"),
+        ({"mask_strategy": "lottery"}, "mask_strategy"),
+        ({"mask_scope": "row"}, "mask_scope"),
+        ({"gmt_mode": "weights"}, "gmt_mode"),
+        ({"mask_start_step": -1}, "mask_start_step"),
+        ({"gmt_mode": "update", "optim": "sgd"}, "optim"),
+    ],
+)
+def test_config_refuses_bad_settings(override, setting):
+    with pytest.raises(ValueError, match=setting):
+        GMTSFTConfig(**BASE, **override)
+
+
+def test_good_settings_are_kept():
+    config = GMTSFTConfig(**BASE, mask_ratio=0.5, mask_scope="layer", gmt_mode="update", mask_start_step=3)
+    assert (config.mask_ratio, config.mask_scope, config.gmt_mode, config.mask_start_step) == (0.5, "layer", "update", 3)
+
+
+def write_yaml(tmp_path, text: str):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("output_dir: unused\nbf16: false\n" + text)
+    return str(path)
+
+
+def test_cli_overrides_the_yaml(tmp_path):
+    config = write_yaml(tmp_path, "mask_ratio: 0.3\nmask_scope: tensor\n")
+    _, training_args, _ = make_parser().parse_args_and_config(["--config", config, "--mask_ratio", "0.6"])
+    assert training_args.mask_ratio == 0.6
+    assert training_args.mask_scope == "tensor"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "cli", "setting"),
+    [
+        ("mask_ratio: 1.0\n", [], "mask_ratio"),
+        ("", ["--mask_ratio", "-0.1"], "mask_ratio"),
+        ("", ["--mask_ratio", "half"], "mask_ratio"),
+        ("mask_ratio: half\n", [], "mask_ratio"),
+        ("mask_strategy: lottery\n", [], "mask_strategy"),
+        ("", ["--mask_scope", "row"], "mask_scope"),
+    ],
+)
+def test_cli_refuses_bad_settings(tmp_path, capsys, yaml_text, cli, setting):
+    config = write_yaml(tmp_path, yaml_text)
+    with pytest.raises((ValueError, SystemExit)) as error:
+        make_parser().parse_args_and_config(["--config", config, *cli])
+    message = str(error.value) + capsys.readouterr().err
+    assert setting in message

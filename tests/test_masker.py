@@ -1,0 +1,95 @@
+"""GradientMasker on a small module: what is zeroed, what the optimizer is told, the telemetry."""
+
+import pytest
+import torch
+
+from gmt.masking import (
+    GMTStrategy,
+    GradientMasker,
+    LocalGradientAccess,
+    MaskedAdamW,
+    NonFiniteGradientError,
+    build_strategy,
+    keep_count,
+)
+
+
+def model_with_grads(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    model(torch.randn(8, 16)).square().mean().backward()
+    return model
+
+
+def total_entries(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("scope", ["global", "tensor", "layer"])
+def test_grad_mode_zeroes_exactly_the_entries_below_threshold(scope):
+    model = model_with_grads()
+    original = [p.grad.clone() for p in model.parameters()]
+    masker = GradientMasker(GMTStrategy(0.75, scope), LocalGradientAccess(model.named_parameters()))
+    masker.apply(step=0)
+    kept = sum(int((p.grad != 0).sum()) for p in model.parameters())
+    if scope == "global":
+        assert kept == keep_count(total_entries(model), 0.75)
+    else:
+        assert kept == sum(keep_count(p.numel(), 0.75) for p in model.parameters())  # tensor == layer here
+    for p, grad in zip(model.parameters(), original):
+        survivors = p.grad != 0
+        assert torch.equal(p.grad[survivors], grad[survivors])  # kept entries untouched
+        if survivors.any() and (~survivors).any():
+            assert grad[~survivors].abs().max() <= grad[survivors].abs().min()
+    logs = masker.pop_logs()
+    assert logs["mask/kept_fraction"] == pytest.approx(kept / total_entries(model))
+    assert {"mask/kept_fraction/0", "mask/kept_fraction/2"} <= set(logs)
+    assert logs["mask/threshold"] > 0
+
+
+def test_update_mode_hands_masks_to_the_optimizer():
+    model = model_with_grads()
+    optimizer = MaskedAdamW(model.parameters(), lr=1e-2)
+    masker = GradientMasker(GMTStrategy(0.9), LocalGradientAccess(model.named_parameters()), mode="update")
+    before = [p.detach().clone() for p in model.parameters()]
+    masker.apply(step=0, optimizer=optimizer)
+    optimizer.step()
+    changed = sum(int((p != b).sum()) for p, b in zip(model.parameters(), before))
+    assert changed == keep_count(total_entries(model), 0.9)
+
+
+def test_update_mode_refuses_an_optimizer_it_cannot_mask():
+    model = model_with_grads()
+    masker = GradientMasker(GMTStrategy(0.5), LocalGradientAccess(model.named_parameters()), mode="update")
+    with pytest.raises(TypeError, match="MaskedAdamW"):
+        masker.apply(step=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_mask_start_step_and_ratio_zero_leave_the_gradient_alone():
+    for strategy, start, step in ((GMTStrategy(0.5), 3, 2), (GMTStrategy(0.0), 0, 0), (build_strategy("full"), 0, 0)):
+        model = model_with_grads()
+        original = [p.grad.clone() for p in model.parameters()]
+        masker = GradientMasker(strategy, LocalGradientAccess(model.named_parameters()), mask_start_step=start)
+        masker.apply(step=step)
+        assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), original))
+        assert masker.pop_logs()["mask/kept_fraction"] == 1.0
+
+
+def test_nonfinite_gradient_never_reaches_the_mask():
+    model = model_with_grads()
+    model[0].weight.grad[3, 4] = float("nan")
+    before = [p.grad.clone() for p in model.parameters()]
+    masker = GradientMasker(GMTStrategy(0.5), LocalGradientAccess(model.named_parameters()))
+    with pytest.raises(NonFiniteGradientError):
+        masker.apply(step=0)
+    for p, grad in zip(model.parameters(), before):
+        assert torch.equal(p.grad.nan_to_num(7.0), grad.nan_to_num(7.0))  # nothing was zeroed
+
+
+def test_bad_strategy_settings_are_refused():
+    with pytest.raises(ValueError, match="mask_strategy"):
+        build_strategy("lottery")
+    with pytest.raises(ValueError, match="gmt_mode"):
+        GradientMasker(GMTStrategy(0.5), LocalGradientAccess([]), mode="weights")
+    with pytest.raises(ValueError, match="mask_scope"):
+        GradientMasker(GMTStrategy(0.5, "row"), LocalGradientAccess(torch.nn.Linear(2, 2).named_parameters()))

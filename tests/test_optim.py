@@ -1,0 +1,65 @@
+"""MaskedAdamW: plain AdamW without masks, frozen entries outside them."""
+
+import torch
+
+from gmt.masking import MaskedAdamW
+
+
+def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(5, 7, generator=generator)), torch.nn.Parameter(torch.randn(11, generator=generator))]
+
+
+def set_grads(params, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+
+
+def test_without_masks_it_is_adamw_bitwise():
+    plain, masked = make_params(), make_params()
+    opt_plain = torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1)
+    opt_masked = MaskedAdamW(masked, lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        set_grads(plain, step)
+        set_grads(masked, step)
+        opt_plain.step()
+        opt_masked.step()
+    for a, b in zip(plain, masked):
+        assert torch.equal(a, b)
+
+
+def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept():
+    reference, masked = make_params(), make_params()
+    opt_reference = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1)
+    opt_masked = MaskedAdamW(masked, lr=1e-2, weight_decay=0.1)
+    # Two unmasked steps build up moments, then one masked step.
+    for step in range(2):
+        set_grads(reference, step)
+        set_grads(masked, step)
+        opt_reference.step()
+        opt_masked.step()
+    before = [p.detach().clone() for p in masked]
+    moments_before = [
+        (opt_masked.state[p]["exp_avg"].clone(), opt_masked.state[p]["exp_avg_sq"].clone()) for p in masked
+    ]
+    set_grads(reference, 2)
+    set_grads(masked, 2)
+    keeps = [torch.rand(p.shape, generator=torch.Generator().manual_seed(9)) < 0.3 for p in masked]
+    opt_masked.set_update_masks({p: keep for p, keep in zip(masked, keeps)})
+    opt_masked.step()
+    opt_reference.step()
+    for p, p_ref, keep, old, (m_old, v_old) in zip(masked, reference, keeps, before, moments_before):
+        state = opt_masked.state[p]
+        # Outside the mask: weight and both moments bitwise unchanged (no update, no decay).
+        assert torch.equal(p[~keep], old[~keep])
+        assert torch.equal(state["exp_avg"][~keep], m_old[~keep])
+        assert torch.equal(state["exp_avg_sq"][~keep], v_old[~keep])
+        # Inside: what AdamW does.
+        torch.testing.assert_close(p[keep], p_ref[keep], rtol=1e-6, atol=1e-7)
+        assert not torch.equal(p[keep], old[keep])
+    # Masks are used once: the next step is a full AdamW step again.
+    set_grads(masked, 3)
+    frozen = masked[1].detach().clone()
+    opt_masked.step()
+    assert (masked[1] != frozen).all()

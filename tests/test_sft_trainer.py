@@ -1,0 +1,149 @@
+"""GMTSFTTrainer on the tiny base: exactness at r = 0, frozen entries, accumulation, telemetry."""
+
+import json
+import math
+
+import pytest
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from gmt.config import GMTSFTConfig
+from gmt.masking import NonFiniteGradientError, keep_count
+from gmt.trainer import GMTSFTTrainer
+
+pytestmark = pytest.mark.slow
+
+COMMON = dict(
+    bf16=False,
+    activation_checkpointing=False,
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    lr_scheduler_type="constant",  # no warm-up: the first step must move weights
+    max_length=96,
+    assistant_only_loss=True,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    seed=7,
+    dataloader_num_workers=0,
+)
+
+
+def train(tiny_assets, tmp_path, trainer_cls=GMTSFTTrainer, config_cls=GMTSFTConfig, model=None, **overrides):
+    settings = {**COMMON, "max_steps": 3, "output_dir": str(tmp_path / "run"), **overrides}
+    dataset = load_dataset("json", data_files=str(tiny_assets / "data/sft/train.jsonl"), split="train")
+    model = model or AutoModelForCausalLM.from_pretrained(tiny_assets / "base")
+    trainer = trainer_cls(model=model, args=config_cls(**settings), train_dataset=dataset.remove_columns("answer"))
+    trainer.train()
+    return trainer
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def base_weights(tiny_assets) -> dict[str, torch.Tensor]:
+    return weights(AutoModelForCausalLM.from_pretrained(tiny_assets / "base"))
+
+
+def mask_logs(trainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "mask/kept_fraction" in entry]
+
+
+@pytest.mark.parametrize("gmt_mode", ["grad", "update"])
+def test_ratio_zero_matches_plain_sft_trainer_exactly(tiny_assets, tmp_path, gmt_mode):
+    plain = train(tiny_assets, tmp_path / "plain", trainer_cls=SFTTrainer, config_cls=SFTConfig)
+    masked = train(tiny_assets, tmp_path / "gmt", mask_strategy="gmt", mask_ratio=0.0, gmt_mode=gmt_mode)
+    plain_weights, masked_weights = weights(plain.model), weights(masked.model)
+    assert plain_weights.keys() == masked_weights.keys()
+    for name in plain_weights:
+        assert torch.equal(plain_weights[name], masked_weights[name]), name
+    start = base_weights(tiny_assets)
+    assert any(not torch.equal(start[n], plain_weights[n]) for n in start)  # training did move them
+
+
+def test_update_mode_changes_exactly_the_kept_entries(tiny_assets, tmp_path):
+    start = base_weights(tiny_assets)
+    trainer = train(tiny_assets, tmp_path, mask_ratio=0.9, gmt_mode="update", max_steps=1)
+    after = weights(trainer.model)
+    total = sum(t.numel() for t in start.values())
+    changed = sum(int((after[n] != start[n]).sum()) for n in start)
+    assert changed == keep_count(total, 0.9)  # every kept entry moved, nothing else did
+    (log,) = mask_logs(trainer)
+    assert log["mask/kept_fraction"] == pytest.approx(changed / total)
+
+
+def test_grad_mode_zeroes_the_gradient_adamw_sees(tiny_assets, tmp_path):
+    # In grad mode, on the first step, an entry whose gradient was dropped has zero Adam moments.
+    trainer = train(tiny_assets, tmp_path, mask_ratio=0.7, gmt_mode="grad", max_steps=1, optim="adamw_torch")
+    optimizer = trainer.optimizer.optimizer
+    total = sum(p.numel() for p in trainer.model.parameters())
+    moved = sum(int((optimizer.state[p]["exp_avg"] != 0).sum()) for p in trainer.model.parameters())
+    assert moved == keep_count(total, 0.7)
+
+
+def test_mask_is_computed_once_per_step_from_the_accumulated_gradient(tiny_assets, tmp_path):
+    calls = []
+
+    class CountingTrainer(GMTSFTTrainer):
+        def _mask_gradients(self):
+            calls.append(self.state.global_step)
+            super()._mask_gradients()
+
+    # 4 accumulated micro-batches of 4 against one batch of 16: the same gradient per step,
+    # so the same masks and (up to float rounding) the same weights, only if the mask is
+    # computed from the accumulated gradient.
+    accumulated = train(
+        tiny_assets, tmp_path / "acc", trainer_cls=CountingTrainer, mask_ratio=0.5, gmt_mode="update",
+        gradient_accumulation_steps=4, max_steps=2,
+    )
+    assert sorted(set(calls)) == [0, 1]
+    single = train(tiny_assets, tmp_path / "one", mask_ratio=0.5, gmt_mode="update", per_device_train_batch_size=16, max_steps=2)
+    start = base_weights(tiny_assets)
+    a, b = weights(accumulated.model), weights(single.model)
+    difference = math.sqrt(sum(float((a[n] - b[n]).square().sum()) for n in a))
+    update = math.sqrt(sum(float((b[n] - start[n]).square().sum()) for n in a))
+    assert difference / update < 1e-3
+    for log_a, log_b in zip(mask_logs(accumulated), mask_logs(single)):
+        assert log_a["mask/kept_fraction"] == pytest.approx(log_b["mask/kept_fraction"], abs=1e-6)
+
+
+def test_mask_start_step_and_telemetry(tiny_assets, tmp_path):
+    trainer = train(tiny_assets, tmp_path, mask_ratio=0.5, mask_start_step=2, max_steps=3, mask_scope="layer")
+    logs = mask_logs(trainer)
+    assert [log["mask/kept_fraction"] for log in logs[:2]] == [1.0, 1.0]
+    assert logs[2]["mask/kept_fraction"] >= 0.5
+    layers = {key.removeprefix("mask/kept_fraction/") for key in logs[-1] if key.startswith("mask/kept_fraction/")}
+    assert layers == {"model.embed_tokens", "model.layers.0", "model.layers.1", "model.layers.2", "model.layers.3", "model.norm", "lm_head"}
+    # layer scope: every block keeps its own half...
+    for layer in layers - {"model.embed_tokens"}:
+        assert logs[-1][f"mask/kept_fraction/{layer}"] == pytest.approx(0.5, abs=0.01)
+    # ...except the embedding: rows of tokens absent from the batch have zero gradient, more than
+    # half of them, so T = 0 there and the tie rule keeps the whole block.
+    assert logs[-1]["mask/kept_fraction/model.embed_tokens"] == 1.0
+    assert logs[-1]["mask/threshold"] > 0
+
+
+def test_nonfinite_gradient_stops_before_the_weights(tiny_assets, tmp_path):
+    class PoisonedTrainer(GMTSFTTrainer):
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            self.model.lm_head.weight.grad[0, 0] = float("inf")
+            return loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets / "base")
+    start = weights(model)
+    with pytest.raises(NonFiniteGradientError, match="NaN or inf"):
+        train(tiny_assets, tmp_path, trainer_cls=PoisonedTrainer, model=model, mask_ratio=0.5, max_steps=1)
+    after = weights(model)
+    assert all(torch.equal(start[name], after[name]) for name in start)
+
+
+def test_logged_loss_is_finite_and_drops(tiny_assets, tmp_path):
+    trainer = train(tiny_assets, tmp_path, mask_ratio=0.5, max_steps=12, learning_rate=3e-3)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    json.dumps(trainer.state.log_history)  # telemetry is plain numbers, fit for any report_to
