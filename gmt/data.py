@@ -23,7 +23,9 @@ def load_training_dataset(name: str, config: str | None = None, streaming: bool 
     if path.is_file():
         builder = _BUILDERS.get(path.suffix)
         if builder is None:
-            raise ValueError(f"dataset_name {name!r}: cannot read {path.suffix!r} files; use one of {sorted(_BUILDERS)}")
+            raise ValueError(
+                f"dataset_name {name!r}: cannot read {path.suffix!r} files; use one of {sorted(_BUILDERS)}"
+            )
         return load_dataset(builder, data_files=str(path), streaming=streaming)
     return load_dataset(name, name=config, streaming=streaming)
 

@@ -40,7 +40,9 @@ class MaskingMixin:
         if self.optimizer is None and self._uses_masked_optimizer():
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
             if optimizer_cls is not torch.optim.AdamW:
-                raise ValueError(f"gmt_mode 'update' can only mask AdamW, but optim {self.args.optim!r} gives {optimizer_cls}")
+                raise ValueError(
+                    f"gmt_mode 'update' can only mask AdamW, but optim {self.args.optim!r} gives {optimizer_cls}"
+                )
             self.optimizer_cls_and_kwargs = (MaskedAdamW, optimizer_kwargs)
         return super().create_optimizer(model)
 

@@ -8,16 +8,20 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from conftest import REPO
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.slow
 
 
 def run_sft(recipe: str, *overrides: str, launcher: str = "python") -> subprocess.CompletedProcess:
     prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
-    command = (prefix if launcher == "accelerate" else [sys.executable]) + ["gmt/sft.py", "--config", recipe, *overrides]
+    command = (prefix if launcher == "accelerate" else [sys.executable]) + [
+        "gmt/sft.py",
+        "--config",
+        recipe,
+        *overrides,
+    ]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
@@ -26,10 +30,18 @@ def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_pat
     out = tmp_path / "sft_gmt"
     result = run_sft(
         "recipes/tiny/sft_gmt.yaml",
-        "--model_name_or_path", str(tiny_assets / "base"),
-        "--dataset_name", str(tiny_assets / "data/sft"),
-        "--max_steps", "3", "--logging_steps", "1", "--mask_ratio", "0.5",
-        "--output_dir", str(out),
+        "--model_name_or_path",
+        str(tiny_assets / "base"),
+        "--dataset_name",
+        str(tiny_assets / "data/sft"),
+        "--max_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--mask_ratio",
+        "0.5",
+        "--output_dir",
+        str(out),
         launcher="accelerate",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -39,7 +51,9 @@ def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_pat
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
     assert moved, "the saved checkpoint holds the base weights"
     # An ordinary HF checkpoint: the chat template travels with it and the model generates.
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Ana has 3 apples."}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Ana has 3 apples."}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.endswith("<|assistant|>\n")
     prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     generated = model.generate(prompt_ids, max_new_tokens=5, do_sample=False)
@@ -55,19 +69,29 @@ def test_prompt_completion_data_and_single_files(tiny_assets, tmp_path, layout):
     rows = [json.loads(line) for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()[:64]]
     if layout == "prompt_completion_jsonl":
         data = tmp_path / "pc.jsonl"
-        data.write_text("".join(json.dumps({"prompt": r["messages"][:1], "completion": r["messages"][1:]}) + "\n" for r in rows))
+        data.write_text(
+            "".join(json.dumps({"prompt": r["messages"][:1], "completion": r["messages"][1:]}) + "\n" for r in rows)
+        )
     else:
         data = tmp_path / "conv.parquet"
         pd.DataFrame({"messages": [r["messages"] for r in rows]}).to_parquet(data)
     result = run_sft(
         "recipes/tiny/sft_full.yaml",
-        "--model_name_or_path", str(tiny_assets / "base"),
-        "--dataset_name", str(data),
-        "--max_steps", "2", "--logging_steps", "1",
-        "--output_dir", str(tmp_path / "out"),
+        "--model_name_or_path",
+        str(tiny_assets / "base"),
+        "--dataset_name",
+        str(data),
+        "--max_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = [float(line.split("'loss': '")[1].split("'")[0]) for line in result.stdout.splitlines() if "'loss': '" in line]
+    losses = [
+        float(line.split("'loss': '")[1].split("'")[0]) for line in result.stdout.splitlines() if "'loss': '" in line
+    ]
     assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
     assert (tmp_path / "out" / "model.safetensors").exists()
 
@@ -77,9 +101,12 @@ def test_missing_columns_are_refused_with_their_names(tiny_assets, tmp_path):
     data.write_text(json.dumps({"question": "1 + 1?", "reply": "2"}) + "\n")
     result = run_sft(
         "recipes/tiny/sft_full.yaml",
-        "--model_name_or_path", str(tiny_assets / "base"),
-        "--dataset_name", str(data),
-        "--output_dir", str(tmp_path / "out"),
+        "--model_name_or_path",
+        str(tiny_assets / "base"),
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
     )
     assert result.returncode != 0
     assert "needs the columns messages or prompt+completion" in result.stderr

@@ -29,7 +29,12 @@ def test_config_refuses_bad_settings(override, setting):
 
 def test_good_settings_are_kept():
     config = GMTSFTConfig(**BASE, mask_ratio=0.5, mask_scope="layer", gmt_mode="update", mask_start_step=3)
-    assert (config.mask_ratio, config.mask_scope, config.gmt_mode, config.mask_start_step) == (0.5, "layer", "update", 3)
+    assert (config.mask_ratio, config.mask_scope, config.gmt_mode, config.mask_start_step) == (
+        0.5,
+        "layer",
+        "update",
+        3,
+    )
 
 
 def write_yaml(tmp_path, text: str):

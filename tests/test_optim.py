@@ -7,7 +7,10 @@ from gmt.masking import MaskedAdamW
 
 def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(5, 7, generator=generator)), torch.nn.Parameter(torch.randn(11, generator=generator))]
+    return [
+        torch.nn.Parameter(torch.randn(5, 7, generator=generator)),
+        torch.nn.Parameter(torch.randn(11, generator=generator)),
+    ]
 
 
 def set_grads(params, seed: int) -> None:

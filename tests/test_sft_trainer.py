@@ -96,11 +96,18 @@ def test_mask_is_computed_once_per_step_from_the_accumulated_gradient(tiny_asset
     # so the same masks and (up to float rounding) the same weights, only if the mask is
     # computed from the accumulated gradient.
     accumulated = train(
-        tiny_assets, tmp_path / "acc", trainer_cls=CountingTrainer, mask_ratio=0.5, gmt_mode="update",
-        gradient_accumulation_steps=4, max_steps=2,
+        tiny_assets,
+        tmp_path / "acc",
+        trainer_cls=CountingTrainer,
+        mask_ratio=0.5,
+        gmt_mode="update",
+        gradient_accumulation_steps=4,
+        max_steps=2,
     )
     assert sorted(set(calls)) == [0, 1]
-    single = train(tiny_assets, tmp_path / "one", mask_ratio=0.5, gmt_mode="update", per_device_train_batch_size=16, max_steps=2)
+    single = train(
+        tiny_assets, tmp_path / "one", mask_ratio=0.5, gmt_mode="update", per_device_train_batch_size=16, max_steps=2
+    )
     start = base_weights(tiny_assets)
     a, b = weights(accumulated.model), weights(single.model)
     difference = math.sqrt(sum(float((a[n] - b[n]).square().sum()) for n in a))
@@ -116,7 +123,15 @@ def test_mask_start_step_and_telemetry(tiny_assets, tmp_path):
     assert [log["mask/kept_fraction"] for log in logs[:2]] == [1.0, 1.0]
     assert logs[2]["mask/kept_fraction"] >= 0.5
     layers = {key.removeprefix("mask/kept_fraction/") for key in logs[-1] if key.startswith("mask/kept_fraction/")}
-    assert layers == {"model.embed_tokens", "model.layers.0", "model.layers.1", "model.layers.2", "model.layers.3", "model.norm", "lm_head"}
+    assert layers == {
+        "model.embed_tokens",
+        "model.layers.0",
+        "model.layers.1",
+        "model.layers.2",
+        "model.layers.3",
+        "model.norm",
+        "lm_head",
+    }
     # layer scope: every block keeps its own half...
     for layer in layers - {"model.embed_tokens"}:
         assert logs[-1][f"mask/kept_fraction/{layer}"] == pytest.approx(0.5, abs=0.01)

@@ -78,7 +78,7 @@ class MaskStrategy(ABC):
         """State that must survive a checkpoint (fixed masks, generators, scores)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless by default)
         """Restore what ``state_dict`` returned."""
 
 
@@ -131,4 +131,3 @@ def build_strategy(mask_strategy: str, mask_ratio: float = 0.0, mask_scope: str 
     if mask_strategy == "full":
         return FullStrategy()
     raise ValueError(f"mask_strategy must be one of {sorted(STRATEGIES)}, got {mask_strategy!r}")
-

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv with the CPU build of torch and gmt installed (editable, with test tools).
+# torch is pinned here, not in pyproject.toml: an unpinned torch on a fresh machine pulls a
+# multi-GB CUDA build; torch==2.13.0 is the CPU wheel this project's machines carry.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet torch==2.13.0
+python -m pip install --quiet -e ".[test]"
