@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,36 +16,29 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 pytestmark = pytest.mark.slow
 
 
-def run_sft(recipe: str, *overrides: str, launcher: str = "python") -> subprocess.CompletedProcess:
-    prefix = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
-    command = (prefix if launcher == "accelerate" else [sys.executable]) + [
-        "gmt/sft.py",
-        "--config",
-        recipe,
-        *overrides,
-    ]
+def run_sft(
+    recipe: str, model: Path, data: Path, output_dir: Path, *overrides: str, accelerate: bool = False
+) -> subprocess.CompletedProcess:
+    """Run gmt/sft.py on ``recipe`` with the model, data and output paths overridden."""
+    launcher = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"] if accelerate else []
+    command = [sys.executable, *launcher, "gmt/sft.py", "--config", recipe]
+    command += ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def logged(stdout: str, key: str) -> list[float]:
+    """Values of ``key`` in the Trainer's printed log dicts."""
+    return [float(value) for value in re.findall(rf"'{re.escape(key)}': '([^']+)'", stdout)]
 
 
 def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_path):
     out = tmp_path / "sft_gmt"
     result = run_sft(
-        "recipes/tiny/sft_gmt.yaml",
-        "--model_name_or_path",
-        str(tiny_assets / "base"),
-        "--dataset_name",
-        str(tiny_assets / "data/sft"),
-        "--max_steps",
-        "3",
-        "--logging_steps",
-        "1",
-        "--mask_ratio",
-        "0.5",
-        "--output_dir",
-        str(out),
-        launcher="accelerate",
-    )
+        "recipes/tiny/sft_gmt.yaml", tiny_assets / "base", tiny_assets / "data/sft", out,
+        "--max_steps", "3", "--logging_steps", "1", "--mask_ratio", "0.5",
+        accelerate=True,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
@@ -51,16 +46,14 @@ def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_pat
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, base.get_parameter(n))]
     assert moved, "the saved checkpoint holds the base weights"
     # An ordinary HF checkpoint: the chat template travels with it and the model generates.
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Ana has 3 apples."}], tokenize=False, add_generation_prompt=True
-    )
+    messages = [{"role": "user", "content": "Ana has 3 apples."}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|assistant|>\n")
     prompt_ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     generated = model.generate(prompt_ids, max_new_tokens=5, do_sample=False)
     assert generated.shape[1] > prompt_ids.shape[1]
     # The CLI override reached the masker: half of the entries kept at every step.
-    logged = [line for line in result.stdout.splitlines() if "mask/kept_fraction'" in line]
-    fractions = [float(line.split("'mask/kept_fraction': '")[1].split("'")[0]) for line in logged]
+    fractions = logged(result.stdout, "mask/kept_fraction")
     assert len(fractions) == 3 and all(0.5 <= f < 0.51 for f in fractions)
 
 
@@ -69,44 +62,23 @@ def test_prompt_completion_data_and_single_files(tiny_assets, tmp_path, layout):
     rows = [json.loads(line) for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()[:64]]
     if layout == "prompt_completion_jsonl":
         data = tmp_path / "pc.jsonl"
-        data.write_text(
-            "".join(json.dumps({"prompt": r["messages"][:1], "completion": r["messages"][1:]}) + "\n" for r in rows)
-        )
+        records = [{"prompt": r["messages"][:1], "completion": r["messages"][1:]} for r in rows]
+        data.write_text("".join(json.dumps(record) + "\n" for record in records))
     else:
         data = tmp_path / "conv.parquet"
         pd.DataFrame({"messages": [r["messages"] for r in rows]}).to_parquet(data)
-    result = run_sft(
-        "recipes/tiny/sft_full.yaml",
-        "--model_name_or_path",
-        str(tiny_assets / "base"),
-        "--dataset_name",
-        str(data),
-        "--max_steps",
-        "2",
-        "--logging_steps",
-        "1",
-        "--output_dir",
-        str(tmp_path / "out"),
-    )
+    out = tmp_path / "out"
+    overrides = ("--max_steps", "2", "--logging_steps", "1")
+    result = run_sft("recipes/tiny/sft_full.yaml", tiny_assets / "base", data, out, *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
-    losses = [
-        float(line.split("'loss': '")[1].split("'")[0]) for line in result.stdout.splitlines() if "'loss': '" in line
-    ]
+    losses = logged(result.stdout, "loss")
     assert len(losses) == 2 and all(0 < loss < 20 for loss in losses)
-    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists()
 
 
 def test_missing_columns_are_refused_with_their_names(tiny_assets, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"question": "1 + 1?", "reply": "2"}) + "\n")
-    result = run_sft(
-        "recipes/tiny/sft_full.yaml",
-        "--model_name_or_path",
-        str(tiny_assets / "base"),
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(tmp_path / "out"),
-    )
+    result = run_sft("recipes/tiny/sft_full.yaml", tiny_assets / "base", data, tmp_path / "out")
     assert result.returncode != 0
     assert "needs the columns messages or prompt+completion" in result.stderr

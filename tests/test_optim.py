@@ -19,29 +19,28 @@ def set_grads(params, seed: int) -> None:
         p.grad = torch.randn(p.shape, generator=generator)
 
 
-def test_without_masks_it_is_adamw_bitwise():
+def adamw_and_masked_adamw(unmasked_steps: int):
+    """Two copies of the same parameters, stepped ``unmasked_steps`` times by AdamW and MaskedAdamW."""
     plain, masked = make_params(), make_params()
     opt_plain = torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1)
     opt_masked = MaskedAdamW(masked, lr=1e-2, weight_decay=0.1)
-    for step in range(3):
+    for step in range(unmasked_steps):
         set_grads(plain, step)
         set_grads(masked, step)
         opt_plain.step()
         opt_masked.step()
+    return plain, opt_plain, masked, opt_masked
+
+
+def test_without_masks_it_is_adamw_bitwise():
+    plain, _, masked, _ = adamw_and_masked_adamw(unmasked_steps=3)
     for a, b in zip(plain, masked):
         assert torch.equal(a, b)
 
 
 def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept():
-    reference, masked = make_params(), make_params()
-    opt_reference = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.1)
-    opt_masked = MaskedAdamW(masked, lr=1e-2, weight_decay=0.1)
     # Two unmasked steps build up moments, then one masked step.
-    for step in range(2):
-        set_grads(reference, step)
-        set_grads(masked, step)
-        opt_reference.step()
-        opt_masked.step()
+    reference, opt_reference, masked, opt_masked = adamw_and_masked_adamw(unmasked_steps=2)
     before = [p.detach().clone() for p in masked]
     moments_before = [
         (opt_masked.state[p]["exp_avg"].clone(), opt_masked.state[p]["exp_avg_sq"].clone()) for p in masked
