@@ -93,3 +93,11 @@ def test_bad_strategy_settings_are_refused():
         GradientMasker(GMTStrategy(0.5), LocalGradientAccess([]), mode="weights")
     with pytest.raises(ValueError, match="mask_scope"):
         GradientMasker(GMTStrategy(0.5, "row"), LocalGradientAccess(torch.nn.Linear(2, 2).named_parameters()))
+
+
+def test_masking_core_does_not_import_trl():
+    import subprocess
+    import sys
+
+    code = "import sys, gmt.masking; sys.exit('trl' in sys.modules or 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
