@@ -13,6 +13,7 @@ import torch
 from trl import SFTTrainer
 
 from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
+from gmt.masking.engines import DeepSpeedZero3Access, GradientAccess
 
 
 class MaskingMixin:
@@ -20,17 +21,29 @@ class MaskingMixin:
 
     _masker: GradientMasker | None = None
     _masked_step: int = -1
+    _engine_hooked: bool = False
 
     def _check_engine_supported(self) -> None:
         if self.args.mask_strategy == "full":
             return
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            engine = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+        if self.is_fsdp_enabled:
             raise NotImplementedError(
-                f"mask_strategy {self.args.mask_strategy!r} under {engine} is not supported yet: the mask "
-                "needs the sharded gradient before the engine's own optimizer step. Run single-process or DDP, "
-                "or use mask_strategy 'full'."
+                f"mask_strategy {self.args.mask_strategy!r} under FSDP is not supported yet. Run DeepSpeed ZeRO-3, "
+                "DDP or a single process, or use mask_strategy 'full'."
             )
+        if self.is_deepspeed_enabled:
+            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
+            stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+            if stage != 3:
+                raise NotImplementedError(
+                    f"mask_strategy {self.args.mask_strategy!r} under DeepSpeed ZeRO stage {stage} is not supported "
+                    "yet; use zero_stage 3."
+                )
+            if self._uses_masked_optimizer() and "optimizer" in ds_config:
+                raise ValueError(
+                    "gmt_mode 'update' needs the masked AdamW as DeepSpeed's optimizer: remove the 'optimizer' block "
+                    "from the DeepSpeed config (the Trainer's optim is used then), or use gmt_mode 'grad'."
+                )
 
     def _uses_masked_optimizer(self) -> bool:
         return self.args.gmt_mode == "update" and self.args.mask_strategy != "full"
@@ -53,11 +66,35 @@ class MaskingMixin:
             strategy = build_strategy(self.args.mask_strategy, self.args.mask_ratio, self.args.mask_scope)
             self._masker = GradientMasker(
                 strategy,
-                LocalGradientAccess(self.model.named_parameters()),
+                self._gradient_access(),
                 mode=self.args.gmt_mode,
                 mask_start_step=self.args.mask_start_step,
             )
         return self._masker
+
+    def _gradient_access(self) -> GradientAccess:
+        if self.is_deepspeed_enabled:
+            return DeepSpeedZero3Access(self.model_wrapped.optimizer, self.model.named_parameters())
+        return LocalGradientAccess(self.model.named_parameters())
+
+    def training_step(self, *args, **kwargs):
+        if self.is_deepspeed_enabled and not self._engine_hooked:
+            self._hook_deepspeed_step()
+        return super().training_step(*args, **kwargs)
+
+    def _hook_deepspeed_step(self) -> None:
+        # DeepSpeed runs the real optimizer step inside the last micro-batch's backward
+        # (engine._take_model_step), before the Trainer's grad-norm hooks: mask at the start of the
+        # ZeRO optimizer's step, after the last reduce-scatter and before unscale/clip/update.
+        zero_optimizer = self.model_wrapped.optimizer
+        engine_step = zero_optimizer.step
+
+        def masked_step(*args, **kwargs):
+            self._mask_gradients()
+            return engine_step(*args, **kwargs)
+
+        zero_optimizer.step = masked_step
+        self._engine_hooked = True
 
     def _mask_gradients(self) -> None:
         # Runs once per optimizer step, whichever grad-norm hook comes first.

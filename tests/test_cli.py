@@ -1,35 +1,15 @@
 """The entry point as users run it: `accelerate launch gmt/sft.py --config <recipe> --overrides`."""
 
 import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from conftest import logged, run_sft
+
 pytestmark = pytest.mark.slow
-
-
-def run_sft(
-    recipe: str, model: Path, data: Path, output_dir: Path, *overrides: str, accelerate: bool = False
-) -> subprocess.CompletedProcess:
-    """Run gmt/sft.py on ``recipe`` with the model, data and output paths overridden."""
-    launcher = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"] if accelerate else []
-    command = [sys.executable, *launcher, "gmt/sft.py", "--config", recipe]
-    command += ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-
-
-def logged(stdout: str, key: str) -> list[float]:
-    """Values of ``key`` in the Trainer's printed log dicts."""
-    return [float(value) for value in re.findall(rf"'{re.escape(key)}': '([^']+)'", stdout)]
 
 
 def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_path):

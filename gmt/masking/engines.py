@@ -1,13 +1,15 @@
 """Engine adapters: where the accumulated gradient Γ of a step lives, and how ranks talk.
 
 One small interface per engine. The masker asks an adapter for the parameter layout, the local
-(writable) gradient of each parameter, and a sum-across-ranks for the small threshold histograms.
+(writable) gradient of each parameter, a sum-across-ranks for the small threshold histograms,
+and how to hand per-parameter keep-masks to the optimizer (which may see flat partitions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor, nn
 
 from gmt.masking.strategies import ParamLayout
@@ -18,12 +20,19 @@ class GradientAccess:
     """Gradient access for one engine. Subclasses fill ``layout``, ``params`` and ``all_reduce``."""
 
     layout: ParamLayout
-    params: list[Tensor]  # what the optimizer updates, aligned with ``layout``
+    params: list[Tensor]  # the model's trainable parameters, aligned with ``layout``
     all_reduce: AllReduce | None = None  # None: every rank already holds the whole Γ
 
     def grads(self) -> list[Tensor | None]:
         """The local gradient of each parameter, writable in place (None if it got none)."""
         return [param.grad for param in self.params]
+
+    def commit(self) -> None:
+        """Write the masked gradients back where the engine reads them (no-op for in-place views)."""
+
+    def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
+        """Turn keep-masks of parameter indices into masks keyed by the optimizer's tensors."""
+        return {self.params[index]: keep for index, keep in keeps.items()}
 
 
 class LocalGradientAccess(GradientAccess):
@@ -37,6 +46,64 @@ class LocalGradientAccess(GradientAccess):
             names=[_strip_wrapper_prefix(name) for name, _ in trainable],
             numels=[param.numel() for param in self.params],
         )
+
+
+class DeepSpeedZero3Access(GradientAccess):
+    """DeepSpeed ZeRO-3: each rank holds a flat fp32 partition of every parameter's gradient.
+
+    Read right before the ZeRO optimizer's ``step`` (after the last reduce-scatter, before
+    unscaling, clipping and the update) with DeepSpeed's ``safe_get_local_grad``. The last rank's
+    partition is padded; only the real entries are handed out, so counts and the threshold are
+    those of the unsharded model. The histograms are summed over the data-parallel group.
+    """
+
+    def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
+        import torch.distributed as dist
+
+        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
+        self.zero_optimizer = zero_optimizer
+        self.params = [param for _, param in trainable]
+        self.layout = ParamLayout(
+            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
+            numels=[int(param.ds_numel) for param in self.params],
+        )
+        rank = dist.get_rank()
+        # Rank r holds entries [r * P, (r + 1) * P) of each flattened parameter (P = padded
+        # partition size); entries past ds_numel are padding.
+        self._real_counts = []
+        for param in self.params:
+            partition = param.ds_tensor.numel()
+            self._real_counts.append(max(0, min(partition, int(param.ds_numel) - rank * partition)))
+        self.all_reduce = dist.all_reduce
+        self._local: list[Tensor] = []
+
+    def grads(self) -> list[Tensor | None]:
+        from deepspeed.utils import safe_get_local_grad
+
+        # With bf16/fp16 gradient buffers the getter returns an fp32 copy: commit() writes it back.
+        self._local = [safe_get_local_grad(param) for param in self.params]
+        return [grad.view(-1).narrow(0, 0, real) for grad, real in zip(self._local, self._real_counts, strict=True)]
+
+    def commit(self) -> None:
+        from deepspeed.utils import safe_set_local_grad
+
+        for param, grad in zip(self.params, self._local, strict=True):
+            safe_set_local_grad(param, grad)
+        self._local = []
+
+    def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
+        # The base optimizer steps the flat fp32 partitions, one per sub-group: build one flat mask
+        # for each from the parameters' positions in it (padding stays "kept"; its gradient is 0).
+        zero = self.zero_optimizer
+        flat_masks: dict[Tensor, Tensor] = {}
+        for index, keep in keeps.items():
+            param = self.params[index]
+            group, offset, _ = zero.grad_position[zero.get_param_id(param)]
+            flat = zero.fp32_partitioned_groups_flat[group]
+            if flat not in flat_masks:
+                flat_masks[flat] = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+            flat_masks[flat].narrow(0, offset, keep.numel()).copy_(keep.view(-1))
+        return flat_masks
 
 
 def _strip_wrapper_prefix(name: str) -> str:

@@ -50,15 +50,22 @@ class GradientMasker:
         In ``update`` mode ``optimizer`` must be a ``MaskedAdamW``; it receives the masks for its
         next ``step()``.
         """
-        selection = None if step < self.mask_start_step else self.strategy.select(self.access.grads(), step)
+        if self.mode == "update" and not isinstance(optimizer, MaskedAdamW):
+            raise TypeError("gmt_mode 'update' needs a MaskedAdamW optimizer")
+        selection, grads = None, []
+        if step >= self.mask_start_step:
+            grads = self.access.grads()
+            selection = self.strategy.select(grads, step)
         self._steps += 1
         if selection is None:
             self._kept += self._numels  # everything kept, no pass over the gradient
+            if self.mode == "update":
+                optimizer.set_update_masks({})
             return
 
-        update_masks: dict[Tensor, Tensor] = {}
+        keeps: dict[int, Tensor] = {}
         kept = torch.zeros(len(self._numels), dtype=torch.float64)
-        for index, grad in enumerate(self.access.grads()):
+        for index, grad in enumerate(grads):
             if grad is None:
                 continue
             keep = selection.keep(index, grad)
@@ -68,11 +75,10 @@ class GradientMasker:
             kept[index] = keep.sum()
             grad.mul_(keep)
             if self.mode == "update":
-                update_masks[self.access.params[index]] = keep
+                keeps[index] = keep
+        self.access.commit()
         if self.mode == "update":
-            if not isinstance(optimizer, MaskedAdamW):
-                raise TypeError("gmt_mode 'update' needs a MaskedAdamW optimizer")
-            optimizer.set_update_masks(update_masks)
+            optimizer.set_update_masks(self.access.optimizer_masks(keeps))
         self._kept += kept
         thresholds = selection.thresholds()
         if thresholds is not None:

@@ -30,15 +30,17 @@ class MaskedAdamW(torch.optim.AdamW):
         self._update_masks: dict[Tensor, Tensor] = {}
 
     def set_update_masks(self, masks: dict[Tensor, Tensor]) -> None:
-        """Restrict the next ``step`` to ``masks[param]`` (bool, same shape as the parameter).
+        """Restrict the next update of each ``param`` to ``masks[param]`` (bool, its shape).
 
-        Parameters absent from ``masks`` get the ordinary update. The masks are used once.
+        Parameters absent from ``masks`` get the ordinary update. Each mask is used once, by the
+        next step that updates its parameter (DeepSpeed steps its flat partitions one sub-group
+        per ``step()`` call); setting new masks drops any unused ones.
         """
-        self._update_masks = masks
+        self._update_masks = dict(masks)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
-        masks, self._update_masks = self._update_masks, {}
+        masks = self._update_masks
         if not masks:
             return super().step(closure)
         loss = None
@@ -49,7 +51,7 @@ class MaskedAdamW(torch.optim.AdamW):
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                self._masked_update(param, group, masks.get(param))
+                self._masked_update(param, group, masks.pop(param, None))
         return loss
 
     def _masked_update(self, param: Tensor, group: dict, keep: Tensor | None) -> None:
