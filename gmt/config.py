@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from numbers import Real
 
-from trl import SFTConfig
+from trl import ScriptArguments, SFTConfig
 
 from gmt.masking import GMT_MODES, SCOPES, STRATEGIES
 
@@ -90,3 +90,16 @@ def validate_mask_arguments(args: MaskArguments) -> None:
 @dataclass
 class GMTSFTConfig(MaskArguments, SFTConfig):
     """``trl.SFTConfig`` with the mask settings of ``MaskArguments``."""
+
+
+@dataclass
+class GMTScriptArguments(ScriptArguments):
+    """TRL's ``ScriptArguments`` plus a column mapping for data sets in other layouts."""
+
+    dataset_column_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rename data set columns before training, as 'old:new,old:new'; e.g. "
+            "'query:prompt,response:completion' turns MetaMathQA into TRL's prompt/completion layout."
+        },
+    )

@@ -38,3 +38,21 @@ def check_columns(dataset: Dataset, column_sets: tuple[tuple[str, ...], ...], pu
         raise ValueError(f"{purpose} data set needs the columns {wanted}; it has {sorted(columns)}")
     if hasattr(dataset, "__len__") and len(dataset) == 0:
         raise ValueError(f"{purpose} data set is empty")
+
+
+def rename_columns(dataset: Dataset, column_map: str | None) -> Dataset:
+    """Apply a ``dataset_column_map`` ('old:new,old:new') to ``dataset``."""
+    if not column_map:
+        return dataset
+    mapping = {}
+    for pair in column_map.split(","):
+        old, sep, new = pair.partition(":")
+        if not sep or not old.strip() or not new.strip():
+            raise ValueError(f"dataset_column_map must look like 'old:new,old:new', got {column_map!r}")
+        mapping[old.strip()] = new.strip()
+    missing = sorted(set(mapping) - set(dataset.column_names or []))
+    if missing:
+        raise ValueError(
+            f"dataset_column_map names columns the data set lacks: {missing}; it has {dataset.column_names}"
+        )
+    return dataset.rename_columns(mapping)

@@ -4,24 +4,26 @@
     accelerate launch gmt/sft.py --config recipes/tiny/sft_gmt.yaml
     # any field of the YAML can be overridden on the command line
     python gmt/sft.py --config recipes/tiny/sft_gmt.yaml --mask_ratio 0.5 --max_steps 3 --output_dir out/x
-    # a real model, 8 GPUs
-    accelerate launch --num_processes 8 gmt/sft.py --config recipes/<model>/<recipe>.yaml
+    # a real model, 8 GPUs, DeepSpeed ZeRO-3
+    accelerate launch --config_file recipes/accelerate/zero3.yaml \
+        gmt/sft.py --config recipes/llama3-8b/sft_math_gmt.yaml
 
 Arguments: TRL's ScriptArguments (dataset_name: hub name, local folder or a json/jsonl/parquet
-file), ModelConfig (model_name_or_path: hub id or local path) and GMTSFTConfig (SFTConfig plus
-the mask settings). Saves model and tokenizer to ``output_dir`` as an ordinary HF checkpoint.
+file) plus dataset_column_map, ModelConfig (model_name_or_path: hub id or local path) and
+GMTSFTConfig (SFTConfig plus the mask settings). Saves model and tokenizer to ``output_dir`` as an
+ordinary HF checkpoint.
 """
 
 from __future__ import annotations
 
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser, get_peft_config
 
-from gmt.config import GMTSFTConfig
-from gmt.data import SFT_COLUMN_SETS, check_columns, load_training_dataset
+from gmt.config import GMTScriptArguments, GMTSFTConfig
+from gmt.data import SFT_COLUMN_SETS, check_columns, load_training_dataset, rename_columns
 from gmt.trainer import GMTSFTTrainer
 
 
-def main(script_args: ScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
+def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer."""
     model_init_kwargs = {
         "revision": model_args.model_revision,
@@ -34,9 +36,11 @@ def main(script_args: ScriptArguments, training_args: GMTSFTConfig, model_args: 
     if not script_args.dataset_name:
         raise ValueError("dataset_name is required: a hub data set, a local folder or a local data file")
     dataset = load_training_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
-    train_dataset = dataset[script_args.dataset_train_split]
+    train_dataset = rename_columns(dataset[script_args.dataset_train_split], script_args.dataset_column_map)
     check_columns(train_dataset, SFT_COLUMN_SETS, "SFT")
-    eval_dataset = dataset[script_args.dataset_test_split] if training_args.eval_strategy != "no" else None
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = rename_columns(dataset[script_args.dataset_test_split], script_args.dataset_column_map)
 
     trainer = GMTSFTTrainer(
         model=model_args.model_name_or_path,
@@ -53,7 +57,7 @@ def main(script_args: ScriptArguments, training_args: GMTSFTConfig, model_args: 
 
 def make_parser() -> TrlParser:
     """``--config x.yaml`` plus ``--field value`` overrides of any argument."""
-    return TrlParser((ScriptArguments, GMTSFTConfig, ModelConfig))
+    return TrlParser((GMTScriptArguments, GMTSFTConfig, ModelConfig))
 
 
 if __name__ == "__main__":

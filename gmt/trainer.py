@@ -13,7 +13,7 @@ import torch
 from trl import SFTTrainer
 
 from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
-from gmt.masking.engines import DeepSpeedZero3Access, GradientAccess
+from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, GradientAccess
 
 
 class MaskingMixin:
@@ -34,10 +34,10 @@ class MaskingMixin:
         if self.is_deepspeed_enabled:
             ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
             stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-            if stage != 3:
+            if stage not in (1, 2, 3):
                 raise NotImplementedError(
-                    f"mask_strategy {self.args.mask_strategy!r} under DeepSpeed ZeRO stage {stage} is not supported "
-                    "yet; use zero_stage 3."
+                    f"mask_strategy {self.args.mask_strategy!r} under DeepSpeed needs ZeRO stage 1, 2 or 3 (the mask "
+                    f"hooks the ZeRO optimizer's step); the config has stage {stage}."
                 )
             if self._uses_masked_optimizer() and "optimizer" in ds_config:
                 raise ValueError(
@@ -74,7 +74,10 @@ class MaskingMixin:
 
     def _gradient_access(self) -> GradientAccess:
         if self.is_deepspeed_enabled:
-            return DeepSpeedZero3Access(self.model_wrapped.optimizer, self.model.named_parameters())
+            zero_optimizer = self.model_wrapped.optimizer
+            stage = self.accelerator.state.deepspeed_plugin.zero_stage
+            access_cls = DeepSpeedZero3Access if stage == 3 else DeepSpeedZero12Access
+            return access_cls(zero_optimizer, self.model.named_parameters())
         return LocalGradientAccess(self.model.named_parameters())
 
     def training_step(self, *args, **kwargs):

@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import warnings
@@ -23,24 +24,25 @@ def tiny_assets(tmp_path_factory) -> Path:
     return ensure_tiny_assets(out, TinySettings(pretrain_steps=20, sft_train_examples=256, sft_test_examples=16))
 
 
-def run_sft(
-    recipe: str,
-    model: Path,
-    data: Path,
-    output_dir: Path,
-    *overrides: str,
-    accelerate: bool = False,
-    accelerate_config: str | None = None,
-) -> subprocess.CompletedProcess:
-    """Run gmt/sft.py on ``recipe`` with the model, data and output paths overridden.
+# How tests launch gmt/sft.py: plain python, or one of these module launchers.
+ACCELERATE_ONE_CPU = ("-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu")
+ACCELERATE_CPU_ZERO3 = ("-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_zero3.yaml")
+ACCELERATE_CPU_ZERO2 = ("-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_zero2.yaml")
 
-    ``accelerate``: launch through ``accelerate launch`` (1 CPU process, or ``accelerate_config``).
-    """
-    launcher = []
-    if accelerate_config:
-        launcher = ["-m", "accelerate.commands.launch", "--config_file", accelerate_config]
-    elif accelerate:
-        launcher = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
+
+def torchrun_two_cpu() -> tuple[str, ...]:
+    """torchrun with 2 processes on a free port (accelerate's own multi-CPU launcher expects mpirun;
+    torchrun is what it runs for multi-GPU DDP)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port))
+
+
+def run_sft(
+    recipe: str, model: Path, data: Path, output_dir: Path, *overrides: str, launcher: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run gmt/sft.py on ``recipe`` with the model, data and output paths overridden."""
     command = [sys.executable, *launcher, "gmt/sft.py", "--config", recipe]
     command += ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import logged, run_sft
+from conftest import ACCELERATE_ONE_CPU, logged, run_sft
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_pat
     result = run_sft(
         "recipes/tiny/sft_gmt.yaml", tiny_assets / "base", tiny_assets / "data/sft", out,
         "--max_steps", "3", "--logging_steps", "1", "--mask_ratio", "0.5",
-        accelerate=True,
+        launcher=ACCELERATE_ONE_CPU,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(out)

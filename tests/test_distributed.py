@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import logged, run_sft
+from conftest import ACCELERATE_CPU_ZERO2, ACCELERATE_CPU_ZERO3, logged, run_sft, torchrun_two_cpu
 
 pytestmark = pytest.mark.slow
 
@@ -53,13 +53,22 @@ def one_process_runs(tiny_assets, tmp_path_factory):
     return runs
 
 
+ENGINES = {
+    "zero3": (lambda: ACCELERATE_CPU_ZERO3, ()),
+    "zero2": (lambda: ACCELERATE_CPU_ZERO2, ()),
+    "ddp": (torchrun_two_cpu, ("--use_cpu", "true")),
+}
+
+
 @pytest.mark.parametrize("gmt_mode", ["grad", "update"])
-def test_zero3_two_ranks_match_one_process(tiny_assets, tmp_path, one_process_runs, gmt_mode):
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_two_ranks_match_one_process(tiny_assets, tmp_path, one_process_runs, engine, gmt_mode):
     one_out, one_stdout = one_process_runs[gmt_mode]
-    out = tmp_path / "zero3"
-    result = run_sft(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", out, *COMMON,
+    launcher, engine_args = ENGINES[engine]
+    out = tmp_path / engine
+    result = run_sft(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", out, *COMMON, *engine_args,
                      "--gmt_mode", gmt_mode, "--gradient_accumulation_steps", "1", "--ddp_backend", "gloo",
-                     accelerate_config="recipes/accelerate/cpu_zero3.yaml")  # fmt: skip
+                     launcher=launcher())  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
     one_losses, two_losses = logged(one_stdout, "loss"), logged(result.stdout, "loss")
@@ -69,7 +78,7 @@ def test_zero3_two_ranks_match_one_process(tiny_assets, tmp_path, one_process_ru
     # The mask: same kept fraction (4 printed digits) at every step.
     assert logged(one_stdout, "mask/kept_fraction") == logged(result.stdout, "mask/kept_fraction")
 
-    # The ZeRO-3 checkpoint is an ordinary HF model, and its weights are the single process's.
+    # The checkpoint (gathered from ZeRO-3 shards) is an ordinary HF model with the single process's weights.
     base, one, two = state(tiny_assets / "base"), state(one_out), state(out)
     assert relative_distance(two, one, base, leave_out=FLIPS_ALLOWED) <= 1e-4
     assert relative_distance(two, one, base) <= 5e-3

@@ -106,6 +106,58 @@ class DeepSpeedZero3Access(GradientAccess):
         return flat_masks
 
 
+class DeepSpeedZero12Access(GradientAccess):
+    """DeepSpeed ZeRO-1/2: each rank owns a contiguous slice of every parameter group's flat
+    gradient, so a parameter is on one rank, split across two, or absent.
+
+    Read right before the ZeRO optimizer's ``step``, through each parameter's ``_hp_mapping``
+    (the fragment of it this rank owns): the fragment of the reduced gradient is a writable view,
+    masked in place before DeepSpeed flattens it into the fp32 partition, norms and clips it.
+    """
+
+    def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
+        import torch.distributed as dist
+
+        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
+        self.zero_optimizer = zero_optimizer
+        self.params = [param for _, param in trainable]
+        self.layout = ParamLayout(
+            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
+            numels=[param.numel() for param in self.params],
+        )
+        self.all_reduce = dist.all_reduce
+
+    def grads(self) -> list[Tensor | None]:
+        grads: list[Tensor | None] = []
+        for param in self.params:
+            mapping = getattr(param, "_hp_mapping", None)
+            if mapping is None:  # no entry of this parameter lives on this rank
+                grads.append(param.new_empty(0, dtype=torch.float32))
+                continue
+            fragment = mapping.get_lp_grad_fragment(param._index_in_param_group).view(-1)
+            address = mapping.lp_fragment_address
+            if fragment.numel() == param.numel() and address.numel != param.numel():
+                # Some configurations keep the whole parameter's gradient on every rank: take
+                # only the fragment this rank owns, as DeepSpeed's own get_full_hp_grad does.
+                fragment = fragment.narrow(0, address.start, address.numel)
+            grads.append(fragment)
+        return grads
+
+    def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
+        # The base optimizer steps one flat fp32 partition per parameter group.
+        zero = self.zero_optimizer
+        flat_masks: dict[Tensor, Tensor] = {}
+        for index, keep in keeps.items():
+            mapping = getattr(self.params[index], "_hp_mapping", None)
+            if mapping is None:  # not on this rank
+                continue
+            flat = zero.single_partition_of_fp32_groups[mapping.param_group_index]
+            if flat not in flat_masks:
+                flat_masks[flat] = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+            flat_masks[flat].narrow(0, mapping.hp_fragment_address.start, keep.numel()).copy_(keep.view(-1))
+        return flat_masks
+
+
 def _strip_wrapper_prefix(name: str) -> str:
     # DDP and torch.compile wrap the model; report names as the user's model spells them.
     for prefix in ("module.", "_orig_mod."):
