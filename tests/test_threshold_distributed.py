@@ -62,6 +62,7 @@ def worker(rank: int, port: int, num_tensors: int, results) -> None:
             thresholds = topk_thresholds(shards, groups, keep, all_reduce)
             results[(rank, num_tensors, scope_groups, ratio)] = (thresholds.tolist(), list(calls))
             calls.clear()
+        dist.barrier()  # both ranks done before the group goes away
     finally:
         dist.destroy_process_group()
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from gmt.masking.optim import local_shard
 from gmt.masking.strategies import ParamLayout
 from gmt.masking.threshold import AllReduce
 
@@ -156,6 +157,29 @@ class DeepSpeedZero12Access(GradientAccess):
                 flat_masks[flat] = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
             flat_masks[flat].narrow(0, mapping.hp_fragment_address.start, keep.numel()).copy_(keep.view(-1))
         return flat_masks
+
+
+class FSDP2Access(GradientAccess):
+    """FSDP2 (``fully_shard``): parameters and gradients are DTensors sharded on dim 0; each
+    rank's gradient shard is ``grad.to_local()``, a writable view (uneven shards included).
+
+    ``numel`` of a DTensor is the global size, so the layout is the unsharded model's. The
+    histograms are summed over the mesh's process group.
+    """
+
+    def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], group=None) -> None:
+        import torch.distributed as dist
+
+        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
+        self.params = [param for _, param in trainable]
+        self.layout = ParamLayout(
+            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
+            numels=[param.numel() for param in self.params],
+        )
+        self.all_reduce = lambda tensor: dist.all_reduce(tensor, group=group)
+
+    def grads(self) -> list[Tensor | None]:
+        return [None if param.grad is None else local_shard(param.grad) for param in self.params]
 
 
 def _strip_wrapper_prefix(name: str) -> str:

@@ -68,13 +68,16 @@ class MaskedAdamW(torch.optim.AdamW):
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = math.sqrt(1 - beta2**step)
 
+        # FSDP2 parameters are DTensors: update the local shard (masks are local-shaped).
+        param_local, grad_local = local_shard(param), local_shard(param.grad)
+        exp_avg_local, exp_avg_sq_local = local_shard(state["exp_avg"]), local_shard(state["exp_avg_sq"])
         if keep is None:
-            values, grad = param, param.grad
-            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            values, grad = param_local, grad_local
+            exp_avg, exp_avg_sq = exp_avg_local, exp_avg_sq_local
         else:
             # Work on the kept entries only and scatter them back: the rest stay bitwise as they were.
-            values, grad = param[keep], param.grad[keep]
-            exp_avg, exp_avg_sq = state["exp_avg"][keep], state["exp_avg_sq"][keep]
+            values, grad = param_local[keep], grad_local[keep]
+            exp_avg, exp_avg_sq = exp_avg_local[keep], exp_avg_sq_local[keep]
 
         values.mul_(1 - lr * weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
@@ -83,6 +86,11 @@ class MaskedAdamW(torch.optim.AdamW):
         values.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
         if keep is not None:
-            param.masked_scatter_(keep, values)
-            state["exp_avg"].masked_scatter_(keep, exp_avg)
-            state["exp_avg_sq"].masked_scatter_(keep, exp_avg_sq)
+            param_local.masked_scatter_(keep, values)
+            exp_avg_local.masked_scatter_(keep, exp_avg)
+            exp_avg_sq_local.masked_scatter_(keep, exp_avg_sq)
+
+
+def local_shard(tensor: Tensor) -> Tensor:
+    """The local shard of a DTensor (a view), or the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
