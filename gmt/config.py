@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from numbers import Real
 
-from trl import ScriptArguments, SFTConfig
+from trl import DPOConfig, ScriptArguments, SFTConfig
 
 from gmt.masking import GMT_MODES, SCOPES, STRATEGIES
 
@@ -90,6 +90,11 @@ def validate_mask_arguments(args: MaskArguments) -> None:
 @dataclass
 class GMTSFTConfig(MaskArguments, SFTConfig):
     """``trl.SFTConfig`` with the mask settings of ``MaskArguments``."""
+
+
+@dataclass
+class GMTDPOConfig(MaskArguments, DPOConfig):
+    """``trl.DPOConfig`` with the mask settings of ``MaskArguments``."""
 
 
 @dataclass

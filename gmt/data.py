@@ -12,6 +12,8 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "
 # Column sets TRL's SFTTrainer accepts (conversational or standard, language modeling or
 # prompt-completion), and already tokenized data.
 SFT_COLUMN_SETS = (("messages",), ("prompt", "completion"), ("text",), ("input_ids",))
+# TRL's DPOTrainer: explicit prompt, or the prompt implicit in the two conversations.
+DPO_COLUMN_SETS = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
 
 
 def load_training_dataset(name: str, config: str | None = None, streaming: bool = False) -> DatasetDict:

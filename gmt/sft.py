@@ -18,30 +18,16 @@ from __future__ import annotations
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from gmt.cli import load_splits, set_model_init_kwargs
 from gmt.config import GMTScriptArguments, GMTSFTConfig
-from gmt.data import SFT_COLUMN_SETS, check_columns, load_training_dataset, rename_columns
+from gmt.data import SFT_COLUMN_SETS
 from gmt.trainer import GMTSFTTrainer
 
 
 def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer."""
-    model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-
-    if not script_args.dataset_name:
-        raise ValueError("dataset_name is required: a hub data set, a local folder or a local data file")
-    dataset = load_training_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
-    train_dataset = rename_columns(dataset[script_args.dataset_train_split], script_args.dataset_column_map)
-    check_columns(train_dataset, SFT_COLUMN_SETS, "SFT")
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = rename_columns(dataset[script_args.dataset_test_split], script_args.dataset_column_map)
-
+    set_model_init_kwargs(model_args, training_args)
+    train_dataset, eval_dataset = load_splits(script_args, training_args, SFT_COLUMN_SETS, "SFT")
     trainer = GMTSFTTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -61,5 +47,4 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
-    main(script_args, training_args, model_args)
+    main(*make_parser().parse_args_and_config())

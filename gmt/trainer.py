@@ -10,7 +10,7 @@ be too late (after clipping). The logged ``grad_norm`` is therefore the masked g
 from __future__ import annotations
 
 import torch
-from trl import SFTTrainer
+from trl import DPOTrainer, SFTTrainer
 
 from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, GradientAccess
@@ -22,6 +22,10 @@ class MaskingMixin:
     _masker: GradientMasker | None = None
     _masked_step: int = -1
     _engine_hooked: bool = False
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._check_engine_supported()
 
     def _check_engine_supported(self) -> None:
         if self.args.mask_strategy == "full":
@@ -133,6 +137,10 @@ class GMTSFTTrainer(MaskingMixin, SFTTrainer):
     Takes a ``gmt.config.GMTSFTConfig`` as ``args``; everything else is ``SFTTrainer``'s.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._check_engine_supported()
+
+class GMTDPOTrainer(MaskingMixin, DPOTrainer):
+    """``trl.DPOTrainer`` that masks the policy's accumulated gradient at every optimizer step.
+
+    Takes a ``gmt.config.GMTDPOConfig`` as ``args``. The reference model is TRL's (a separate frozen
+    copy, or the adapter-disabled base under PEFT); the mask covers only the policy.
+    """

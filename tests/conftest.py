@@ -21,7 +21,10 @@ def tiny_assets(tmp_path_factory) -> Path:
     from gmt.tiny import TinySettings, ensure_tiny_assets
 
     out = tmp_path_factory.mktemp("gmt-tiny")
-    return ensure_tiny_assets(out, TinySettings(pretrain_steps=20, sft_train_examples=256, sft_test_examples=16))
+    settings = TinySettings(
+        pretrain_steps=20, sft_train_examples=256, sft_test_examples=16, dpo_train_examples=256, dpo_test_examples=64
+    )
+    return ensure_tiny_assets(out, settings)
 
 
 # How tests launch gmt/sft.py: plain python, or one of these module launchers.
@@ -40,10 +43,16 @@ def torchrun_two_cpu() -> tuple[str, ...]:
 
 
 def run_sft(
-    recipe: str, model: Path, data: Path, output_dir: Path, *overrides: str, launcher: tuple[str, ...] = ()
+    recipe: str,
+    model: Path,
+    data: Path,
+    output_dir: Path,
+    *overrides: str,
+    launcher: tuple[str, ...] = (),
+    script: str = "gmt/sft.py",
 ) -> subprocess.CompletedProcess:
-    """Run gmt/sft.py on ``recipe`` with the model, data and output paths overridden."""
-    command = [sys.executable, *launcher, "gmt/sft.py", "--config", recipe]
+    """Run ``script`` (gmt/sft.py or gmt/dpo.py) on ``recipe`` with model, data and output overridden."""
+    command = [sys.executable, *launcher, script, "--config", recipe]
     command += ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -6,7 +6,8 @@ arithmetic on this CPU, and the word-problem SFT data, all saved as ordinary HF 
     python -m gmt.tiny --out DIR --pretrain_steps 20   # a fast, barely trained copy (tests)
 
 Layout of DIR: ``base/`` (model + tokenizer, load with ``from_pretrained``), ``data/sft/``
-(``train.jsonl``, ``test.jsonl`` with ``messages`` and ``answer``), ``build.json`` (the settings
+(``train.jsonl``, ``test.jsonl`` with ``messages`` and ``answer``), ``data/dpo/`` (the same
+problems as preference pairs: ``prompt``, ``chosen``, ``rejected``), ``build.json`` (the settings
 it was built with; a different setting triggers a rebuild).
 """
 
@@ -24,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from gmt.tiny.data import pretraining_corpus, sft_records
+from gmt.tiny.data import preference_records, pretraining_corpus, sft_records
 
 DEFAULT_DIR = Path(".cache/gmt-tiny")
 
@@ -58,6 +59,8 @@ class TinySettings:
     pretrain_lr: float = 3e-3
     sft_train_examples: int = 4000
     sft_test_examples: int = 200
+    dpo_train_examples: int = 2000
+    dpo_test_examples: int = 200
     seed: int = 0
 
 
@@ -147,11 +150,19 @@ def build(out_dir: Path, settings: TinySettings) -> dict:
     base_dir = out_dir / "base"
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
-    data_dir = out_dir / "data" / "sft"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for name, records in (("train", train), ("test", test)):
-        with open(data_dir / f"{name}.jsonl", "w") as f:
-            f.writelines(json.dumps(record) + "\n" for record in records)
+    splits = {
+        "sft": {"train": train, "test": test},
+        "dpo": {
+            "train": preference_records(settings.dpo_train_examples, seed=settings.seed + 3),
+            "test": preference_records(settings.dpo_test_examples, seed=settings.seed + 4),
+        },
+    }
+    for task, task_splits in splits.items():
+        data_dir = out_dir / "data" / task
+        data_dir.mkdir(parents=True, exist_ok=True)
+        for name, records in task_splits.items():
+            with open(data_dir / f"{name}.jsonl", "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in records)
 
     record = {
         "settings": asdict(settings),
@@ -180,13 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="where to build (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     defaults = TinySettings()
-    for name in ("pretrain_steps", "sft_train_examples", "sft_test_examples", "seed"):
+    for name in ("pretrain_steps", "sft_train_examples", "sft_test_examples", "dpo_train_examples", "seed"):
         parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     args = parser.parse_args(argv)
     settings = TinySettings(
         pretrain_steps=args.pretrain_steps,
         sft_train_examples=args.sft_train_examples,
         sft_test_examples=args.sft_test_examples,
+        dpo_train_examples=args.dpo_train_examples,
         seed=args.seed,
     )
     out = ensure_tiny_assets(args.out, settings, force=args.force)

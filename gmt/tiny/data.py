@@ -92,3 +92,35 @@ def sft_records(num_examples: int, seed: int) -> list[dict]:
             }
         )
     return records
+
+
+def _wrong_solution(problem: WordProblem, rng: random.Random) -> str:
+    """A plausible wrong reply: the wrong operation, or a final answer that does not follow."""
+    equation, _ = problem.solution.split(". The answer is ")
+    left, result = equation.split(" = ")
+    a, op, b = left.split(" ")
+    if rng.random() < 0.5:
+        wrong_op = {"+": "-", "-": "+", "*": "+"}[op]
+        x, y = int(a), int(b)
+        value = {"+": x + y, "-": x - y, "*": x * y}[wrong_op]
+        return f"{a} {wrong_op} {b} = {value}. The answer is {value}."
+    wrong = int(result) + rng.choice([-1, 1]) * rng.randint(1, 10)
+    return f"{left} = {wrong}. The answer is {wrong}."
+
+
+def preference_records(num_examples: int, seed: int) -> list[dict]:
+    """Conversational DPO records on the SFT task: ``prompt``, ``chosen`` (the right reply),
+    ``rejected`` (a wrong one), plus the integer ``answer``."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(num_examples):
+        problem = word_problem(rng)
+        records.append(
+            {
+                "prompt": [{"role": "user", "content": problem.question}],
+                "chosen": [{"role": "assistant", "content": problem.solution}],
+                "rejected": [{"role": "assistant", "content": _wrong_solution(problem, rng)}],
+                "answer": problem.answer,
+            }
+        )
+    return records
