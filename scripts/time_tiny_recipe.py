@@ -1,4 +1,5 @@
-"""Time the built-in tiny recipe from nothing: build the base, then fine-tune it with GMT.
+"""Time the built-in tiny recipes from nothing: build the base, fine-tune it with GMT (SFT), then
+run GMT DPO from that checkpoint.
 
     python scripts/time_tiny_recipe.py            # writes docs/tiny_recipe.{json,md}, updates README
 
@@ -34,6 +35,7 @@ def timed(command: list[str]) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/tiny/sft_gmt.yaml")
+    parser.add_argument("--dpo_recipe", default="recipes/tiny/dpo_gmt.yaml")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args()
 
@@ -41,26 +43,18 @@ def main() -> None:
         assets = Path(work) / "gmt-tiny"
         build_seconds, _ = timed([sys.executable, "-m", "gmt.tiny", "--out", str(assets)])
         build_record = json.loads((assets / "build.json").read_text())
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu"]
         sft_seconds, sft_stdout = timed(
-            [
-                sys.executable,
-                "-m",
-                "accelerate.commands.launch",
-                "--num_processes",
-                "1",
-                "--cpu",
-                "gmt/sft.py",
-                "--config",
-                args.recipe,
-                "--model_name_or_path",
-                str(assets / "base"),
-                "--dataset_name",
-                str(assets / "data/sft"),
-                "--output_dir",
-                str(Path(work) / "sft"),
-            ]
-        )
+            [*launch, "gmt/sft.py", "--config", args.recipe, "--model_name_or_path", str(assets / "base"),
+             "--dataset_name", str(assets / "data/sft"), "--output_dir", str(Path(work) / "sft")]
+        )  # fmt: skip
+        dpo_seconds, dpo_stdout = timed(
+            [*launch, "gmt/dpo.py", "--config", args.dpo_recipe, "--model_name_or_path", str(Path(work) / "sft"),
+             "--dataset_name", str(assets / "data/dpo"), "--output_dir", str(Path(work) / "dpo")]
+        )  # fmt: skip
     losses = [float(x) for x in re.findall(r"'loss': '([0-9.e+-]+)'", sft_stdout)]
+    dpo_losses = [float(x) for x in re.findall(r"'loss': '([0-9.e+-]+)'", dpo_stdout)]
+    dpo_margins = [float(x) for x in re.findall(r"'rewards/margins': '([0-9.e+-]+)'", dpo_stdout)]
     record = {
         "recipe": args.recipe,
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.python_version()}",
@@ -72,8 +66,11 @@ def main() -> None:
         ],
         "build_seconds": round(build_seconds, 1),
         "sft_seconds": round(sft_seconds, 1),
-        "total_seconds": round(build_seconds + sft_seconds, 1),
+        "dpo_seconds": round(dpo_seconds, 1),
+        "total_seconds": round(build_seconds + sft_seconds + dpo_seconds, 1),
         "sft_loss_first_last": [losses[0], losses[-1]] if losses else None,
+        "dpo_loss_first_last": [dpo_losses[0], dpo_losses[-1]] if dpo_losses else None,
+        "dpo_reward_margin_first_last": [dpo_margins[0], dpo_margins[-1]] if dpo_margins else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tiny_recipe.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -86,6 +83,12 @@ def main() -> None:
             f"{record['pretrain_loss_first_last'][0]} → {record['pretrain_loss_first_last'][1]} |",
             f"| `{args.recipe}` | {record['sft_seconds'] / 60:.1f} min | "
             + (f"{losses[0]} → {losses[-1]} |" if losses else "– |"),
+            f"| `{args.dpo_recipe}` (from the SFT checkpoint) | {record['dpo_seconds'] / 60:.1f} min | "
+            + (
+                f"{dpo_losses[0]} → {dpo_losses[-1]} (reward margin {dpo_margins[0]} → {dpo_margins[-1]}) |"
+                if dpo_losses and dpo_margins
+                else "– |"
+            ),
             f"| **total** | **{record['total_seconds'] / 60:.1f} min** | |",
             "",
             f"Measured by `python scripts/time_tiny_recipe.py` on {record['machine']}.",
