@@ -13,7 +13,7 @@ import torch
 from trl import DPOTrainer, SFTTrainer
 
 from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
-from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, GradientAccess
+from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
 
 
 class MaskingMixin:
@@ -30,12 +30,11 @@ class MaskingMixin:
     def _check_engine_supported(self) -> None:
         if self.args.mask_strategy == "full":
             return
-        if self.is_fsdp_enabled:
-            # The masking core handles FSDP2 shards (FSDP2Access), but plain TRL SFT under accelerate's
-            # FSDP2 does not yet reproduce a single process on our reference runs, so gmt does not claim it.
+        if self.is_fsdp_enabled and self._fsdp_version() != 2:
             raise NotImplementedError(
-                f"mask_strategy {self.args.mask_strategy!r} under FSDP is not supported yet. Run DeepSpeed ZeRO-1/2/3, "
-                "DDP or a single process, or use mask_strategy 'full'."
+                f"mask_strategy {self.args.mask_strategy!r} needs FSDP2 (fsdp_version: 2), whose gradients are DTensor "
+                "shards gmt can mask in place; FSDP1's flat parameters are not supported. Use fsdp_version 2, "
+                "DeepSpeed ZeRO-1/2/3, DDP or a single process."
             )
         if self.is_deepspeed_enabled:
             ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
@@ -50,6 +49,9 @@ class MaskingMixin:
                     "gmt_mode 'update' needs the masked AdamW as DeepSpeed's optimizer: remove the 'optimizer' block "
                     "from the DeepSpeed config (the Trainer's optim is used then), or use gmt_mode 'grad'."
                 )
+
+    def _fsdp_version(self) -> int:
+        return int(getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) or 1)
 
     def _uses_masked_optimizer(self) -> bool:
         return self.args.gmt_mode == "update" and self.args.mask_strategy != "full"
@@ -84,6 +86,8 @@ class MaskingMixin:
             stage = self.accelerator.state.deepspeed_plugin.zero_stage
             access_cls = DeepSpeedZero3Access if stage == 3 else DeepSpeedZero12Access
             return access_cls(zero_optimizer, self.model.named_parameters())
+        if self.is_fsdp_enabled:
+            return FSDP2Access(self.model.named_parameters())
         return LocalGradientAccess(self.model.named_parameters())
 
     def training_step(self, *args, **kwargs):
