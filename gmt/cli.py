@@ -1,9 +1,9 @@
-"""What gmt/sft.py and gmt/dpo.py share: model loading arguments and the train/eval splits."""
+"""What gmt/sft.py and gmt/dpo.py share: model arguments, the train/eval splits, train-and-save."""
 
 from __future__ import annotations
 
 from datasets import Dataset
-from trl import ModelConfig
+from trl import ModelConfig, get_peft_config
 
 from gmt.config import GMTScriptArguments
 from gmt.data import check_columns, load_training_dataset, rename_columns
@@ -33,3 +33,27 @@ def load_splits(
     if training_args.eval_strategy != "no":
         eval_dataset = rename_columns(dataset[script_args.dataset_test_split], script_args.dataset_column_map)
     return train_dataset, eval_dataset
+
+
+def train_and_save(
+    trainer_cls,
+    script_args: GMTScriptArguments,
+    training_args,
+    model_args: ModelConfig,
+    column_sets: tuple[tuple[str, ...], ...],
+    purpose: str,
+):
+    """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
+    set_model_init_kwargs(model_args, training_args)
+    train_dataset, eval_dataset = load_splits(script_args, training_args, column_sets, purpose)
+    trainer = trainer_cls(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    return trainer

@@ -14,9 +14,9 @@ TRL's: a frozen copy of ``model_name_or_path`` (or the adapter-disabled base wit
 
 from __future__ import annotations
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
-from gmt.cli import load_splits, set_model_init_kwargs
+from gmt.cli import train_and_save
 from gmt.config import GMTDPOConfig, GMTScriptArguments
 from gmt.data import DPO_COLUMN_SETS
 from gmt.trainer import GMTDPOTrainer
@@ -24,19 +24,7 @@ from gmt.trainer import GMTDPOTrainer
 
 def main(script_args: GMTScriptArguments, training_args: GMTDPOConfig, model_args: ModelConfig) -> GMTDPOTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer."""
-    set_model_init_kwargs(model_args, training_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args, DPO_COLUMN_SETS, "DPO")
-    trainer = GMTDPOTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    return trainer
+    return train_and_save(GMTDPOTrainer, script_args, training_args, model_args, DPO_COLUMN_SETS, "DPO")
 
 
 def make_parser() -> TrlParser:

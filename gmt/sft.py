@@ -16,9 +16,9 @@ ordinary HF checkpoint.
 
 from __future__ import annotations
 
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
-from gmt.cli import load_splits, set_model_init_kwargs
+from gmt.cli import train_and_save
 from gmt.config import GMTScriptArguments, GMTSFTConfig
 from gmt.data import SFT_COLUMN_SETS
 from gmt.trainer import GMTSFTTrainer
@@ -26,19 +26,7 @@ from gmt.trainer import GMTSFTTrainer
 
 def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer."""
-    set_model_init_kwargs(model_args, training_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args, SFT_COLUMN_SETS, "SFT")
-    trainer = GMTSFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    return trainer
+    return train_and_save(GMTSFTTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT")
 
 
 def make_parser() -> TrlParser:

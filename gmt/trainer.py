@@ -5,6 +5,8 @@ clips (``_clip_grad_norm``) or measures (``_get_grad_norm``) the gradient, then 
 ``optimizer.step()``. SPEC orders a step as accumulate -> mask -> clip -> optimizer, so the mask is
 applied at the start of whichever of those two hooks runs first; ``on_pre_optimizer_step`` would
 be too late (after clipping). The logged ``grad_norm`` is therefore the masked gradient's.
+Under DeepSpeed the real step runs inside the engine, during the last micro-batch's backward, so
+the mask wraps the ZeRO optimizer's ``step`` instead (``_hook_deepspeed_step``).
 """
 
 from __future__ import annotations

@@ -36,17 +36,24 @@ class GradientAccess:
         return {self.params[index]: keep for index, keep in keeps.items()}
 
 
+def trainable_layout(
+    named_parameters: Iterable[tuple[str, nn.Parameter]], numel=lambda param: param.numel()
+) -> tuple[list[nn.Parameter], ParamLayout]:
+    """The trainable parameters and their layout (names as the user's model spells them, full sizes)."""
+    trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
+    params = [param for _, param in trainable]
+    layout = ParamLayout(
+        names=[_strip_wrapper_prefix(name) for name, _ in trainable], numels=[numel(p) for p in params]
+    )
+    return params, layout
+
+
 class LocalGradientAccess(GradientAccess):
     """Single process and DDP: after the step's last backward every rank holds the whole,
     already averaged Γ in ``param.grad``, so no collective is needed."""
 
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
-        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
-        self.params = [param for _, param in trainable]
-        self.layout = ParamLayout(
-            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
-            numels=[param.numel() for param in self.params],
-        )
+        self.params, self.layout = trainable_layout(named_parameters)
 
 
 class DeepSpeedZero3Access(GradientAccess):
@@ -61,13 +68,8 @@ class DeepSpeedZero3Access(GradientAccess):
     def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         import torch.distributed as dist
 
-        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
         self.zero_optimizer = zero_optimizer
-        self.params = [param for _, param in trainable]
-        self.layout = ParamLayout(
-            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
-            numels=[int(param.ds_numel) for param in self.params],
-        )
+        self.params, self.layout = trainable_layout(named_parameters, numel=lambda param: int(param.ds_numel))
         rank = dist.get_rank()
         # Rank r holds entries [r * P, (r + 1) * P) of each flattened parameter (P = padded
         # partition size); entries past ds_numel are padding.
@@ -119,13 +121,8 @@ class DeepSpeedZero12Access(GradientAccess):
     def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         import torch.distributed as dist
 
-        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
         self.zero_optimizer = zero_optimizer
-        self.params = [param for _, param in trainable]
-        self.layout = ParamLayout(
-            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
-            numels=[param.numel() for param in self.params],
-        )
+        self.params, self.layout = trainable_layout(named_parameters)
         self.all_reduce = dist.all_reduce
 
     def grads(self) -> list[Tensor | None]:
@@ -170,12 +167,7 @@ class FSDP2Access(GradientAccess):
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], group=None) -> None:
         import torch.distributed as dist
 
-        trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
-        self.params = [param for _, param in trainable]
-        self.layout = ParamLayout(
-            names=[_strip_wrapper_prefix(name) for name, _ in trainable],
-            numels=[param.numel() for param in self.params],
-        )
+        self.params, self.layout = trainable_layout(named_parameters)
         self.all_reduce = lambda tensor: dist.all_reduce(tensor, group=group)
 
     def grads(self) -> list[Tensor | None]:
