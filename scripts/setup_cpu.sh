@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with the CPU build of torch and gmt installed (editable, with test tools).
+# Create .venv with the CPU build of torch and gmt installed (editable, with test tools and DeepSpeed).
 # torch is pinned here, not in pyproject.toml: an unpinned torch on a fresh machine pulls a
 # multi-GB CUDA build; torch==2.13.0 is the CPU wheel this project's machines carry.
 set -euo pipefail
@@ -7,5 +7,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-python -m pip install --quiet torch==2.13.0
-python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet torch==2.13.0 setuptools wheel
+# DeepSpeed (in the test extra) imports torch in its setup.py, so it builds against the torch above.
+python -m pip install --quiet --no-build-isolation -e ".[test]"
