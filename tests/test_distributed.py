@@ -82,3 +82,21 @@ def test_two_ranks_match_one_process(tiny_assets, tmp_path, one_process_runs, en
     base, one, two = state(tiny_assets / "base"), state(one_out), state(out)
     assert relative_distance(two, one, base, leave_out=FLIPS_ALLOWED) <= 1e-4
     assert relative_distance(two, one, base) <= 5e-3
+
+
+def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
+    # 2 ranks x 2 accumulated micro-batches against 1 rank x 4: DeepSpeed steps (and gmt masks)
+    # once per accumulation window, from the whole window's gradient.
+    base, data = tiny_assets / "base", tiny_assets / "data/sft"
+    one = run_sft(RECIPE, base, data, tmp_path / "one", *COMMON, "--gradient_accumulation_steps", "4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_sft(RECIPE, base, data, tmp_path / "two", *COMMON, "--gradient_accumulation_steps", "2",
+                  "--ddp_backend", "gloo", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_losses, two_losses = logged(one.stdout, "loss"), logged(two.stdout, "loss")
+    assert len(one_losses) == len(two_losses) == 3
+    for a, b in zip(one_losses, two_losses):
+        assert abs(a - b) <= 1e-4 * abs(a)
+    assert logged(one.stdout, "mask/kept_fraction") == logged(two.stdout, "mask/kept_fraction")
+    weights = state(base), state(tmp_path / "one"), state(tmp_path / "two")
+    assert relative_distance(weights[2], weights[1], weights[0], leave_out=FLIPS_ALLOWED) <= 1e-4
