@@ -1,0 +1,69 @@
+"""Sparse deltas: only the entries a fine-tune changed, relative to its base.
+
+A masked fine-tune changes a fraction of the weights; its delta stores, per tensor, the flat
+indices of the changed entries and their new values (not the differences, so applying a delta is
+exact, bit for bit). Saved as safetensors: ``<name>.indices`` (int64) and ``<name>.values``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+
+def compute_delta(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Indices and values of every entry of ``tuned`` that differs from ``base`` (same names and shapes)."""
+    if base.keys() != tuned.keys():
+        missing, extra = sorted(base.keys() - tuned.keys()), sorted(tuned.keys() - base.keys())
+        raise ValueError(f"base and fine-tuned weights differ in names: missing {missing}, extra {extra}")
+    delta: dict[str, Tensor] = {}
+    for name, tuned_tensor in tuned.items():
+        base_tensor = base[name]
+        if base_tensor.shape != tuned_tensor.shape or base_tensor.dtype != tuned_tensor.dtype:
+            raise ValueError(f"{name}: base {base_tensor.dtype}{tuple(base_tensor.shape)} vs "
+                             f"fine-tuned {tuned_tensor.dtype}{tuple(tuned_tensor.shape)}")  # fmt: skip
+        flat_base, flat_tuned = base_tensor.reshape(-1), tuned_tensor.reshape(-1)
+        # Compare bit patterns, so that -0.0 vs 0.0 and NaN payloads count as changes too.
+        changed = (_bits(flat_base) != _bits(flat_tuned)).nonzero().squeeze(1)
+        if changed.numel():
+            delta[f"{name}.indices"] = changed
+            delta[f"{name}.values"] = flat_tuned[changed].contiguous()
+    return delta
+
+
+def apply_delta(base: Mapping[str, Tensor], delta: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``base`` with the delta's entries written in (a new dict; ``base`` is not modified)."""
+    out = {name: tensor.clone() for name, tensor in base.items()}
+    for key, indices in delta.items():
+        if not key.endswith(".indices"):
+            continue
+        name = key.removesuffix(".indices")
+        if name not in out:
+            raise ValueError(f"delta has entries for {name!r}, which the base does not have")
+        out[name].view(-1)[indices] = delta[f"{name}.values"]
+    return out
+
+
+def save_delta(delta: Mapping[str, Tensor], path: str | Path) -> None:
+    """Write a delta as safetensors."""
+    save_file(dict(delta), str(path), metadata={"format": "gmt-sparse-delta"})
+
+
+def load_delta(path: str | Path) -> dict[str, Tensor]:
+    """Read a delta written by ``save_delta``."""
+    return load_file(str(path))
+
+
+def changed_fraction(delta: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> float:
+    """Fraction of the base's entries the delta changes."""
+    changed = sum(t.numel() for key, t in delta.items() if key.endswith(".indices"))
+    return changed / sum(t.numel() for t in base.values())
+
+
+def _bits(tensor: Tensor) -> Tensor:
+    integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+    return tensor.view(integer)
