@@ -1,0 +1,69 @@
+"""SparseMaskedAdamW: the updates of dense AdamW with a fixed mask, in a fraction of the memory."""
+
+import torch
+
+from gmt.masking import MaskedAdamW
+from gmt.masking.sparse_optim import SparseMaskedAdamW, optimizer_state_bytes
+
+
+def params_and_masks(keep_ratio: float, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    params = [
+        torch.nn.Parameter(torch.randn(64, 48, generator=generator)),
+        torch.nn.Parameter(torch.randn(48, generator=generator)),
+    ]
+    masks = {0: torch.rand(64, 48, generator=generator) < keep_ratio}  # the bias (index 1) is unmasked
+    return params, masks
+
+
+def test_sparse_state_matches_dense_adamw_with_a_fixed_mask():
+    dense, masks = params_and_masks(0.1)
+    sparse, _ = params_and_masks(0.1)
+    start = [p.detach().clone() for p in sparse]
+    dense_opt = MaskedAdamW(dense, lr=1e-2, weight_decay=0.1)
+    sparse_opt = SparseMaskedAdamW(sparse, lr=1e-2, weight_decay=0.1)
+    sparse_opt.set_fixed_masks({sparse[0]: masks[0]})
+    for step in range(5):
+        generator = torch.Generator().manual_seed(100 + step)
+        for d, s in zip(dense, sparse):
+            d.grad = torch.randn(d.shape, generator=generator)
+            s.grad = d.grad.clone()
+        dense_opt.set_update_masks({dense[0]: masks[0]})
+        dense_opt.step()
+        sparse_opt.step()
+    for d, s in zip(dense, sparse):
+        torch.testing.assert_close(s, d, rtol=1e-6, atol=1e-7)
+    keep = masks[0]
+    assert torch.equal(sparse[0][~keep], start[0][~keep])  # outside the mask: bitwise unchanged
+    assert (sparse[0][keep] != start[0][keep]).all() and (sparse[1] != start[1]).all()
+
+
+def test_state_is_a_small_fraction_of_dense_at_low_keep_ratio():
+    param = torch.nn.Parameter(torch.randn(1000, 1000))
+    keep = torch.rand(1000, 1000, generator=torch.Generator().manual_seed(1)) < 0.003
+    param.grad = torch.randn_like(param)
+    sparse = SparseMaskedAdamW([param], lr=1e-3)
+    sparse.set_fixed_masks({param: keep})
+    sparse.step()
+    dense = torch.optim.AdamW([torch.nn.Parameter(param.detach().clone())], lr=1e-3)
+    dense.param_groups[0]["params"][0].grad = param.grad.clone()
+    dense.step()
+    ratio = optimizer_state_bytes(sparse) / optimizer_state_bytes(dense)
+    assert ratio <= 0.02
+    assert ratio >= 2 * 0.003 * 0.8  # 16 bytes per kept entry against 8 per entry
+
+
+def test_reselection_keeps_moments_of_staying_entries_and_zeroes_new_ones():
+    param = torch.nn.Parameter(torch.zeros(10))
+    optimizer = SparseMaskedAdamW([param], lr=1e-2)
+    first = torch.zeros(10, dtype=torch.bool)
+    first[[1, 3, 5]] = True
+    optimizer.set_fixed_masks({param: first})
+    param.grad = torch.ones(10)
+    optimizer.step()
+    moment_of_3 = float(optimizer.state[param]["exp_avg"][1])  # entry 3 is the second kept one
+    second = torch.zeros(10, dtype=torch.bool)
+    second[[3, 4]] = True
+    optimizer.set_fixed_masks({param: second})
+    assert optimizer.state[param]["indices"].tolist() == [3, 4]
+    assert optimizer.state[param]["exp_avg"].tolist() == [moment_of_3, 0.0]
