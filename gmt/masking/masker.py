@@ -41,7 +41,9 @@ class GradientMasker:
         self.mask_start_step = mask_start_step
         strategy.setup(access.layout, access.all_reduce)
         self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
-        self._numels = torch.tensor(access.layout.numels, dtype=torch.float64)
+        # Counters live where the gradients do: no host sync per step, and NCCL can all-reduce them.
+        self._device = access.params[0].device if access.params else torch.device("cpu")
+        self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device=self._device)
         self._reset_telemetry()
 
     def apply(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -64,7 +66,7 @@ class GradientMasker:
             return
 
         keeps: dict[int, Tensor] = {}
-        kept = torch.zeros(len(self._numels), dtype=torch.float64)
+        kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
         for index, grad in enumerate(grads):
             if grad is None:
                 continue
@@ -82,7 +84,7 @@ class GradientMasker:
         self._kept += kept
         thresholds = selection.thresholds()
         if thresholds is not None:
-            self._last_threshold = float(thresholds[torch.isfinite(thresholds)].mean())
+            self._last_thresholds = thresholds  # reduced to one number at logging time
 
     def pop_logs(self) -> dict[str, float]:
         """Mask telemetry averaged over the steps since the last call, then reset.
@@ -92,18 +94,20 @@ class GradientMasker:
         """
         if self._steps == 0:
             return {}
-        kept = self._kept.clone()
+        kept = self._kept.clone()  # one all-reduce per logging step, never per optimizer step
         if self.access.all_reduce is not None:
             self.access.all_reduce(kept)
         per_step = kept / self._steps
-        logs = {"mask/kept_fraction": float(per_step.sum() / self._numels.sum())}
-        if self._last_threshold is not None:
-            logs["mask/threshold"] = self._last_threshold
+        per_step, numels = per_step.cpu(), self._numels.cpu()
+        logs = {"mask/kept_fraction": float(per_step.sum() / numels.sum())}
+        if self._last_thresholds is not None:
+            finite = self._last_thresholds[torch.isfinite(self._last_thresholds)]
+            logs["mask/threshold"] = float(finite.mean())
         layer_kept = torch.zeros(len(self.layer_names), dtype=torch.float64)
         layer_total = torch.zeros_like(layer_kept)
         layer_index = torch.tensor(self._layer_of_param)
         layer_kept.index_add_(0, layer_index, per_step)
-        layer_total.index_add_(0, layer_index, self._numels)
+        layer_total.index_add_(0, layer_index, numels)
         for name, kept_count, total in zip(self.layer_names, layer_kept, layer_total, strict=True):
             logs[f"mask/kept_fraction/{name}"] = float(kept_count / total)
         self._reset_telemetry()
@@ -111,8 +115,8 @@ class GradientMasker:
 
     def _reset_telemetry(self) -> None:
         self._steps = 0
-        self._kept = torch.zeros(len(self._numels), dtype=torch.float64)
-        self._last_threshold: float | None = None
+        self._kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
+        self._last_thresholds: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """Checkpointable state (the strategy's)."""
