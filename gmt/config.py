@@ -24,7 +24,8 @@ class MaskArguments:
         default="gmt",
         metadata={
             "help": "How the entries to update are chosen. 'gmt': Gradient-Mask Tuning, the top-k |gradient| "
-            "of the accumulated gradient at every step; 'full': plain fine-tuning.",
+            "of the accumulated gradient at every step; 'random': the same number of entries drawn at random "
+            "(a baseline); 'full': plain fine-tuning.",
             "choices": sorted(STRATEGIES),
         },
     )
@@ -50,6 +51,12 @@ class MaskArguments:
             "and weight decay still move them. 'update': a dropped entry does not change at all in that step "
             "(no update, no decay, Adam moments untouched); needs optim adamw_torch or adamw_torch_fused.",
             "choices": list(GMT_MODES),
+        },
+    )
+    random_fixed: bool = field(
+        default=False,
+        metadata={
+            "help": "mask_strategy 'random' only: draw the mask once and keep it (default: a fresh one every step)."
         },
     )
     mask_start_step: int = field(
@@ -82,6 +89,10 @@ def validate_mask_arguments(args: MaskArguments) -> None:
         raise ValueError(f"mask_scope must be one of {SCOPES}, got {args.mask_scope!r}")
     if args.gmt_mode not in GMT_MODES:
         raise ValueError(f"gmt_mode must be one of {GMT_MODES}, got {args.gmt_mode!r}")
+    if args.random_fixed and args.mask_strategy != "random":
+        raise ValueError(
+            f"random_fixed applies to mask_strategy 'random' only; mask_strategy is {args.mask_strategy!r}"
+        )
     start = args.mask_start_step
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
         raise ValueError(f"mask_start_step must be an integer >= 0, got {start!r}")

@@ -73,7 +73,13 @@ class MaskingMixin:
     def masker(self) -> GradientMasker:
         """The masker, built on first use (after the model is wrapped and the optimizer exists)."""
         if self._masker is None:
-            strategy = build_strategy(self.args.mask_strategy, self.args.mask_ratio, self.args.mask_scope)
+            strategy = build_strategy(
+                self.args.mask_strategy,
+                self.args.mask_ratio,
+                self.args.mask_scope,
+                random_fixed=self.args.random_fixed,
+                seed=self.args.seed,
+            )
             self._masker = GradientMasker(
                 strategy,
                 self._gradient_access(),

@@ -20,6 +20,7 @@ BASE = {"output_dir": "unused", "bf16": False}
         ({"gmt_mode": "weights"}, "gmt_mode"),
         ({"mask_start_step": -1}, "mask_start_step"),
         ({"gmt_mode": "update", "optim": "sgd"}, "optim"),
+        ({"mask_strategy": "gmt", "random_fixed": True}, "random_fixed"),
     ],
 )
 def test_config_refuses_bad_settings(override, setting):

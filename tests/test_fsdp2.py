@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from test_threshold_distributed import free_port
 from torch.distributed.fsdp import fully_shard
 
-from gmt.masking import GMTStrategy, GradientMasker, LocalGradientAccess, MaskedAdamW
+from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
 from gmt.masking.engines import FSDP2Access
 
 WORLD = 2
@@ -28,7 +28,7 @@ def step(model, optimizer, masker, batch) -> None:
     optimizer.step()
 
 
-def worker(rank: int, port: int, mode: str, results) -> None:
+def worker(rank: int, port: int, mode: str, strategy: str, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
@@ -37,29 +37,30 @@ def worker(rank: int, port: int, mode: str, results) -> None:
             fully_shard(layer)
         fully_shard(model)
         optimizer = MaskedAdamW(model.parameters(), lr=1e-2)
-        masker = GradientMasker(GMTStrategy(0.6), FSDP2Access(model.named_parameters()), mode=mode)
+        masker = GradientMasker(build_strategy(strategy, 0.6), FSDP2Access(model.named_parameters()), mode=mode)
         # Every rank sees the same batch, so the averaged gradient is the single-process one.
         step(model, optimizer, masker, torch.randn(16, 6, generator=torch.Generator().manual_seed(1)))
         weights = {name: p.full_tensor().detach().numpy().copy() for name, p in model.named_parameters()}
         logs = masker.pop_logs()  # all-reduces the kept counts
         if rank == 0:
-            results[mode] = (weights, logs["mask/kept_fraction"])
+            results[mode, strategy] = (weights, logs["mask/kept_fraction"])
         dist.barrier()  # both ranks done before the group goes away
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mode", ["grad", "update"])
-def test_fsdp2_mask_equals_single_process(mode):
+@pytest.mark.parametrize(("mode", "strategy"), [("grad", "gmt"), ("update", "gmt"), ("update", "random")])
+def test_fsdp2_mask_equals_single_process(mode, strategy):
+    # random: the keys come from each entry's global index, so the shards draw the same mask.
     results = mp.Manager().dict()
-    mp.spawn(worker, args=(free_port(), mode, results), nprocs=WORLD, join=True)
-    sharded_weights, sharded_kept = results[mode]
+    mp.spawn(worker, args=(free_port(), mode, strategy, results), nprocs=WORLD, join=True)
+    sharded_weights, sharded_kept = results[mode, strategy]
     sharded_weights = {name: torch.from_numpy(value) for name, value in sharded_weights.items()}
 
     model = make_model()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = MaskedAdamW(model.parameters(), lr=1e-2)
-    masker = GradientMasker(GMTStrategy(0.6), LocalGradientAccess(model.named_parameters()), mode=mode)
+    masker = GradientMasker(build_strategy(strategy, 0.6), LocalGradientAccess(model.named_parameters()), mode=mode)
     step(model, optimizer, masker, torch.randn(16, 6, generator=torch.Generator().manual_seed(1)))
 
     assert sharded_kept == pytest.approx(masker.pop_logs()["mask/kept_fraction"])

@@ -75,11 +75,12 @@ def test_mask_start_step_and_ratio_zero_leave_the_gradient_alone():
         assert masker.pop_logs()["mask/kept_fraction"] == 1.0
 
 
-def test_nonfinite_gradient_never_reaches_the_mask():
+@pytest.mark.parametrize("strategy", ["gmt", "random"])
+def test_nonfinite_gradient_never_reaches_the_mask(strategy):
     model = model_with_grads()
     model[0].weight.grad[3, 4] = float("nan")
     before = [p.grad.clone() for p in model.parameters()]
-    masker = GradientMasker(GMTStrategy(0.5), LocalGradientAccess(model.named_parameters()))
+    masker = GradientMasker(build_strategy(strategy, 0.5), LocalGradientAccess(model.named_parameters()))
     with pytest.raises(NonFiniteGradientError):
         masker.apply(step=0)
     for p, grad in zip(model.parameters(), before):
@@ -101,3 +102,25 @@ def test_masking_core_does_not_import_trl():
 
     code = "import sys, gmt.masking; sys.exit('trl' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_random_baseline_keeps_exactly_k_fresh_or_fixed():
+    from gmt.masking.strategies import RandomStrategy
+
+    def masks_over_steps(fixed: bool) -> list[list[torch.Tensor]]:
+        model = model_with_grads()
+        masker = GradientMasker(RandomStrategy(0.7, fixed=fixed, seed=5), LocalGradientAccess(model.named_parameters()))
+        out = []
+        for step in range(2):
+            for p in model.parameters():
+                p.grad = torch.ones_like(p)
+            masker.apply(step=step)
+            out.append([p.grad != 0 for p in model.parameters()])
+        return out
+
+    total = total_entries(model_with_grads())
+    fresh, fixed = masks_over_steps(False), masks_over_steps(True)
+    for masks in (*fresh, *fixed):
+        assert sum(int(m.sum()) for m in masks) == keep_count(total, 0.7)
+    assert any(not torch.equal(a, b) for a, b in zip(*fresh))  # a new draw every step
+    assert all(torch.equal(a, b) for a, b in zip(*fixed))  # the same mask every step

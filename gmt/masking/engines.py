@@ -7,6 +7,7 @@ and how to hand per-parameter keep-masks to the optimizer (which may see flat pa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -34,6 +35,10 @@ class GradientAccess:
     def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
         """Turn keep-masks of parameter indices into masks keyed by the optimizer's tensors."""
         return {self.params[index]: keep for index, keep in keeps.items()}
+
+    def local_offsets(self) -> list[int]:
+        """Where each local gradient starts in its flattened full parameter (0 when unsharded)."""
+        return [0] * len(self.params)
 
 
 def trainable_layout(
@@ -80,6 +85,11 @@ class DeepSpeedZero3Access(GradientAccess):
         self.all_reduce = dist.all_reduce
         self._local: list[Tensor] = []
 
+    def local_offsets(self) -> list[int]:
+        import torch.distributed as dist
+
+        return [dist.get_rank() * param.ds_tensor.numel() for param in self.params]
+
     def grads(self) -> list[Tensor | None]:
         from deepspeed.utils import safe_get_local_grad
 
@@ -124,6 +134,13 @@ class DeepSpeedZero12Access(GradientAccess):
         self.zero_optimizer = zero_optimizer
         self.params, self.layout = trainable_layout(named_parameters)
         self.all_reduce = dist.all_reduce
+
+    def local_offsets(self) -> list[int]:
+        offsets = []
+        for param in self.params:
+            mapping = getattr(param, "_hp_mapping", None)
+            offsets.append(0 if mapping is None else mapping.lp_fragment_address.start)
+        return offsets
 
     def grads(self) -> list[Tensor | None]:
         grads: list[Tensor | None] = []
@@ -172,6 +189,16 @@ class FSDP2Access(GradientAccess):
 
     def grads(self) -> list[Tensor | None]:
         return [None if param.grad is None else local_shard(param.grad) for param in self.params]
+
+    def local_offsets(self) -> list[int]:
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        offsets = []
+        for param in self.params:
+            # Shard(0): the local block starts at row offset[0] of the full parameter.
+            _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+            offsets.append(offset[0] * math.prod(param.shape[1:]) if offset else 0)
+        return offsets
 
 
 def _strip_wrapper_prefix(name: str) -> str:

@@ -39,7 +39,7 @@ class GradientMasker:
         self.access = access
         self.mode = mode
         self.mask_start_step = mask_start_step
-        strategy.setup(access.layout, access.all_reduce)
+        strategy.setup(access)
         self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
         # Counters live where the gradients do: no host sync per step, and NCCL can all-reduce them.
         self._device = access.params[0].device if access.params else torch.device("cpu")

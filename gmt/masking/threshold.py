@@ -30,7 +30,13 @@ class NonFiniteGradientError(FloatingPointError):
 
 
 def magnitude_keys(values: Tensor) -> Tensor:
-    """Return int32 keys ordered like ``|values|`` (the fp32 bit pattern with the sign cleared)."""
+    """Return int32 keys ordered like ``|values|`` (the fp32 bit pattern with the sign cleared).
+
+    int32 input is taken as keys already (non-negative): strategies that rank by something other
+    than a float magnitude (random scores) hand their keys in directly.
+    """
+    if values.dtype == torch.int32:
+        return values.reshape(-1)
     if values.dtype != torch.float32:
         values = values.float()  # bf16/fp16 -> fp32 is exact, so keys stay exact
     return values.reshape(-1).view(torch.int32) & _ABS_BITS
@@ -54,6 +60,7 @@ def topk_thresholds(
     groups: Sequence[int],
     keep_counts: Sequence[int],
     all_reduce: AllReduce | None = None,
+    check_finite: bool = True,
 ) -> Tensor:
     """Return the k-th largest magnitude of every group, exactly.
 
@@ -65,6 +72,7 @@ def topk_thresholds(
         all_reduce: sums a count tensor across ranks in place; ``None`` on a single process.
             It is called once per digit (``len(DIGIT_BITS)`` times), with the same shapes on
             every rank.
+        check_finite: refuse NaN/inf values (off for int32 keys, whose top values are not floats).
 
     Returns:
         float32 tensor of shape ``[len(keep_counts)]``: T_g such that keeping ``|x| >= T_g``
@@ -100,12 +108,8 @@ def topk_thresholds(
             # Entries with no gradient at all (a parameter that got none) count as zeros: if k
             # reaches into them, T is 0 and everything is kept.
             short = remaining > hist.sum(1)
-            nonfinite = int(hist[:, _INF_KEY >> shift :].sum())
-            if nonfinite:
-                raise NonFiniteGradientError(
-                    f"{nonfinite} gradient entries are NaN or inf; refusing to compute a mask "
-                    "threshold from them (check the loss, learning rate and mixed precision)."
-                )
+            if check_finite:
+                _raise_if_nonfinite(int(hist[:, _INF_KEY >> shift :].sum()))
 
         # For each group, the digit d whose bucket holds the k-th largest key: the count of keys
         # in buckets above d is < k and the count at or above d is >= k.
@@ -129,6 +133,25 @@ def topk_thresholds(
     thresholds = key_to_float(prefix).masked_fill(short, 0.0)
     empty = torch.as_tensor([k <= 0 for k in keep_counts], dtype=torch.bool, device=device)
     return thresholds.masked_fill(empty, float("inf"))
+
+
+def check_finite(tensors: Sequence[Tensor], all_reduce: AllReduce | None = None) -> None:
+    """Raise ``NonFiniteGradientError`` on every rank if any rank's tensors hold NaN or inf."""
+    device = tensors[0].device if tensors else torch.device("cpu")
+    count = torch.zeros(1, dtype=torch.int64, device=device)
+    for tensor in tensors:
+        count += (~torch.isfinite(tensor)).sum()
+    if all_reduce is not None:
+        all_reduce(count)
+    _raise_if_nonfinite(int(count))
+
+
+def _raise_if_nonfinite(count: int) -> None:
+    if count:
+        raise NonFiniteGradientError(
+            f"{count} gradient entries are NaN or inf; refusing to compute a mask "
+            "threshold from them (check the loss, learning rate and mixed precision)."
+        )
 
 
 def keep_count(numel: int, mask_ratio: float) -> int:
