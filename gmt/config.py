@@ -24,8 +24,8 @@ class MaskArguments:
         default="gmt",
         metadata={
             "help": "How the entries to update are chosen. 'gmt': Gradient-Mask Tuning, the top-k |gradient| "
-            "of the accumulated gradient at every step; 'random': the same number of entries drawn at random "
-            "(a baseline); 'full': plain fine-tuning.",
+            "of the accumulated gradient at every step; baselines at the same ratio: 'random' (entries drawn at "
+            "random) and 'magnitude' (largest |weight|); 'full': plain fine-tuning.",
             "choices": sorted(STRATEGIES),
         },
     )

@@ -102,12 +102,13 @@ def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
     assert relative_distance(weights[2], weights[1], weights[0], leave_out=FLIPS_ALLOWED) <= 1e-4
 
 
-@pytest.mark.parametrize("engine", ["zero2", "zero3"])
-def test_random_baseline_is_shard_invariant(tiny_assets, tmp_path, engine):
-    # The random keys come from each entry's global index, so ZeRO's partitions draw the mask a
-    # single process draws: exactly the same entries move (update mode, one step).
+@pytest.mark.parametrize(("engine", "strategy"), [("zero2", "random"), ("zero3", "random"), ("zero3", "magnitude")])
+def test_baselines_are_shard_invariant(tiny_assets, tmp_path, engine, strategy):
+    # random: the keys come from each entry's global index; magnitude: |θ| of the local fp32
+    # partition. Either way ZeRO's partitions choose the mask a single process chooses: exactly
+    # the same entries move (update mode, one step).
     base, data = tiny_assets / "base", tiny_assets / "data/sft"
-    random = ("--mask_strategy", "random", "--gmt_mode", "update", "--max_steps", "1")
+    random = ("--mask_strategy", strategy, "--gmt_mode", "update", "--max_steps", "1")
     one = run_sft(RECIPE, base, data, tmp_path / "one", *COMMON, *random, "--gradient_accumulation_steps", "2")
     assert one.returncode == 0, one.stderr[-3000:]
     launcher, engine_args = ENGINES[engine]

@@ -49,7 +49,9 @@ def worker(rank: int, port: int, mode: str, strategy: str, results) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(("mode", "strategy"), [("grad", "gmt"), ("update", "gmt"), ("update", "random")])
+@pytest.mark.parametrize(
+    ("mode", "strategy"), [("grad", "gmt"), ("update", "gmt"), ("update", "random"), ("update", "magnitude")]
+)
 def test_fsdp2_mask_equals_single_process(mode, strategy):
     # random: the keys come from each entry's global index, so the shards draw the same mask.
     results = mp.Manager().dict()

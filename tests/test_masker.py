@@ -124,3 +124,14 @@ def test_random_baseline_keeps_exactly_k_fresh_or_fixed():
         assert sum(int(m.sum()) for m in masks) == keep_count(total, 0.7)
     assert any(not torch.equal(a, b) for a, b in zip(*fresh))  # a new draw every step
     assert all(torch.equal(a, b) for a, b in zip(*fixed))  # the same mask every step
+
+
+def test_magnitude_baseline_keeps_the_largest_weights():
+    model = model_with_grads()
+    masker = GradientMasker(build_strategy("magnitude", 0.75), LocalGradientAccess(model.named_parameters()))
+    masker.apply(step=0)
+    kept = [p.grad != 0 for p in model.parameters()]
+    assert sum(int(k.sum()) for k in kept) == keep_count(total_entries(model), 0.75)
+    kept_weights = torch.cat([p.detach()[k].abs() for p, k in zip(model.parameters(), kept)])
+    dropped_weights = torch.cat([p.detach()[~k].abs() for p, k in zip(model.parameters(), kept)])
+    assert kept_weights.min() >= dropped_weights.max()

@@ -40,6 +40,10 @@ class GradientAccess:
         """Where each local gradient starts in its flattened full parameter (0 when unsharded)."""
         return [0] * len(self.params)
 
+    def weights(self) -> list[Tensor]:
+        """The local entries of each parameter, aligned with ``grads()`` (for scores such as |θ|)."""
+        return [local_shard(param.detach()) for param in self.params]
+
 
 def trainable_layout(
     named_parameters: Iterable[tuple[str, nn.Parameter]], numel=lambda param: param.numel()
@@ -96,6 +100,14 @@ class DeepSpeedZero3Access(GradientAccess):
         # With bf16/fp16 gradient buffers the getter returns an fp32 copy: commit() writes it back.
         self._local = [safe_get_local_grad(param) for param in self.params]
         return [grad.view(-1).narrow(0, 0, real) for grad, real in zip(self._local, self._real_counts, strict=True)]
+
+    def weights(self) -> list[Tensor]:
+        from deepspeed.utils import safe_get_local_fp32_param
+
+        return [
+            safe_get_local_fp32_param(param).view(-1).narrow(0, 0, real)
+            for param, real in zip(self.params, self._real_counts, strict=True)
+        ]
 
     def commit(self) -> None:
         from deepspeed.utils import safe_set_local_grad
@@ -157,6 +169,13 @@ class DeepSpeedZero12Access(GradientAccess):
                 fragment = fragment.narrow(0, address.start, address.numel)
             grads.append(fragment)
         return grads
+
+    def weights(self) -> list[Tensor]:
+        weights = []
+        for param in self.params:
+            mapping = getattr(param, "_hp_mapping", None)
+            weights.append(param.new_empty(0, dtype=torch.float32) if mapping is None else mapping.get_hp_fragment())
+        return weights
 
     def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
         # The base optimizer steps one flat fp32 partition per parameter group.

@@ -202,7 +202,40 @@ class RandomStrategy(TopKStrategy):
         return RandomSelection(self, seed, thresholds.view(torch.int32).tolist())
 
 
-STRATEGIES: dict[str, type[MaskStrategy]] = {cls.name: cls for cls in (GMTStrategy, FullStrategy, RandomStrategy)}
+class MagnitudeSelection(ThresholdSelection):
+    """Keep ``|θ| >= T``: the threshold selection, compared on the weights instead of Γ."""
+
+    def __init__(self, group_thresholds: Tensor, group_of_param: Sequence[int], weights: Sequence[Tensor]) -> None:
+        super().__init__(group_thresholds, group_of_param)
+        self.weights = weights
+
+    def keep(self, index: int, grad: Tensor) -> Tensor:
+        return super().keep(index, self.weights[index]).view(grad.shape)
+
+
+class MagnitudeStrategy(TopKStrategy):
+    """Baseline: keep the k entries of each scope with the largest |θ|, re-chosen every step."""
+
+    name = "magnitude"
+
+    def select(self, grads: Sequence[Tensor | None], step: int) -> MagnitudeSelection | None:
+        if self.mask_ratio == 0:
+            return None
+        present = [i for i, grad in enumerate(grads) if grad is not None]
+        check_finite([grads[i] for i in present], self.all_reduce)  # the scores don't look at Γ
+        weights = self.access.weights()
+        thresholds = topk_thresholds(
+            [weights[i] for i in present],
+            [self.group_of_param[i] for i in present],
+            self.keep_counts,
+            self.all_reduce,
+        )
+        return MagnitudeSelection(thresholds, self.group_of_param, weights)
+
+
+STRATEGIES: dict[str, type[MaskStrategy]] = {
+    cls.name: cls for cls in (GMTStrategy, FullStrategy, RandomStrategy, MagnitudeStrategy)
+}
 
 
 def build_strategy(
@@ -217,6 +250,8 @@ def build_strategy(
         return GMTStrategy(mask_ratio, mask_scope)
     if mask_strategy == "random":
         return RandomStrategy(mask_ratio, mask_scope, fixed=random_fixed, seed=seed)
+    if mask_strategy == "magnitude":
+        return MagnitudeStrategy(mask_ratio, mask_scope)
     if mask_strategy == "full":
         return FullStrategy()
     raise ValueError(f"mask_strategy must be one of {sorted(STRATEGIES)}, got {mask_strategy!r}")
