@@ -9,7 +9,7 @@ strategy and engine.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,18 +47,24 @@ class MaskSelection(ABC):
         return None
 
 
-class ThresholdSelection(MaskSelection):
-    """Keep ``|Γ| >= T`` with one threshold per scope group."""
+ScoreOf = Callable[[int, Tensor], Tensor]  # (parameter index, its local gradient) -> its local scores
 
-    def __init__(self, group_thresholds: Tensor, group_of_param: Sequence[int]) -> None:
+
+class ThresholdSelection(MaskSelection):
+    """Keep the entries whose score clears their scope's threshold; the score is |Γ| by default."""
+
+    def __init__(
+        self, group_thresholds: Tensor, group_of_param: Sequence[int], score_of: ScoreOf | None = None
+    ) -> None:
         self.group_thresholds = group_thresholds
         # Compare integer keys, not floats: exact for bf16/fp16 grads against an fp32 threshold.
         self._threshold_keys = magnitude_keys(group_thresholds).tolist()
         self.group_of_param = group_of_param
+        self.score_of = score_of or (lambda index, grad: grad)
 
     def keep(self, index: int, grad: Tensor) -> Tensor:
         threshold_key = self._threshold_keys[self.group_of_param[index]]
-        return (magnitude_keys(grad) >= threshold_key).view(grad.shape)
+        return (magnitude_keys(self.score_of(index, grad)) >= threshold_key).view(grad.shape)
 
     def thresholds(self) -> Tensor:
         return self.group_thresholds
@@ -97,7 +103,9 @@ class FullStrategy(MaskStrategy):
 
 
 class TopKStrategy(MaskStrategy):
-    """Keep the top k entries of each scope by some score; subclasses say which score."""
+    """Keep the top k entries of each scope by a score; subclasses say which score."""
+
+    integer_scores = False  # scores are int32 keys (random), not floats to check for NaN/inf
 
     def __init__(self, mask_ratio: float, scope: str = "global") -> None:
         self.mask_ratio = mask_ratio
@@ -111,23 +119,32 @@ class TopKStrategy(MaskStrategy):
             group_sizes[group] += numel
         self.keep_counts = [keep_count(size, self.mask_ratio) for size in group_sizes]
 
-
-class GMTStrategy(TopKStrategy):
-    """Gradient-Mask Tuning: keep the entries whose |Γ| is in the top k of their scope."""
-
-    name = "gmt"
+    def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf | None:
+        """How to score a parameter's local entries at this step; None scores by |Γ| itself."""
+        return None
 
     def select(self, grads: Sequence[Tensor | None], step: int) -> ThresholdSelection | None:
         if self.mask_ratio == 0:
             return None  # r = 0 is plain fine-tuning, exactly: no threshold pass at all
         present = [i for i, grad in enumerate(grads) if grad is not None]
+        score_of = self.score_function(grads, step)
+        if score_of is not None:  # the scores don't look at Γ: check it for NaN/inf on its own
+            check_finite([grads[i] for i in present], self.all_reduce)
+        scores = [grads[i] if score_of is None else score_of(i, grads[i]) for i in present]
         thresholds = topk_thresholds(
-            [grads[i] for i in present],
+            scores,
             [self.group_of_param[i] for i in present],
             self.keep_counts,
             self.all_reduce,
+            check_finite=not self.integer_scores,
         )
-        return ThresholdSelection(thresholds, self.group_of_param)
+        return ThresholdSelection(thresholds, self.group_of_param, score_of)
+
+
+class GMTStrategy(TopKStrategy):
+    """Gradient-Mask Tuning: keep the entries whose |Γ| is in the top k of their scope."""
+
+    name = "gmt"
 
 
 def random_keys(global_index: Tensor, seed: int) -> Tensor:
@@ -151,22 +168,12 @@ def _logical_shift(x: Tensor, shift: int) -> Tensor:
     return (x >> shift) & ((1 << (64 - shift)) - 1)
 
 
-class RandomSelection(MaskSelection):
-    """Keep entries whose random key clears the scope's threshold key; keys are recomputed, not stored."""
-
-    def __init__(self, strategy: RandomStrategy, seed: int, threshold_keys: list[int]) -> None:
-        self.strategy, self.seed, self.threshold_keys = strategy, seed, threshold_keys
-
-    def keep(self, index: int, grad: Tensor) -> Tensor:
-        keys = self.strategy.keys(index, grad, self.seed)
-        return (keys >= self.threshold_keys[self.strategy.group_of_param[index]]).view(grad.shape)
-
-
 class RandomStrategy(TopKStrategy):
     """Baseline: keep a uniformly random k entries of each scope, fresh every step or fixed
     (``random_fixed``). Exactly k (keys are 31-bit, ties are rare) and shard-invariant."""
 
     name = "random"
+    integer_scores = True
 
     def __init__(self, mask_ratio: float, scope: str = "global", fixed: bool = False, seed: int = 0) -> None:
         super().__init__(mask_ratio, scope)
@@ -174,43 +181,20 @@ class RandomStrategy(TopKStrategy):
 
     def setup(self, access: GradientAccess) -> None:
         super().setup(access)
-        self.offsets = access.local_offsets()
-        starts, total = [], 0
-        for numel in self.layout.numels:  # each parameter's entries get their own index range
-            starts.append(total)
-            total += numel
-        self.param_starts = starts
+        offsets, start = access.local_offsets(), 0
+        self.first_index = []  # global index of each parameter's first local entry
+        for offset, numel in zip(offsets, self.layout.numels, strict=True):
+            self.first_index.append(start + offset)
+            start += numel
 
-    def keys(self, index: int, grad: Tensor, seed: int) -> Tensor:
-        first = self.param_starts[index] + self.offsets[index]
-        return random_keys(torch.arange(first, first + grad.numel(), device=grad.device), seed)
-
-    def select(self, grads: Sequence[Tensor | None], step: int) -> RandomSelection | None:
-        if self.mask_ratio == 0:
-            return None
+    def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf:
         seed = self.seed * 1_000_003 + (0 if self.fixed else step)
-        present = [i for i, grad in enumerate(grads) if grad is not None]
-        check_finite([grads[i] for i in present], self.all_reduce)  # the keys don't look at Γ
-        thresholds = topk_thresholds(
-            [self.keys(i, grads[i], seed) for i in present],
-            [self.group_of_param[i] for i in present],
-            self.keep_counts,
-            self.all_reduce,
-            check_finite=False,
-        )
-        # The threshold comes back as the float whose bits are the key; read the key back.
-        return RandomSelection(self, seed, thresholds.view(torch.int32).tolist())
 
+        def keys(index: int, grad: Tensor) -> Tensor:  # recomputed when needed, never stored
+            first = self.first_index[index]
+            return random_keys(torch.arange(first, first + grad.numel(), device=grad.device), seed)
 
-class MagnitudeSelection(ThresholdSelection):
-    """Keep ``|θ| >= T``: the threshold selection, compared on the weights instead of Γ."""
-
-    def __init__(self, group_thresholds: Tensor, group_of_param: Sequence[int], weights: Sequence[Tensor]) -> None:
-        super().__init__(group_thresholds, group_of_param)
-        self.weights = weights
-
-    def keep(self, index: int, grad: Tensor) -> Tensor:
-        return super().keep(index, self.weights[index]).view(grad.shape)
+        return keys
 
 
 class MagnitudeStrategy(TopKStrategy):
@@ -218,19 +202,9 @@ class MagnitudeStrategy(TopKStrategy):
 
     name = "magnitude"
 
-    def select(self, grads: Sequence[Tensor | None], step: int) -> MagnitudeSelection | None:
-        if self.mask_ratio == 0:
-            return None
-        present = [i for i, grad in enumerate(grads) if grad is not None]
-        check_finite([grads[i] for i in present], self.all_reduce)  # the scores don't look at Γ
+    def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf:
         weights = self.access.weights()
-        thresholds = topk_thresholds(
-            [weights[i] for i in present],
-            [self.group_of_param[i] for i in present],
-            self.keep_counts,
-            self.all_reduce,
-        )
-        return MagnitudeSelection(thresholds, self.group_of_param, weights)
+        return lambda index, grad: weights[index]
 
 
 STRATEGIES: dict[str, type[MaskStrategy]] = {
