@@ -27,6 +27,24 @@ def tiny_assets(tmp_path_factory) -> Path:
     return ensure_tiny_assets(out, settings)
 
 
+# Training arguments of the in-process trainer tests: CPU, tiny, logged every step, and a constant
+# learning rate without warm-up so that the first step already moves the weights.
+TINY_TRAINING_ARGS = dict(
+    bf16=False,
+    activation_checkpointing=False,
+    per_device_train_batch_size=4,
+    learning_rate=1e-3,
+    lr_scheduler_type="constant",
+    max_length=96,
+    report_to="none",
+    save_strategy="no",
+    logging_steps=1,
+    seed=7,
+    dataloader_num_workers=0,
+    dataloader_pin_memory=False,
+)
+
+
 # How tests launch gmt/sft.py: plain python, or one of these module launchers.
 ACCELERATE_ONE_CPU = ("-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu")
 ACCELERATE_CPU_ZERO3 = ("-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_zero3.yaml")

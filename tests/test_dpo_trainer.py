@@ -9,27 +9,14 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
+from conftest import ACCELERATE_CPU_ZERO3, TINY_TRAINING_ARGS, logged, run_sft
 from gmt.config import GMTDPOConfig
 from gmt.masking import keep_count
 from gmt.trainer import GMTDPOTrainer
 
 pytestmark = pytest.mark.slow
 
-COMMON = dict(
-    bf16=False,
-    activation_checkpointing=False,
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    lr_scheduler_type="constant",
-    max_length=96,
-    report_to="none",
-    save_strategy="no",
-    logging_steps=1,
-    seed=7,
-    dataloader_num_workers=0,
-    dataloader_pin_memory=False,
-)
+COMMON = TINY_TRAINING_ARGS
 
 
 def dpo_split(tiny_assets, split: str):

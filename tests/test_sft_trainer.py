@@ -9,26 +9,14 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
+from conftest import TINY_TRAINING_ARGS
 from gmt.config import GMTSFTConfig
 from gmt.masking import NonFiniteGradientError, keep_count
 from gmt.trainer import GMTSFTTrainer
 
 pytestmark = pytest.mark.slow
 
-COMMON = dict(
-    bf16=False,
-    activation_checkpointing=False,
-    per_device_train_batch_size=4,
-    learning_rate=1e-3,
-    lr_scheduler_type="constant",  # no warm-up: the first step must move weights
-    max_length=96,
-    assistant_only_loss=True,
-    report_to="none",
-    save_strategy="no",
-    logging_steps=1,
-    seed=7,
-    dataloader_num_workers=0,
-)
+COMMON = {**TINY_TRAINING_ARGS, "assistant_only_loss": True}
 
 
 def train(tiny_assets, tmp_path, trainer_cls=GMTSFTTrainer, config_cls=GMTSFTConfig, model=None, **overrides):

@@ -112,8 +112,11 @@ class DeepSpeedZero3Access(GradientAccess):
     def commit(self) -> None:
         from deepspeed.utils import safe_set_local_grad
 
+        # The getter hands out the fp32 buffer itself when gradients accumulate in fp32 params'
+        # precision, and an fp32 copy otherwise: only copies need writing back (a full pass each).
         for param, grad in zip(self.params, self._local, strict=True):
-            safe_set_local_grad(param, grad)
+            if param.ds_tensor.dtype != torch.float32:
+                safe_set_local_grad(param, grad)
         self._local = []
 
     def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:

@@ -66,22 +66,20 @@ class GradientMasker:
             return
 
         keeps: dict[int, Tensor] = {}
-        kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
         for index, grad in enumerate(grads):
             if grad is None:
                 continue
             keep = selection.keep(index, grad)
             if keep is None:
-                kept[index] = grad.numel()
+                self._kept[index] += grad.numel()
                 continue
-            kept[index] = keep.sum()
+            self._kept[index] += keep.sum()
             grad.mul_(keep)
             if self.mode == "update":
                 keeps[index] = keep
         self.access.commit()
         if self.mode == "update":
             optimizer.set_update_masks(self.access.optimizer_masks(keeps))
-        self._kept += kept
         thresholds = selection.thresholds()
         if thresholds is not None:
             self._last_thresholds = thresholds  # reduced to one number at logging time

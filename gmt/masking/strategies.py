@@ -30,10 +30,6 @@ class ParamLayout:
     names: list[str]
     numels: list[int]  # entries of each full parameter, summed over ranks when sharded
 
-    @property
-    def total(self) -> int:
-        return sum(self.numels)
-
 
 class MaskSelection(ABC):
     """The mask of one step, produced lazily one parameter at a time."""
