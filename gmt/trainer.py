@@ -11,10 +11,20 @@ the mask wraps the ZeRO optimizer's ``step`` instead (``_hook_deepspeed_step``).
 
 from __future__ import annotations
 
+import re
+
 import torch
 from trl import DPOTrainer, SFTTrainer
 
-from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
+from gmt.masking import (
+    STRATEGIES,
+    GradientMasker,
+    LocalGradientAccess,
+    MaskedAdamW,
+    SparseMaskedAdamW,
+    build_strategy,
+    default_frozen_params,
+)
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
 
 
@@ -28,6 +38,24 @@ class MaskingMixin:
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._check_engine_supported()
+        self._freeze_params()
+
+    def _freeze_params(self) -> None:
+        # Before the optimizer and the engine exist, so frozen parameters get neither gradients nor state.
+        pattern = self.args.frozen_params
+        if pattern is None:
+            pattern = default_frozen_params(self.args.mask_strategy)
+        if not pattern:
+            return
+        trainable = [(name, param) for name, param in self.model.named_parameters() if param.requires_grad]
+        frozen = [param for name, param in trainable if re.search(pattern, name)]
+        if len(frozen) == len(trainable):
+            raise ValueError(f"frozen_params {pattern!r} matches every trainable parameter: nothing would train")
+        for param in frozen:
+            param.requires_grad_(False)
+
+    def _uses_fixed_masks(self) -> bool:
+        return STRATEGIES[self.args.mask_strategy].fixed_masks
 
     def _check_engine_supported(self) -> None:
         if self.args.mask_strategy == "full":
@@ -46,6 +74,12 @@ class MaskingMixin:
                     f"mask_strategy {self.args.mask_strategy!r} under DeepSpeed needs ZeRO stage 1, 2 or 3 (the mask "
                     f"hooks the ZeRO optimizer's step); the config has stage {stage}."
                 )
+            if self._uses_fixed_masks() and "optimizer" in ds_config:
+                raise ValueError(
+                    f"mask_strategy {self.args.mask_strategy!r} needs gmt's sparse-state AdamW as DeepSpeed's "
+                    "optimizer: remove the 'optimizer' block from the DeepSpeed config (the Trainer's optim is used "
+                    "then)."
+                )
             if self._uses_masked_optimizer() and "optimizer" in ds_config:
                 raise ValueError(
                     "gmt_mode 'update' needs the masked AdamW as DeepSpeed's optimizer: remove the 'optimizer' block "
@@ -56,29 +90,48 @@ class MaskingMixin:
         return int(getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) or 1)
 
     def _uses_masked_optimizer(self) -> bool:
-        return self.args.gmt_mode == "update" and self.args.mask_strategy != "full"
+        return self.args.gmt_mode == "update" and self.args.mask_strategy != "full" and not self._uses_fixed_masks()
 
     def create_optimizer(self, model=None):
-        """In ``gmt_mode: update`` the configured AdamW becomes a ``MaskedAdamW`` with the same settings."""
-        if self.optimizer is None and self._uses_masked_optimizer():
+        """The configured AdamW becomes a ``MaskedAdamW`` (``gmt_mode: update``) or, for fixed-mask
+        strategies, a ``SparseMaskedAdamW`` (state for kept entries only), with the same settings."""
+        if self.optimizer is None and (self._uses_masked_optimizer() or self._uses_fixed_masks()):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model or self.model)
             if optimizer_cls is not torch.optim.AdamW:
                 raise ValueError(
-                    f"gmt_mode 'update' can only mask AdamW, but optim {self.args.optim!r} gives {optimizer_cls}"
+                    f"mask_strategy {self.args.mask_strategy!r} can only mask AdamW, but optim {self.args.optim!r} "
+                    f"gives {optimizer_cls}"
                 )
-            self.optimizer_cls_and_kwargs = (MaskedAdamW, optimizer_kwargs)
+            if self._uses_fixed_masks():
+                settings = ("lr", "betas", "eps", "weight_decay")
+                optimizer_kwargs = {key: value for key, value in optimizer_kwargs.items() if key in settings}
+                self.optimizer_cls_and_kwargs = (SparseMaskedAdamW, optimizer_kwargs)
+            else:
+                self.optimizer_cls_and_kwargs = (MaskedAdamW, optimizer_kwargs)
         return super().create_optimizer(model)
 
     @property
     def masker(self) -> GradientMasker:
         """The masker, built on first use (after the model is wrapped and the optimizer exists)."""
         if self._masker is None:
+            args = self.args
             strategy = build_strategy(
-                self.args.mask_strategy,
-                self.args.mask_ratio,
-                self.args.mask_scope,
-                random_fixed=self.args.random_fixed,
-                seed=self.args.seed,
+                args.mask_strategy,
+                args.mask_ratio,
+                args.mask_scope,
+                random_fixed=args.random_fixed,
+                seed=args.seed,
+                dense_params=args.dense_params,
+                selection_steps=args.selection_steps,
+                gps_k=args.gps_k,
+                grft_k=args.grft_k,
+                grft_axis=args.grft_axis,
+                grft_lambda=args.grft_lambda,
+                gspf_keep_ratio=args.gspf_keep_ratio,
+                gspf_warmup_steps=args.gspf_warmup_steps,
+                gspf_reselect_every=args.gspf_reselect_every,
+                gspf_alpha=args.gspf_alpha,
+                total_steps=self.state.max_steps,
             )
             self._masker = GradientMasker(
                 strategy,
@@ -123,7 +176,7 @@ class MaskingMixin:
             return
         self._masked_step = self.state.global_step
         optimizer = self.optimizer
-        while not isinstance(optimizer, MaskedAdamW) and hasattr(optimizer, "optimizer"):
+        while not isinstance(optimizer, (MaskedAdamW, SparseMaskedAdamW)) and hasattr(optimizer, "optimizer"):
             optimizer = optimizer.optimizer  # accelerate wraps the optimizer
         self.masker.apply(self.state.global_step, optimizer)
 

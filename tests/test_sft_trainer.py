@@ -19,11 +19,15 @@ pytestmark = pytest.mark.slow
 COMMON = {**TINY_TRAINING_ARGS, "assistant_only_loss": True}
 
 
-def train(tiny_assets, tmp_path, trainer_cls=GMTSFTTrainer, config_cls=GMTSFTConfig, model=None, **overrides):
+def train(
+    tiny_assets, tmp_path, trainer_cls=GMTSFTTrainer, config_cls=GMTSFTConfig, model=None, callbacks=None, **overrides
+):
     settings = {**COMMON, "max_steps": 3, "output_dir": str(tmp_path / "run"), **overrides}
     dataset = load_dataset("json", data_files=str(tiny_assets / "data/sft/train.jsonl"), split="train")
     model = model or AutoModelForCausalLM.from_pretrained(tiny_assets / "base")
-    trainer = trainer_cls(model=model, args=config_cls(**settings), train_dataset=dataset.remove_columns("answer"))
+    trainer = trainer_cls(
+        model=model, args=config_cls(**settings), train_dataset=dataset.remove_columns("answer"), callbacks=callbacks
+    )
     trainer.train()
     return trainer
 

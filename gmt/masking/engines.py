@@ -32,8 +32,12 @@ class GradientAccess:
     def commit(self) -> None:
         """Write the masked gradients back where the engine reads them (no-op for in-place views)."""
 
-    def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
-        """Turn keep-masks of parameter indices into masks keyed by the optimizer's tensors."""
+    def optimizer_masks(self, keeps: dict[int, Tensor], fill: bool = True) -> dict[Tensor, Tensor]:
+        """Turn keep-masks of parameter indices into masks keyed by the optimizer's tensors.
+
+        ``fill``: what flat optimizer partitions (DeepSpeed) hold where no parameter's mask lands
+        (padding): kept for a one-step mask (its gradient is 0), dropped for a fixed one.
+        """
         return {self.params[index]: keep for index, keep in keeps.items()}
 
     def local_offsets(self) -> list[int]:
@@ -46,13 +50,16 @@ class GradientAccess:
 
 
 def trainable_layout(
-    named_parameters: Iterable[tuple[str, nn.Parameter]], numel=lambda param: param.numel()
+    named_parameters: Iterable[tuple[str, nn.Parameter]], shape=lambda param: tuple(param.shape)
 ) -> tuple[list[nn.Parameter], ParamLayout]:
-    """The trainable parameters and their layout (names as the user's model spells them, full sizes)."""
+    """The trainable parameters and their layout (names as the user's model spells them, full shapes)."""
     trainable = [(name, param) for name, param in named_parameters if param.requires_grad]
     params = [param for _, param in trainable]
+    shapes = [tuple(int(size) for size in shape(param)) for param in params]
     layout = ParamLayout(
-        names=[_strip_wrapper_prefix(name) for name, _ in trainable], numels=[numel(p) for p in params]
+        names=[_strip_wrapper_prefix(name) for name, _ in trainable],
+        numels=[math.prod(full_shape) for full_shape in shapes],
+        shapes=shapes,
     )
     return params, layout
 
@@ -78,7 +85,7 @@ class DeepSpeedZero3Access(GradientAccess):
         import torch.distributed as dist
 
         self.zero_optimizer = zero_optimizer
-        self.params, self.layout = trainable_layout(named_parameters, numel=lambda param: int(param.ds_numel))
+        self.params, self.layout = trainable_layout(named_parameters, shape=lambda param: param.ds_shape)
         rank = dist.get_rank()
         # Rank r holds entries [r * P, (r + 1) * P) of each flattened parameter (P = padded
         # partition size); entries past ds_numel are padding.
@@ -119,7 +126,7 @@ class DeepSpeedZero3Access(GradientAccess):
                 safe_set_local_grad(param, grad)
         self._local = []
 
-    def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
+    def optimizer_masks(self, keeps: dict[int, Tensor], fill: bool = True) -> dict[Tensor, Tensor]:
         # The base optimizer steps the flat fp32 partitions, one per sub-group: build one flat mask
         # for each from the parameters' positions in it (padding stays "kept"; its gradient is 0).
         zero = self.zero_optimizer
@@ -129,7 +136,7 @@ class DeepSpeedZero3Access(GradientAccess):
             group, offset, _ = zero.grad_position[zero.get_param_id(param)]
             flat = zero.fp32_partitioned_groups_flat[group]
             if flat not in flat_masks:
-                flat_masks[flat] = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+                flat_masks[flat] = torch.full((flat.numel(),), fill, dtype=torch.bool, device=flat.device)
             flat_masks[flat].narrow(0, offset, keep.numel()).copy_(keep.view(-1))
         return flat_masks
 
@@ -180,7 +187,7 @@ class DeepSpeedZero12Access(GradientAccess):
             weights.append(param.new_empty(0, dtype=torch.float32) if mapping is None else mapping.get_hp_fragment())
         return weights
 
-    def optimizer_masks(self, keeps: dict[int, Tensor]) -> dict[Tensor, Tensor]:
+    def optimizer_masks(self, keeps: dict[int, Tensor], fill: bool = True) -> dict[Tensor, Tensor]:
         # The base optimizer steps one flat fp32 partition per parameter group.
         zero = self.zero_optimizer
         flat_masks: dict[Tensor, Tensor] = {}
@@ -190,7 +197,7 @@ class DeepSpeedZero12Access(GradientAccess):
                 continue
             flat = zero.single_partition_of_fp32_groups[mapping.param_group_index]
             if flat not in flat_masks:
-                flat_masks[flat] = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+                flat_masks[flat] = torch.full((flat.numel(),), fill, dtype=torch.bool, device=flat.device)
             flat_masks[flat].narrow(0, mapping.hp_fragment_address.start, keep.numel()).copy_(keep.view(-1))
         return flat_masks
 

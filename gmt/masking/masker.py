@@ -6,6 +6,9 @@ optimizer. The masker does the middle part for every strategy and engine:
 - ``gmt_mode: grad``: dropped entries of Γ are zeroed; the optimizer is untouched (the paper).
 - ``gmt_mode: update``: Γ is zeroed as well, and the optimizer (``MaskedAdamW``) is told to leave
   dropped entries exactly as they are in this step: no update, no decay, moments untouched.
+- fixed-mask strategies (gps, grft, gspf), whatever ``gmt_mode``: Γ is zeroed outside the mask,
+  and on the steps the mask is (re)chosen the optimizer (``SparseMaskedAdamW``) rebuilds its
+  state for the kept entries only; entries outside never move.
 """
 
 from __future__ import annotations
@@ -52,7 +55,11 @@ class GradientMasker:
         In ``update`` mode ``optimizer`` must be a ``MaskedAdamW``; it receives the masks for its
         next ``step()``.
         """
-        if self.mode == "update" and not isinstance(optimizer, MaskedAdamW):
+        fixed = self.strategy.fixed_masks
+        if fixed and not hasattr(optimizer, "set_fixed_masks"):
+            raise TypeError(f"mask_strategy {self.strategy.name!r} needs a SparseMaskedAdamW optimizer")
+        update_masks = self.mode == "update" and not fixed
+        if update_masks and not isinstance(optimizer, MaskedAdamW):
             raise TypeError("gmt_mode 'update' needs a MaskedAdamW optimizer")
         selection, grads = None, []
         if step >= self.mask_start_step:
@@ -61,10 +68,11 @@ class GradientMasker:
         self._steps += 1
         if selection is None:
             self._kept += self._numels  # everything kept, no pass over the gradient
-            if self.mode == "update":
+            if update_masks:
                 optimizer.set_update_masks({})
             return
 
+        new_fixed_masks = getattr(selection, "changed", False)
         keeps: dict[int, Tensor] = {}
         for index, grad in enumerate(grads):
             if grad is None:
@@ -72,14 +80,18 @@ class GradientMasker:
             keep = selection.keep(index, grad)
             if keep is None:
                 self._kept[index] += grad.numel()
+                if new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
+                    keeps[index] = torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
                 continue
             self._kept[index] += keep.sum()
             grad.mul_(keep)
-            if self.mode == "update":
+            if update_masks or new_fixed_masks:
                 keeps[index] = keep
         self.access.commit()
-        if self.mode == "update":
+        if update_masks:
             optimizer.set_update_masks(self.access.optimizer_masks(keeps))
+        elif new_fixed_masks:
+            optimizer.set_fixed_masks(self.access.optimizer_masks(keeps, fill=False))
         thresholds = selection.thresholds()
         if thresholds is not None:
             self._last_thresholds = thresholds  # reduced to one number at logging time

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from gmt.masking.optim import local_shard
+
 
 class SparseMaskedAdamW(torch.optim.Optimizer):
     """AdamW (decoupled weight decay) whose state for masked parameters covers kept entries only."""
@@ -36,22 +38,33 @@ class SparseMaskedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def set_fixed_masks(self, masks: dict[Tensor, Tensor]) -> None:
-        """Fix the kept entries of each parameter in ``masks`` (bool, the parameter's shape).
+        """Fix the kept entries of each parameter in ``masks`` (bool, the parameter's local shape).
 
-        Moments of entries kept before and after are carried over; new entries start at zero.
+        Moments of entries kept before and after are carried over (from sparse or dense state);
+        newly kept entries start at zero. An all-True mask makes the parameter's state dense again.
         """
         for param, keep in masks.items():
-            indices = keep.reshape(-1).nonzero().squeeze(1)
+            flat_keep = keep.reshape(-1)
             state = self.state[param]
-            exp_avg = torch.zeros(indices.numel(), dtype=torch.float32, device=param.device)
+            indices = None if bool(flat_keep.all()) else flat_keep.nonzero().squeeze(1)
+            size = flat_keep.numel() if indices is None else indices.numel()
+            exp_avg = torch.zeros(size, dtype=torch.float32, device=flat_keep.device)
             exp_avg_sq = torch.zeros_like(exp_avg)
-            if "indices" in state and state["indices"].numel() and indices.numel():
-                old = state["indices"]  # sorted, as nonzero() returns them
-                position = torch.searchsorted(old, indices).clamp(max=old.numel() - 1)
-                carried = old[position] == indices
+            old_indices = state.get("indices")
+            if "exp_avg" in state and old_indices is None:  # dense before: read the kept entries
+                positions = slice(None) if indices is None else indices
+                exp_avg.copy_(state["exp_avg"].reshape(-1)[positions])
+                exp_avg_sq.copy_(state["exp_avg_sq"].reshape(-1)[positions])
+            elif old_indices is not None and old_indices.numel() and size:  # sparse before
+                wanted = torch.arange(size, device=flat_keep.device) if indices is None else indices
+                position = torch.searchsorted(old_indices, wanted).clamp(max=old_indices.numel() - 1)
+                carried = old_indices[position] == wanted  # sorted, as nonzero() returns them
                 exp_avg[carried] = state["exp_avg"][position[carried]]
                 exp_avg_sq[carried] = state["exp_avg_sq"][position[carried]]
-            state["indices"], state["exp_avg"], state["exp_avg_sq"] = indices, exp_avg, exp_avg_sq
+            state.pop("indices", None)
+            if indices is not None:
+                state["indices"] = indices
+            state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
             state.setdefault("step", torch.tensor(0.0))
 
     @torch.no_grad()
@@ -67,27 +80,34 @@ class SparseMaskedAdamW(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 state = self.state[param]
+                if "indices" in state and not state["indices"].numel():
+                    continue  # nothing kept (a selection pass): no step counted, so bias correction starts later
                 if "indices" not in state and "exp_avg" not in state:  # unmasked: dense state
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros(flat_numel(param), dtype=torch.float32, device=param.device)
+                    state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
                 state["step"] += 1
                 step = float(state["step"])
                 indices = state.get("indices")
-                flat = param.view(-1)
-                values = flat if indices is None else flat[indices]
-                grad = param.grad.view(-1) if indices is None else param.grad.view(-1)[indices]
-                values = values.float()
+                flat = local_shard(param).view(-1)  # FSDP2: the local shard; masks are local-shaped
+                flat_grad = local_shard(param.grad).reshape(-1)
+                values = (flat if indices is None else flat[indices]).float()
+                grad = flat_grad if indices is None else flat_grad[indices]
                 values.mul_(1 - lr * weight_decay)
                 state["exp_avg"].view(-1).lerp_(grad.float(), 1 - beta1)
                 state["exp_avg_sq"].view(-1).mul_(beta2).addcmul_(grad.float(), grad.float(), value=1 - beta2)
                 denom = (state["exp_avg_sq"].view(-1).sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
                 values.addcdiv_(state["exp_avg"].view(-1), denom, value=-lr / (1 - beta1**step))
                 if indices is None:
-                    flat.copy_(values)
+                    flat.copy_(values)  # no-op copy for fp32 parameters (values is flat itself)
                 else:
                     flat.index_copy_(0, indices, values.to(flat.dtype))
         return loss
+
+
+def flat_numel(param: Tensor) -> int:
+    """Entries of a parameter's local shard."""
+    return local_shard(param).numel()
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:

@@ -8,6 +8,7 @@ strategy and engine.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ class ParamLayout:
 
     names: list[str]
     numels: list[int]  # entries of each full parameter, summed over ranks when sharded
+    shapes: list[tuple[int, ...]] | None = None  # full (unsharded) shapes, for per-row rules
 
 
 class MaskSelection(ABC):
@@ -50,15 +52,22 @@ class ThresholdSelection(MaskSelection):
     """Keep the entries whose score clears their scope's threshold; the score is |Γ| by default."""
 
     def __init__(
-        self, group_thresholds: Tensor, group_of_param: Sequence[int], score_of: ScoreOf | None = None
+        self,
+        group_thresholds: Tensor,
+        group_of_param: Sequence[int],
+        score_of: ScoreOf | None = None,
+        dense: Sequence[bool] | None = None,
     ) -> None:
+        self.dense = dense
         self.group_thresholds = group_thresholds
         # Compare integer keys, not floats: exact for bf16/fp16 grads against an fp32 threshold.
         self._threshold_keys = magnitude_keys(group_thresholds).tolist()
         self.group_of_param = group_of_param
         self.score_of = score_of or (lambda index, grad: grad)
 
-    def keep(self, index: int, grad: Tensor) -> Tensor:
+    def keep(self, index: int, grad: Tensor) -> Tensor | None:
+        if self.dense is not None and self.dense[index]:
+            return None
         threshold_key = self._threshold_keys[self.group_of_param[index]]
         return (magnitude_keys(self.score_of(index, grad)) >= threshold_key).view(grad.shape)
 
@@ -67,15 +76,25 @@ class ThresholdSelection(MaskSelection):
 
 
 class MaskStrategy(ABC):
-    """Base class of every strategy. Subclasses set ``name`` and implement ``select``."""
+    """Base class of every strategy. Subclasses set ``name`` and implement ``select``.
+
+    ``dense_params`` is a regular expression (``re.search`` on parameter names, "" for none):
+    matching parameters are never masked, they get every update (biases under gps, say).
+    """
 
     name: str = ""
+    fixed_masks = False  # True: the mask stays fixed for stretches of training (sparse optimizer state)
+
+    def __init__(self, dense_params: str = "") -> None:
+        self.dense_params = dense_params
 
     def setup(self, access: GradientAccess) -> None:
         """Called once, before the first step, with the engine's view of the parameters to mask."""
         self.access = access
         self.layout = access.layout
         self.all_reduce = access.all_reduce
+        pattern = re.compile(self.dense_params) if self.dense_params else None
+        self.dense = [bool(pattern and pattern.search(name)) for name in self.layout.names]
 
     @abstractmethod
     def select(self, grads: Sequence[Tensor | None], step: int) -> MaskSelection | None:
@@ -103,7 +122,8 @@ class TopKStrategy(MaskStrategy):
 
     integer_scores = False  # scores are int32 keys (random), not floats to check for NaN/inf
 
-    def __init__(self, mask_ratio: float, scope: str = "global") -> None:
+    def __init__(self, mask_ratio: float, scope: str = "global", dense_params: str = "") -> None:
+        super().__init__(dense_params)
         self.mask_ratio = mask_ratio
         self.scope = scope
 
@@ -111,8 +131,8 @@ class TopKStrategy(MaskStrategy):
         super().setup(access)
         self.group_of_param, self.group_names = scope_groups(self.layout.names, self.scope)
         group_sizes = [0] * len(self.group_names)
-        for group, numel in zip(self.group_of_param, self.layout.numels, strict=True):
-            group_sizes[group] += numel
+        for group, numel, dense in zip(self.group_of_param, self.layout.numels, self.dense, strict=True):
+            group_sizes[group] += 0 if dense else numel  # dense parameters are outside every top-k
         self.keep_counts = [keep_count(size, self.mask_ratio) for size in group_sizes]
 
     def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf | None:
@@ -122,7 +142,7 @@ class TopKStrategy(MaskStrategy):
     def select(self, grads: Sequence[Tensor | None], step: int) -> ThresholdSelection | None:
         if self.mask_ratio == 0:
             return None  # r = 0 is plain fine-tuning, exactly: no threshold pass at all
-        present = [i for i, grad in enumerate(grads) if grad is not None]
+        present = [i for i, grad in enumerate(grads) if grad is not None and not self.dense[i]]
         score_of = self.score_function(grads, step)
         if score_of is not None:  # the scores don't look at Γ: check it for NaN/inf on its own
             check_finite([grads[i] for i in present], self.all_reduce)
@@ -134,7 +154,7 @@ class TopKStrategy(MaskStrategy):
             self.all_reduce,
             check_finite=not self.integer_scores,
         )
-        return ThresholdSelection(thresholds, self.group_of_param, score_of)
+        return ThresholdSelection(thresholds, self.group_of_param, score_of, self.dense)
 
 
 class GMTStrategy(TopKStrategy):
@@ -171,8 +191,10 @@ class RandomStrategy(TopKStrategy):
     name = "random"
     integer_scores = True
 
-    def __init__(self, mask_ratio: float, scope: str = "global", fixed: bool = False, seed: int = 0) -> None:
-        super().__init__(mask_ratio, scope)
+    def __init__(
+        self, mask_ratio: float, scope: str = "global", fixed: bool = False, seed: int = 0, dense_params: str = ""
+    ) -> None:
+        super().__init__(mask_ratio, scope, dense_params)
         self.fixed, self.seed = fixed, seed
 
     def setup(self, access: GradientAccess) -> None:
@@ -201,27 +223,3 @@ class MagnitudeStrategy(TopKStrategy):
     def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf:
         weights = self.access.weights()
         return lambda index, grad: weights[index]
-
-
-STRATEGIES: dict[str, type[MaskStrategy]] = {
-    cls.name: cls for cls in (GMTStrategy, FullStrategy, RandomStrategy, MagnitudeStrategy)
-}
-
-
-def build_strategy(
-    mask_strategy: str,
-    mask_ratio: float = 0.0,
-    mask_scope: str = "global",
-    random_fixed: bool = False,
-    seed: int = 0,
-) -> MaskStrategy:
-    """Construct the strategy named by the ``mask_strategy`` setting."""
-    if mask_strategy == "gmt":
-        return GMTStrategy(mask_ratio, mask_scope)
-    if mask_strategy == "random":
-        return RandomStrategy(mask_ratio, mask_scope, fixed=random_fixed, seed=seed)
-    if mask_strategy == "magnitude":
-        return MagnitudeStrategy(mask_ratio, mask_scope)
-    if mask_strategy == "full":
-        return FullStrategy()
-    raise ValueError(f"mask_strategy must be one of {sorted(STRATEGIES)}, got {mask_strategy!r}")

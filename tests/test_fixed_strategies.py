@@ -1,0 +1,150 @@
+"""gps, grft and gspf in the SFT and DPO trainers: what moves, how much is kept, when gspf reselects,
+and how small the optimizer state is."""
+
+import pytest
+import torch
+from test_dpo_trainer import train as dpo_trainer
+from test_sft_trainer import base_weights, train, weights
+from transformers import TrainerCallback
+
+from gmt.masking import GSPFStrategy, keep_count
+from gmt.masking.sparse_optim import SparseMaskedAdamW, optimizer_state_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def kept_masks(trainer) -> dict[str, torch.Tensor | None]:
+    """The strategy's fixed mask of each trainable parameter (None: dense), shaped like it."""
+    strategy = trainer.masker.strategy
+    masks = {}
+    for name, indices, param in zip(strategy.layout.names, strategy.kept_indices, trainer.masker.access.params):
+        if indices is None:
+            masks[name] = None
+            continue
+        mask = torch.zeros(param.numel(), dtype=torch.bool)
+        mask[indices] = True
+        masks[name] = mask.view(param.shape)
+    return masks
+
+
+def sparse_optimizer(trainer) -> SparseMaskedAdamW:
+    optimizer = trainer.optimizer
+    while not isinstance(optimizer, SparseMaskedAdamW):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def test_gps_selection_pass_moves_nothing(tiny_assets, tmp_path):
+    start = base_weights(tiny_assets)
+    trainer = train(tiny_assets, tmp_path, mask_strategy="gps", selection_steps=2, max_steps=2)
+    after = weights(trainer.model)
+    assert all(torch.equal(start[name], after[name]) for name in start)
+    assert trainer.masker.strategy.kept_indices is not None  # the pass ran: everything held still
+
+
+def test_gps_trains_exactly_k_inputs_per_neuron(tiny_assets, tmp_path):
+    start = base_weights(tiny_assets)
+    trainer = train(tiny_assets, tmp_path, mask_strategy="gps", gps_k=3, max_steps=4)
+    after = weights(trainer.model)
+    masks = kept_masks(trainer)
+    assert not any("norm" in name for name in masks)  # norms are frozen by default
+    for name in start:
+        changed = after[name] != start[name]
+        if "norm" in name:
+            assert not changed.any(), name
+            continue
+        keep = masks[name]
+        assert keep.sum(dim=1).tolist() == [3] * keep.shape[0], name  # exactly K per row
+        assert not (changed & ~keep).any(), name  # outside the mask: bitwise unchanged
+        if "embed_tokens" not in name:  # rows of tokens absent from the batches get no gradient
+            assert torch.equal(changed, keep), name  # every kept entry trained
+    budget = 3 * sum(start[name].shape[0] for name in masks)
+    assert trainer.masker.strategy.kept_count() == budget
+
+
+@pytest.mark.parametrize("axis", ["row", "column"])
+def test_grft_changes_whole_rows_or_columns(tiny_assets, tmp_path, axis):
+    start = base_weights(tiny_assets)
+    trainer = train(tiny_assets, tmp_path, mask_strategy="grft", grft_k=2, grft_axis=axis, max_steps=3)
+    after = weights(trainer.model)
+    masks = kept_masks(trainer)
+    for name in start:
+        changed = after[name] != start[name]
+        if name not in masks:  # norms (and biases) are frozen by default
+            assert not changed.any(), name
+            continue
+        keep = masks[name]
+        lines = keep.all(dim=1) if axis == "row" else keep.all(dim=0)
+        assert int(lines.sum()) == 2, name
+        expanded = lines[:, None].expand_as(keep) if axis == "row" else lines[None, :].expand_as(keep)
+        assert torch.equal(keep, expanded), name  # whole lines only
+        assert not (changed & ~keep).any(), name
+        if axis == "row" or "embed_tokens" not in name:
+            assert torch.equal(changed, keep), name
+
+
+def test_grft_pull_keeps_weights_nearer_the_pretrained_ones(tiny_assets, tmp_path):
+    start = base_weights(tiny_assets)
+    drift = {}
+    for strength in (0.0, 10.0):
+        trainer = train(
+            tiny_assets, tmp_path / str(strength), mask_strategy="grft", grft_k=4, grft_lambda=strength, max_steps=6
+        )
+        after = weights(trainer.model)
+        drift[strength] = sum(float((after[n] - start[n]).square().sum()) for n in start) ** 0.5
+    assert drift[10.0] < 0.8 * drift[0.0]
+
+
+def test_gspf_reselects_on_schedule_and_keeps_its_budget(tiny_assets, tmp_path, monkeypatch):
+    selections = []
+    reselect = GSPFStrategy._reselect
+
+    def recording_reselect(self, grads, step):
+        selections.append(step)
+        return reselect(self, grads, step)
+
+    monkeypatch.setattr(GSPFStrategy, "_reselect", recording_reselect)
+    snapshots = {}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 7:  # steps 0..6 done: the last selection (step 6) is in place
+                snapshots["after_last_selection"] = weights(model)
+
+    trainer = train(
+        tiny_assets,
+        tmp_path,
+        mask_strategy="gspf",
+        gspf_warmup_steps=2,
+        gspf_reselect_every=2,
+        gspf_keep_ratio=0.003,
+        max_steps=10,
+        callbacks=[Snapshot()],
+    )
+    assert selections == [2, 4, 6]  # warm-up end, then every 2 steps, never at/after 80% (step 8)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    assert trainer.masker.strategy.kept_count() == keep_count(total, 1 - 0.003)
+    masks, before, after = kept_masks(trainer), snapshots["after_last_selection"], weights(trainer.model)
+    moved = 0
+    for name in after:
+        changed = after[name] != before[name]
+        assert not (changed & ~masks[name]).any(), name
+        moved += int(changed.sum())
+    assert moved > 0.9 * trainer.masker.strategy.kept_count()
+    # Sparse state: 16 bytes per kept entry against dense AdamW's 8 per entry.
+    assert optimizer_state_bytes(sparse_optimizer(trainer)) <= 0.02 * 8 * total
+    assert trainer.masker.strategy.scores is None  # score buffers freed after the last selection
+
+
+def test_fixed_strategies_train_the_dpo_policy_only(tiny_assets, tmp_path):
+    trainer = dpo_trainer(tiny_assets, tmp_path, mask_strategy="gps", gps_k=2, max_steps=3)
+    start, reference = weights(trainer.model), weights(trainer.ref_model)
+    trainer.train()
+    after, masks = weights(trainer.model), kept_masks(trainer)
+    moved = 0
+    for name in start:
+        changed = after[name] != start[name]
+        assert not (changed & ~masks[name]).any() if name in masks else not changed.any(), name
+        moved += int(changed.sum())
+    assert moved > 0
+    assert all(torch.equal(reference[n], p) for n, p in trainer.ref_model.named_parameters())
