@@ -49,6 +49,7 @@ class GradientMasker:
         self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device=self._device)
         self._reset_telemetry()
 
+    @torch.no_grad()  # strategies read weights (|θ|, W - W_pre) that are leaves requiring grad
     def apply(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Mask the accumulated gradient of optimizer step ``step`` (0-based), in place.
 
@@ -67,7 +68,9 @@ class GradientMasker:
             selection = self.strategy.select(grads, step)
         self._steps += 1
         if selection is None:
-            self._kept += self._numels  # everything kept, no pass over the gradient
+            # Everything kept, no pass over the gradient. Counted apart: on a sharded engine every
+            # rank would add the full sizes, and the logging all-reduce would multiply them.
+            self._unmasked_steps += 1
             if update_masks:
                 optimizer.set_update_masks({})
             return
@@ -107,7 +110,7 @@ class GradientMasker:
         kept = self._kept.clone()  # one all-reduce per logging step, never per optimizer step
         if self.access.all_reduce is not None:
             self.access.all_reduce(kept)
-        per_step = kept / self._steps
+        per_step = (kept + self._unmasked_steps * self._numels) / self._steps
         per_step, numels = per_step.cpu(), self._numels.cpu()
         logs = {"mask/kept_fraction": float(per_step.sum() / numels.sum())}
         if self._last_thresholds is not None:
@@ -124,7 +127,7 @@ class GradientMasker:
         return logs
 
     def _reset_telemetry(self) -> None:
-        self._steps = 0
+        self._steps = self._unmasked_steps = 0
         self._kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
         self._last_thresholds: torch.Tensor | None = None
 
