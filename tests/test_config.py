@@ -21,6 +21,23 @@ BASE = {"output_dir": "unused", "bf16": False}
         ({"mask_start_step": -1}, "mask_start_step"),
         ({"gmt_mode": "update", "optim": "sgd"}, "optim"),
         ({"mask_strategy": "gmt", "random_fixed": True}, "random_fixed"),
+        # options of one strategy given to another
+        ({"mask_strategy": "gmt", "gps_k": 8}, "gps_k"),
+        ({"mask_strategy": "gps", "mask_ratio": 0.5}, "mask_ratio"),
+        ({"mask_strategy": "gspf", "grft_lambda": 0.1}, "grft_lambda"),
+        ({"mask_strategy": "grft", "gmt_mode": "update"}, "gmt_mode"),
+        # ranges and types of the fixed-mask options
+        ({"mask_strategy": "gps", "gps_k": 0}, "gps_k"),
+        ({"mask_strategy": "gps", "selection_steps": 0}, "selection_steps"),
+        ({"mask_strategy": "grft", "grft_axis": "diagonal"}, "grft_axis"),
+        ({"mask_strategy": "grft", "grft_lambda": -1.0}, "grft_lambda"),
+        ({"mask_strategy": "grft", "grft_lambda": float("nan")}, "grft_lambda"),
+        ({"mask_strategy": "gspf", "gspf_keep_ratio": 0.0}, "gspf_keep_ratio"),
+        ({"mask_strategy": "gspf", "gspf_keep_ratio": 1.5}, "gspf_keep_ratio"),
+        ({"mask_strategy": "gspf", "gspf_alpha": 2.0}, "gspf_alpha"),
+        ({"mask_strategy": "gspf", "gspf_reselect_every": -1}, "gspf_reselect_every"),
+        ({"mask_strategy": "gspf", "optim": "sgd"}, "optim"),
+        ({"frozen_params": "(unclosed"}, "frozen_params"),
     ],
 )
 def test_config_refuses_bad_settings(override, setting):
@@ -36,6 +53,11 @@ def test_good_settings_are_kept():
         "update",
         3,
     )
+
+
+def test_fixed_strategy_settings_are_kept():
+    config = GMTSFTConfig(**BASE, mask_strategy="gspf", gspf_keep_ratio=0.01, gspf_reselect_every=50, dense_params="")
+    assert (config.gspf_keep_ratio, config.gspf_reselect_every, config.dense_params) == (0.01, 50, "")
 
 
 def write_yaml(tmp_path, text: str):

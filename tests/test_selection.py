@@ -10,6 +10,8 @@ from gmt.masking.selection import (
     grft_mask,
     gspf_reselection_steps,
     gspf_scores,
+    line_top_masks,
+    row_topk_masks,
 )
 
 
@@ -60,3 +62,58 @@ def test_gspf_blend_and_reselection_schedule():
     steps = gspf_reselection_steps(total_steps=100, warmup_steps=10, every=15)
     assert steps == [25, 40, 55, 70]  # never at or after 80% of training
     assert gspf_reselection_steps(100, 10, 0) == []
+
+
+def matrices(seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    out = [torch.randn(7, 13, generator=generator), torch.randn(5, 40, generator=generator), torch.randn(3, 2)]
+    out[0][2] = 0.0  # a row of ties (zeros): exactly k still, the lowest columns
+    out[1][:, 10:20] = 0.25  # ties inside rows, across the cut
+    return out
+
+
+def flat_cut(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, int]:
+    """Rank 0 holds the first 40% of the flattened matrix (cutting rows in two), rank 1 the rest."""
+    cut = int(matrix.numel() * 0.4)
+    flat = matrix.reshape(-1)
+    return (flat[:cut], 0) if rank == 0 else (flat[cut:], cut)
+
+
+def selection_worker(rank: int, port: int, results) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        whole = matrices(seed=4)
+        local = [flat_cut(m, rank) for m in whole]
+        values, offsets, shapes = [v for v, _ in local], [o for _, o in local], [m.shape for m in whole]
+        results[("gps", rank)] = row_topk_masks(values, offsets, shapes, 3, dist.all_reduce)
+        squares = [v.square() for v in values]
+        for axis in ("row", "column"):
+            results[(axis, rank)] = line_top_masks(squares, offsets, shapes, 2, axis, dist.all_reduce)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_row_and_line_selection_equals_the_whole():
+    import torch.multiprocessing as mp
+    from test_threshold_distributed import free_port
+
+    results = mp.Manager().dict()
+    mp.spawn(selection_worker, args=(free_port(), results), nprocs=2, join=True)
+    whole = matrices(seed=4)
+    expected = {
+        "gps": [gps_mask(m, 3) for m in whole],
+        "row": [grft_mask(m.square(), 2, "row") for m in whole],
+        "column": [grft_mask(m.square(), 2, "column") for m in whole],
+    }
+    for key, masks in expected.items():
+        joined = [torch.cat([results[(key, 0)][i], results[(key, 1)][i]]) for i in range(len(whole))]
+        for mask, got in zip(masks, joined):
+            assert torch.equal(got, mask.reshape(-1)), key
+    assert expected["gps"][0][2].tolist() == [True] * 3 + [False] * 10  # tied row: lowest columns
+    assert expected["gps"][2].all()  # rows shorter than k keep every entry

@@ -67,3 +67,40 @@ def test_reselection_keeps_moments_of_staying_entries_and_zeroes_new_ones():
     optimizer.set_fixed_masks({param: second})
     assert optimizer.state[param]["indices"].tolist() == [3, 4]
     assert optimizer.state[param]["exp_avg"].tolist() == [moment_of_3, 0.0]
+
+
+def test_dense_warm_up_then_fixed_mask_matches_masked_adamw():
+    # gspf's path: dense AdamW steps, then a fixed mask that carries the kept entries' moments.
+    dense, masks = params_and_masks(0.2, seed=3)
+    sparse, _ = params_and_masks(0.2, seed=3)
+    dense_opt = MaskedAdamW(dense, lr=1e-2, weight_decay=0.0)
+    sparse_opt = SparseMaskedAdamW(sparse, lr=1e-2, weight_decay=0.0)
+    for step in range(4):
+        generator = torch.Generator().manual_seed(200 + step)
+        for d, s in zip(dense, sparse):
+            d.grad = torch.randn(d.shape, generator=generator)
+            s.grad = d.grad.clone()
+        if step == 2:
+            sparse_opt.set_fixed_masks({sparse[0]: masks[0]})
+        dense_opt.set_update_masks({dense[0]: masks[0]} if step >= 2 else {})
+        dense_opt.step()
+        sparse_opt.step()
+    for d, s in zip(dense, sparse):
+        torch.testing.assert_close(s, d, rtol=1e-6, atol=1e-7)
+    assert "indices" in sparse_opt.state[sparse[0]]
+    # An all-True mask turns the state dense again, moments in place.
+    exp_avg = sparse_opt.state[sparse[0]]["exp_avg"].clone()
+    sparse_opt.set_fixed_masks({sparse[0]: torch.ones(64, 48, dtype=torch.bool)})
+    state = sparse_opt.state[sparse[0]]
+    assert "indices" not in state and state["exp_avg"].numel() == 64 * 48
+    assert torch.equal(state["exp_avg"][masks[0].reshape(-1)], exp_avg)
+
+
+def test_nothing_kept_counts_no_step():
+    (param, _), _ = params_and_masks(0.1)
+    optimizer = SparseMaskedAdamW([param], lr=1e-2)
+    optimizer.set_fixed_masks({param: torch.zeros(64, 48, dtype=torch.bool)})
+    param.grad = torch.ones_like(param)
+    before = param.detach().clone()
+    optimizer.step()
+    assert torch.equal(param, before) and float(optimizer.state[param]["step"]) == 0.0
