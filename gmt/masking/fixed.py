@@ -274,16 +274,18 @@ class GSPFStrategy(FixedMaskStrategy):
         return FixedSelection(self.kept_indices, changed=False)
 
     def _reselect(self, grads: Sequence[Tensor | None], step: int) -> FixedSelection:
+        # In place, one buffer per selectable entry: the |Γ| sums become the mean, then the scores,
+        # then the blend with the previous scores (which are freed).
         sums = self._sums_or_zeros(self._sums, grads)
-        sensitivity = [s / max(self._recorded_steps, 1) for s in sums]
+        sensitivity = [s.div_(max(self._recorded_steps, 1)) for s in sums]
         weights = self.access.weights()
         new_scores = gspf_scores(sensitivity, [weights[i] for i in self.selectable], self.all_reduce)
         scores = new_scores if self.scores is None else blend_scores(self.scores, new_scores, self.alpha)
         masks = global_top_fraction_masks(scores, self.keep_ratio, self.selectable_total, self.all_reduce)
         more_to_come = step < self.selection_steps[-1]
-        # The score buffers live only while a reselection is still to come.
+        # The score buffers live only while a reselection is still to come; new sums start afresh.
         self.scores = scores if more_to_come else None
-        self._sums = [None if s is None else s.zero_() for s in self._sums] if more_to_come else None
+        self._sums = None
         self._recorded_steps = 0
         return self._set_masks(dict(zip(self.selectable, masks)))
 

@@ -16,12 +16,9 @@ from torch import Tensor
 
 from gmt.masking.threshold import AllReduce, keep_count, magnitude_keys, topk_thresholds
 
-
-def _positions(values: Tensor, offset: int, shape: Sequence[int]) -> tuple[Tensor, Tensor]:
-    """Row and column of each local entry of a 2-D parameter stored as a flat slice."""
-    columns = shape[1]
-    position = torch.arange(offset, offset + values.numel(), device=values.device)
-    return position // columns, position % columns
+# The sharded GPS search holds 16 bytes per local entry of the matrices it works on at once;
+# matrices are taken in chunks of at most this many (full, unsharded) entries, the same on every rank.
+ROW_SEARCH_CHUNK = 1 << 27
 
 
 def row_topk_masks(
@@ -35,36 +32,60 @@ def row_topk_masks(
     (``k`` input connections per output neuron): exactly ``min(k, in)`` per row.
 
     Ties (zeros, mostly) go to the lower column, so the count is exact and the choice does not
-    depend on how rows are split across ranks. Whole local matrices use ``torch.topk``; sharded
-    ones find each row's k-th largest key by bisection over the 63-bit (|value|, column) keys, one
-    all-reduce of the row counts per bit for all matrices together.
+    depend on how rows are split across ranks: each entry's key is its |value| key in the high 32
+    bits and its reversed column in the low ones. Whole local matrices use ``torch.topk``, one at
+    a time; sharded ones find each row's k-th largest key by bisection over the 63 key bits, one
+    all-reduce of the row counts per bit for a chunk of matrices.
     """
-    keys, rows = [], []
-    for value, offset, shape in zip(values, offsets, shapes):
+    for shape in shapes:
         if len(shape) != 2:
             raise ValueError(f"gps selects per row of a 2-D weight; got a parameter of shape {tuple(shape)}")
-        row, column = _positions(value, offset, shape)
-        # |value| key in the high bits, reversed column in the low bits: unique keys per row.
-        keys.append((magnitude_keys(value).to(torch.int64) << 32) | (0xFFFFFFFF - column))
-        rows.append(row)
     whole = all_reduce is None and all(
         offset == 0 and value.numel() == shape[0] * shape[1] for value, offset, shape in zip(values, offsets, shapes)
     )
     if whole:
-        masks = []
-        for key, shape, value in zip(keys, shapes, values):
-            top = key.view(shape[0], shape[1]).topk(min(k, shape[1]), dim=1).indices
-            mask = torch.zeros(shape[0], shape[1], dtype=torch.bool, device=key.device).scatter_(1, top, True)
-            masks.append(mask.view(value.shape))
-        return masks
+        return [_row_topk_whole(value, shape, k) for value, shape in zip(values, shapes)]
+    masks: list[Tensor] = []
+    chunk: list[int] = []
+    chunk_size = 0
+    for index, shape in enumerate(shapes):  # chunks by full sizes: every rank forms the same ones
+        if chunk and chunk_size + shape[0] * shape[1] > ROW_SEARCH_CHUNK:
+            masks += _row_topk_sharded([values[i] for i in chunk], [offsets[i] for i in chunk],
+                                       [shapes[i] for i in chunk], k, all_reduce)  # fmt: skip
+            chunk, chunk_size = [], 0
+        chunk.append(index)
+        chunk_size += shape[0] * shape[1]
+    if chunk:
+        masks += _row_topk_sharded([values[i] for i in chunk], [offsets[i] for i in chunk],
+                                   [shapes[i] for i in chunk], k, all_reduce)  # fmt: skip
+    return masks
 
-    row_starts = [0]
-    for shape in shapes:
-        row_starts.append(row_starts[-1] + shape[0])
-    device = keys[0].device if keys else torch.device("cpu")
-    wanted = torch.cat([torch.full((shape[0],), min(k, shape[1]), dtype=torch.int64) for shape in shapes]).to(device)
-    threshold = torch.zeros(row_starts[-1], dtype=torch.int64, device=device)
-    global_rows = [row + start for row, start in zip(rows, row_starts)]
+
+def _row_keys(magnitude: Tensor, column: Tensor) -> Tensor:
+    keys = magnitude.to(torch.int64) << 32
+    return keys.bitwise_or_(0xFFFFFFFF - column)
+
+
+def _row_topk_whole(value: Tensor, shape: Sequence[int], k: int) -> Tensor:
+    rows, columns = shape
+    column = torch.arange(columns, device=value.device)
+    keys = _row_keys(magnitude_keys(value).view(rows, columns), column)
+    top = keys.topk(min(k, columns), dim=1).indices
+    del keys
+    return torch.zeros(rows, columns, dtype=torch.bool, device=value.device).scatter_(1, top, True).view(value.shape)
+
+
+def _row_topk_sharded(values, offsets, shapes, k: int, all_reduce: AllReduce | None) -> list[Tensor]:
+    keys, global_rows, row_start = [], [], 0
+    for value, offset, (rows, columns) in zip(values, offsets, shapes):
+        position = torch.arange(offset, offset + value.numel(), device=value.device)
+        keys.append(_row_keys(magnitude_keys(value), position % columns))
+        global_rows.append(position.floor_divide_(columns).add_(row_start))  # row, numbered across the chunk
+        row_start += rows
+    device = values[0].device if values else torch.device("cpu")
+    wanted = torch.cat([torch.full((rows,), min(k, columns), dtype=torch.int64) for rows, columns in shapes])
+    wanted = wanted.to(device)
+    threshold = torch.zeros(row_start, dtype=torch.int64, device=device)
     for bit in range(62, -1, -1):  # the largest T with count(key >= T) >= k is the k-th largest key
         candidate = threshold | (1 << bit)
         counts = torch.zeros_like(threshold)
@@ -88,28 +109,35 @@ def line_top_masks(
     gradient. The per-line sums of all matrices travel in one all-reduce (a few floats per row)."""
     if axis not in ("row", "column"):
         raise ValueError(f"grft_axis must be 'row' or 'column', got {axis!r}")
-    lines, line_sums = [], []
+    dim = 1 if axis == "row" else 0
+    line_sums = []
     for value, offset, shape in zip(squared_sums, offsets, shapes):
         if len(shape) != 2:
             raise ValueError(f"grft selects rows/columns of a 2-D weight; got a parameter of shape {tuple(shape)}")
-        row, column = _positions(value, offset, shape)
-        line = row if axis == "row" else column
-        lines.append(line)
-        size = shape[0] if axis == "row" else shape[1]
-        sums = torch.zeros(size, dtype=torch.float64, device=value.device)
-        line_sums.append(sums.index_add_(0, line, value.reshape(-1).double()))
+        if offset == 0 and value.numel() == shape[0] * shape[1]:  # the whole matrix is here
+            line_sums.append(value.reshape(shape[0], shape[1]).to(torch.float64).sum(dim=dim))
+        else:
+            line = _line_of(value, offset, shape, axis)
+            sums = torch.zeros(shape[1 - dim], dtype=torch.float64, device=value.device)
+            line_sums.append(sums.index_add_(0, line, value.reshape(-1).double()))
     if all_reduce is not None and line_sums:
         together = torch.cat(line_sums)
         all_reduce(together)
         line_sums = list(together.split([s.numel() for s in line_sums]))
     masks = []
-    for scores, line, value in zip(line_sums, lines, squared_sums):
+    for scores, value, offset, shape in zip(line_sums, squared_sums, offsets, shapes):
         # Every rank holds the same sums, so every rank picks the same lines (ties: lower index).
         order = torch.sort(scores, descending=True, stable=True).indices
         chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
         chosen[order[: min(k, scores.numel())]] = True
-        masks.append(chosen[line].view(value.shape))
+        masks.append(chosen[_line_of(value, offset, shape, axis)].view(value.shape))
     return masks
+
+
+def _line_of(value: Tensor, offset: int, shape: Sequence[int], axis: str) -> Tensor:
+    """The row (or column) of each local entry of a 2-D parameter stored as a flat slice."""
+    position = torch.arange(offset, offset + value.numel(), device=value.device)
+    return position.floor_divide_(shape[1]) if axis == "row" else position.remainder_(shape[1])
 
 
 def gps_mask(grad_sum: Tensor, k: int) -> Tensor:
@@ -129,8 +157,12 @@ def grft_mask(grad_sq_sum: Tensor, k: int, axis: str = "row") -> Tensor:
 def gspf_scores(sensitivity: Sequence[Tensor], params: Sequence[Tensor], all_reduce: AllReduce | None = None):
     """GSPF: ``z(S) * tanh(|θ|)`` with S the mean |g| of the warm-up, z-normalized over all entries
     of all tensors (of all ranks, with ``all_reduce``). Scores below 0 (entries less sensitive than
-    average) are clamped to 0: they can only matter when more entries are kept than are above average,
-    and then they tie at 0 and are kept together."""
+    average) are clamped to 0: they can only matter when more entries are kept than are above
+    average, and then they are not kept (see ``global_top_fraction_masks``).
+
+    Computed in place, one tensor at a time: ``sensitivity`` (fp32) is overwritten with the scores,
+    so scoring needs no second model-sized buffer.
+    """
     moments = torch.zeros(3, dtype=torch.float64)
     for s in sensitivity:
         moments += torch.stack(
@@ -141,9 +173,9 @@ def gspf_scores(sensitivity: Sequence[Tensor], params: Sequence[Tensor], all_red
     count, total, total_sq = moments.tolist()
     mean = total / count
     std = max((total_sq / count - mean * mean) ** 0.5, 1e-30)
-    return [
-        ((s.float() - mean) / std * p.detach().float().abs().tanh()).clamp_(min=0) for s, p in zip(sensitivity, params)
-    ]
+    for s, p in zip(sensitivity, params):
+        s.sub_(mean).div_(std).mul_(p.detach().float().abs().tanh_()).clamp_(min=0)
+    return list(sensitivity)
 
 
 def global_top_fraction_masks(
@@ -160,8 +192,8 @@ def global_top_fraction_masks(
 
 
 def blend_scores(previous: Sequence[Tensor], new: Sequence[Tensor], alpha: float) -> list[Tensor]:
-    """GSPF's reselection EMA: ``alpha * previous + (1 - alpha) * new``."""
-    return [alpha * p + (1 - alpha) * n for p, n in zip(previous, new)]
+    """GSPF's reselection EMA: ``alpha * previous + (1 - alpha) * new``, written into ``new``."""
+    return [n.mul_(1 - alpha).add_(p, alpha=alpha) for p, n in zip(previous, new)]
 
 
 def gspf_reselection_steps(total_steps: int, warmup_steps: int, every: int) -> list[int]:
