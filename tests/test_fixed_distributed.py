@@ -1,10 +1,11 @@
-"""gps, grft and gspf under 2-process DeepSpeed ZeRO-3 on CPU: the partitions choose the mask one
-process chooses (rows split across ranks included), and train the same entries the same way."""
+"""gps, grft and gspf under 2-process DeepSpeed ZeRO-3 (and ZeRO-2) on CPU: the partitions choose
+the mask one process chooses (rows split across ranks included), and train the same entries the
+same way."""
 
 import pytest
 from test_distributed import FLIPS_ALLOWED, RECIPE, relative_distance, state
 
-from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
+from conftest import ACCELERATE_CPU_ZERO2, ACCELERATE_CPU_ZERO3, logged, run_sft
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +20,20 @@ OPTIONS = {
 # gspf's warm-up step is a dense AdamW step: every entry moves by about lr * g / (|g| + eps), so the
 # engines' rounding of Γ shows in the few entries whose |g| is near eps (15 of 0.86M in this run,
 # up to 1e-4 apart; the rest agree to 7e-6). Those are left out of gspf's weight measure.
+LAUNCHERS = {"zero3": ACCELERATE_CPU_ZERO3, "zero2": ACCELERATE_CPU_ZERO2}
 LEAVE_OUT = {"gps": FLIPS_ALLOWED, "grft": FLIPS_ALLOWED, "gspf": 32}
 
 
-@pytest.mark.parametrize("strategy", sorted(OPTIONS))
-def test_zero3_matches_one_process(tiny_assets, tmp_path, strategy):
+@pytest.mark.parametrize(
+    ("engine", "strategy"), [("zero3", "gps"), ("zero3", "grft"), ("zero3", "gspf"), ("zero2", "gspf")]
+)
+def test_zero_matches_one_process(tiny_assets, tmp_path, engine, strategy):
     base, data = tiny_assets / "base", tiny_assets / "data/sft"
     options = (*COMMON, "--mask_strategy", strategy, *OPTIONS[strategy])
     one = run_sft(RECIPE, base, data, tmp_path / "one", *options, "--gradient_accumulation_steps", "2")
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_sft(RECIPE, base, data, tmp_path / "two", *options, "--gradient_accumulation_steps", "1",
-                  "--ddp_backend", "gloo", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+                  "--ddp_backend", "gloo", launcher=LAUNCHERS[engine])  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
 
     one_losses, two_losses = logged(one.stdout, "loss"), logged(two.stdout, "loss")
