@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from datasets import Dataset
 from trl import ModelConfig, get_peft_config
 
@@ -44,6 +46,7 @@ def train_and_save(
     purpose: str,
 ):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
+    check_eval_settings(script_args)
     set_model_init_kwargs(model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, column_sets, purpose)
     trainer = trainer_cls(
@@ -55,5 +58,49 @@ def train_and_save(
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    if trainer.accelerator.is_main_process:  # the logs (mask telemetry included) beside the model
+        trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
+    if script_args.eval_suite:
+        evaluate_saved_model(trainer, script_args, training_args)
     return trainer
+
+
+def check_eval_settings(script_args: GMTScriptArguments) -> None:
+    """Refuse eval settings that cannot work, before any training."""
+    from gmt.evaluation import SUITES, load_suite
+
+    if script_args.eval_suite is None:
+        if script_args.eval_limit is not None:
+            raise ValueError("eval_limit applies to eval_suite, which is not set")
+        return
+    if script_args.eval_suite not in SUITES:
+        raise ValueError(f"eval_suite must be one of {SUITES}, got {script_args.eval_suite!r}")
+    if load_suite(script_args.eval_suite).executes_code:
+        raise ValueError(
+            "eval_suite 'code' runs model-written code; it is not run after training. Score the checkpoint with "
+            "eval/run.py --suite code --allow_code_execution on a machine where that is safe."
+        )
+    if script_args.eval_limit is not None and script_args.eval_limit < 1:
+        raise ValueError(f"eval_limit must be an integer >= 1, got {script_args.eval_limit!r}")
+
+
+def evaluate_saved_model(trainer, script_args: GMTScriptArguments, training_args) -> None:
+    """Score ``output_dir`` with ``eval_suite`` on the main process; results go to ``output_dir/eval``."""
+    from gmt.evaluation import evaluate_checkpoint
+
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        tiny_data = None
+        if script_args.eval_suite == "tiny":  # the held-out split beside the training data, if there is one
+            candidate = Path(script_args.dataset_name) / "test.jsonl"
+            tiny_data = candidate if candidate.is_file() else None
+        summary = evaluate_checkpoint(
+            training_args.output_dir,
+            script_args.eval_suite,
+            limit=script_args.eval_limit,
+            output_dir=Path(training_args.output_dir) / "eval",
+            tiny_data=tiny_data,
+        )
+        trainer.accelerator.print(f"eval_suite {script_args.eval_suite}: score {summary['score']}")
+    trainer.accelerator.wait_for_everyone()

@@ -233,3 +233,15 @@ class GMTScriptArguments(ScriptArguments):
             "'query:prompt,response:completion' turns MetaMathQA into TRL's prompt/completion layout."
         },
     )
+    eval_suite: str | None = field(
+        default=None,
+        metadata={
+            "help": "After training, score the saved model with this lm-eval suite (code, math, general or tiny; "
+            "see eval/) and write the results to <output_dir>/eval. The code suite runs model-written code and "
+            "is refused here: run eval/run.py --allow_code_execution yourself.",
+            "choices": ("code", "math", "general", "tiny"),
+        },
+    )
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "eval_suite: score only the first N examples of each task."}
+    )
