@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- compare:start -->", "<!-- compare:end -->"
 RECIPE = "recipes/tiny/sft_gmt.yaml"
 RATIOS = (0.2, 0.5, 0.8)
 
@@ -205,7 +206,21 @@ def main() -> None:
                                                       indent=2))  # fmt: skip
     (args.out / "compare.md").write_text(markdown(rows, header))
     plot(rows, args.out / "compare.png")
+    if not args.smoke and args.out.resolve() == (REPO / "docs" / "compare").resolve():
+        update_readme(markdown(rows, header))
     print(markdown(rows, header))
+
+
+def update_readme(table: str) -> None:
+    """Replace the README section between the compare markers with the table and the plot."""
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if START not in text:
+        return
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    image = "![score against the fraction of entries updated](docs/compare/compare.png)"
+    readme.write_text(f"{before}{START}\n{table}\n{image}\n{END}{after}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 PREFIX = "mask/kept_fraction/"
@@ -28,14 +29,26 @@ def log_history(run_dir: Path) -> list[dict]:
     raise FileNotFoundError(f"no trainer_state.json in {run_dir} or its checkpoints")
 
 
+def depth(layer: str) -> tuple:
+    """Sort key putting layers in network order: embeddings, blocks by number, the rest, the head
+    (trainer_state.json stores log keys sorted alphabetically, which puts lm_head first and
+    layers.10 before layers.2)."""
+    block = re.search(r"^(.*)\.(\d+)$", layer)
+    if "embed" in layer:
+        return (0, layer, 0)
+    if block:
+        return (1, block.group(1), int(block.group(2)))
+    if "head" in layer or layer.endswith("output"):
+        return (3, layer, 0)
+    return (2, layer, 0)
+
+
 def kept_matrix(history: list[dict]) -> tuple[list[str], list[int], list[list[float]]]:
     """Layers (in the model's order), logged steps, and kept fraction [layer][step]."""
     entries = [entry for entry in history if any(key.startswith(PREFIX) for key in entry)]
     if not entries:
         raise ValueError("the log history has no mask/kept_fraction/<layer> entries (was a mask strategy on?)")
-    layers: list[str] = []
-    for entry in entries:
-        layers += [key[len(PREFIX) :] for key in entry if key.startswith(PREFIX) and key[len(PREFIX) :] not in layers]
+    layers = sorted({key[len(PREFIX) :] for entry in entries for key in entry if key.startswith(PREFIX)}, key=depth)
     steps = [int(entry.get("step", index)) for index, entry in enumerate(entries)]
     matrix = [[float(entry.get(PREFIX + layer, float("nan"))) for entry in entries] for layer in layers]
     return layers, steps, matrix
