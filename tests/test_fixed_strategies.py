@@ -148,3 +148,15 @@ def test_fixed_strategies_train_the_dpo_policy_only(tiny_assets, tmp_path):
         moved += int(changed.sum())
     assert moved > 0
     assert all(torch.equal(reference[n], p) for n, p in trainer.ref_model.named_parameters())
+
+
+def test_frozen_and_dense_params_of_a_top_k_strategy(tiny_assets, tmp_path):
+    start = base_weights(tiny_assets)
+    trainer = train(tiny_assets, tmp_path, mask_ratio=0.9, gmt_mode="update", max_steps=1,
+                    frozen_params="embed_tokens", dense_params="lm_head")  # fmt: skip
+    after = weights(trainer.model)
+    changed = {name: int((after[name] != start[name]).sum()) for name in start}
+    assert changed["model.embed_tokens.weight"] == 0  # frozen: no gradient, no state, no update
+    assert changed["lm_head.weight"] == start["lm_head.weight"].numel()  # dense: every entry updated
+    rest = [name for name in start if name not in ("model.embed_tokens.weight", "lm_head.weight")]
+    assert sum(changed[n] for n in rest) == keep_count(sum(start[n].numel() for n in rest), 0.9)
