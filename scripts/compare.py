@@ -190,7 +190,7 @@ def main() -> None:
     from tqdm import tqdm
 
     records = []
-    jobs = [(method, seed) for method in methods for seed in seeds]
+    jobs = [(method, seed) for seed in seeds for method in methods]  # every method's first seed comes first
     for method, seed in tqdm(jobs, desc="runs", unit="run"):
         run_dir = args.out / "runs" / method / f"seed{seed}"
         done = run_dir / "result.json"
