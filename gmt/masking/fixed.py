@@ -110,7 +110,9 @@ class FixedMaskStrategy(MaskStrategy):
         for index in self.selectable:
             if sums[index] is None:
                 grad = grads[index]
-                sums[index] = torch.zeros(grad.shape if grad is not None else (0,), dtype=torch.float32)
+                sums[index] = torch.zeros(
+                    grad.shape if grad is not None else (0,), dtype=torch.float32, device=self._device(grads)
+                )
             out.append(sums[index])
         return out
 
