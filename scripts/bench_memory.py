@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme_section import replace_readme_section
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- memory:start -->", "<!-- memory:end -->"
 METHODS = ("full", "gmt", "gps", "grft", "gspf", "lora")
@@ -195,16 +197,6 @@ def plot(records: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def update_readme(table: str, command: str) -> None:
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START not in text:
-        return
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    readme.write_text(f"{before}{START}\n`{command}`\n\n{table}{END}{after}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -259,7 +251,7 @@ def main() -> None:
     if table:
         plot(records, args.out / "memory.png")
         if not args.no_readme:
-            update_readme(table, command.strip())
+            replace_readme_section(START, END, f"`{command.strip()}`\n\n{table}")
     print(table)
 
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from readme_section import replace_readme_section
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- compare:start -->", "<!-- compare:end -->"
 RECIPE = "recipes/tiny/sft_gmt.yaml"
@@ -207,20 +209,9 @@ def main() -> None:
     (args.out / "compare.md").write_text(markdown(rows, header))
     plot(rows, args.out / "compare.png")
     if not args.smoke and args.out.resolve() == (REPO / "docs" / "compare").resolve():
-        update_readme(markdown(rows, header))
+        image = "![score against the fraction of entries updated](docs/compare/compare.png)"
+        replace_readme_section(START, END, f"{markdown(rows, header)}\n{image}\n")
     print(markdown(rows, header))
-
-
-def update_readme(table: str) -> None:
-    """Replace the README section between the compare markers with the table and the plot."""
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START not in text:
-        return
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    image = "![score against the fraction of entries updated](docs/compare/compare.png)"
-    readme.write_text(f"{before}{START}\n{table}\n{image}\n{END}{after}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from readme_section import replace_readme_section
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- tiny-timing:start -->", "<!-- tiny-timing:end -->"
 
@@ -95,11 +97,7 @@ def main() -> None:
         ]
     )
     (args.out / "tiny_recipe.md").write_text(table + "\n")
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        readme.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    replace_readme_section(START, END, table + "\n")
     print(table)
 
 

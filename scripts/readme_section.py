@@ -1,0 +1,17 @@
+"""Write a script's results into README.md between its two markers (so no figure is typed by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def replace_readme_section(start: str, end: str, body: str) -> None:
+    """Replace what stands between ``start`` and ``end`` in README.md with ``body``; no-op without markers."""
+    text = README.read_text()
+    if start not in text or end not in text:
+        return
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    README.write_text(f"{before}{start}\n{body}{end}{after}")
