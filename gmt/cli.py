@@ -66,6 +66,16 @@ def train_and_save(
     return trainer
 
 
+def finish(trainer) -> None:
+    """End a launched run: every rank reaches here, then the process group is destroyed.
+
+    A gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called
+    without an active exception") after a run that otherwise succeeded.
+    """
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
 def check_eval_settings(script_args: GMTScriptArguments) -> None:
     """Refuse eval settings that cannot work, before any training."""
     from gmt.evaluation import SUITES, load_suite

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from trl import ModelConfig, TrlParser
 
-from gmt.cli import train_and_save
+from gmt.cli import finish, train_and_save
 from gmt.config import GMTDPOConfig, GMTScriptArguments
 from gmt.data import DPO_COLUMN_SETS
 from gmt.trainer import GMTDPOTrainer
@@ -33,4 +33,4 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    finish(main(*make_parser().parse_args_and_config()))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from trl import ModelConfig, TrlParser
 
-from gmt.cli import train_and_save
+from gmt.cli import finish, train_and_save
 from gmt.config import GMTScriptArguments, GMTSFTConfig
 from gmt.data import SFT_COLUMN_SETS
 from gmt.trainer import GMTSFTTrainer
@@ -35,4 +35,4 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
-    main(*make_parser().parse_args_and_config())
+    finish(main(*make_parser().parse_args_and_config()))
