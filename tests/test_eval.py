@@ -119,4 +119,3 @@ def test_plot_mask_draws_the_heatmap_of_a_run(smoke, tmp_path):
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
-

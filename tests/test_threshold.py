@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gmt.masking import NonFiniteGradientError, keep_count, scope_groups, topk_thresholds
+from gmt.masking.threshold import ThresholdSearch
 
 
 def reference_threshold(tensors: list[torch.Tensor], k: int) -> float:
@@ -73,3 +74,43 @@ def test_keep_count_uses_dropped_fraction():
     assert keep_count(10, 0.0) == 10
     assert keep_count(10, 0.9) == 1
     assert keep_count(7, 0.5) == 4  # n - floor(r n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scope", ["global", "tensor"])
+def test_small_samples_and_chunks_still_give_the_exact_threshold(dtype, scope):
+    # A sample of ~16 entries per group and 1000-entry chunks: tensors are packed and cut, and
+    # brackets are loose or miss; the threshold must be exact either way.
+    sizes = [3000, 7, 1, 2500, 40, 40, 999]
+    tensors = random_tensors(sizes, dtype, seed=5)
+    tensors[1].mul_(1000)  # one tensor on another scale: a skewed mix of magnitudes
+    names = [f"model.layers.{i}.w.weight" for i in range(len(tensors))]
+    group_of, group_names = scope_groups(names, scope)
+    search = ThresholdSearch(sample_entries=16, chunk_entries=1000)
+    for ratio in (0.0, 0.3, 0.5, 0.99):
+        members = [[t for t, g in zip(tensors, group_of) if g == group] for group in range(len(group_names))]
+        keep_counts = [keep_count(sum(t.numel() for t in m), ratio) for m in members]
+        thresholds = search(tensors, group_of, keep_counts)
+        for group, k in enumerate(keep_counts):
+            assert float(thresholds[group]) == reference_threshold(members[group], k), (ratio, group)
+
+
+def test_a_missed_bracket_falls_back_to_the_exact_search():
+    # The sampled entries (every 3rd, from index 1) are all small; the top entries hide between them.
+    tensor = torch.full((3000,), 1e-3)
+    tensor[0::3] = torch.linspace(1.0, 2.0, 1000)
+    search = ThresholdSearch(sample_entries=1000)
+    (threshold,) = search([tensor], [0], [500]).tolist()
+    assert threshold == reference_threshold([tensor], 500)
+    assert search.fallback_groups == 1
+    # The usual case, a sample that represents the tensor, needs no fallback.
+    search([torch.randn(100_000)], [0], [40_000])
+    assert search.fallback_groups == 1
+
+
+def test_buffers_are_reused_between_searches():
+    search = ThresholdSearch(chunk_entries=4096)
+    search([torch.randn(10_000)], [0], [10])
+    buffers = [b.data_ptr() for b in search._buffers[torch.device("cpu")]]
+    search([torch.randn(10_000)], [0], [10])
+    assert [b.data_ptr() for b in search._buffers[torch.device("cpu")]] == buffers

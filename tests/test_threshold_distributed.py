@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gmt.masking import keep_count, topk_thresholds
-from gmt.masking.threshold import DIGIT_BITS
+from gmt.masking.threshold import BRACKET_BITS, DIGIT_BITS, ThresholdSearch
 
 WORLD = 2
 
@@ -62,6 +62,11 @@ def worker(rank: int, port: int, num_tensors: int, results) -> None:
             thresholds = topk_thresholds(shards, groups, keep, all_reduce)
             results[(rank, num_tensors, scope_groups, ratio)] = (thresholds.tolist(), list(calls))
             calls.clear()
+            # A 3-entry sample per rank: loose brackets, and misses that take the fallback on both ranks.
+            search = ThresholdSearch(sample_entries=3, chunk_entries=64)
+            thresholds = search(shards, groups, keep, all_reduce)
+            results[(rank, num_tensors, scope_groups, ratio, "sparse")] = (thresholds.tolist(), len(calls))
+            calls.clear()
         dist.barrier()  # both ranks done before the group goes away
     finally:
         dist.destroy_process_group()
@@ -83,6 +88,11 @@ def test_sharded_threshold_equals_kthvalue_of_the_whole(num_tensors):
         for rank in range(WORLD):
             thresholds, calls = results[(rank, num_tensors, scope, ratio)]
             assert thresholds == expected
-            # One all-reduce per digit, whatever the number of tensors; each a few kB per group.
-            assert len(calls) == len(DIGIT_BITS)
-            assert max(calls) <= len(members) * (1 << max(DIGIT_BITS)) * 8
+            # Sample histogram, counts, one per digit over the candidates, whatever the number of
+            # tensors (the sample is the whole shard here: no fallback); each at most a sample
+            # histogram per group.
+            assert len(calls) == 2 + len(DIGIT_BITS)
+            assert max(calls) <= len(members) * ((1 << BRACKET_BITS) + 2) * 8
+            thresholds, num_calls = results[(rank, num_tensors, scope, ratio, "sparse")]
+            assert thresholds == expected
+            assert num_calls == results[(0, num_tensors, scope, ratio, "sparse")][1]

@@ -76,20 +76,25 @@ class GradientMasker:
             return
 
         new_fixed_masks = getattr(selection, "changed", False)
+        want_keep = update_masks or new_fixed_masks
         keeps: dict[int, Tensor] = {}
+        counted, counts = [], []
         for index, grad in enumerate(grads):
             if grad is None:
                 continue
-            keep = selection.keep(index, grad)
-            if keep is None:
-                self._kept[index] += grad.numel()
-                if new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
-                    keeps[index] = torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
-                continue
-            self._kept[index] += keep.sum()
-            grad.mul_(keep)
-            if update_masks or new_fixed_masks:
+            kept, keep = selection.apply(index, grad, want_keep)
+            if isinstance(kept, int):
+                self._kept_on_host[index] += kept
+            else:
+                counted.append(index)
+                counts.append(kept)
+            if keep is None and new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
+                keep = torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
+            if keep is not None and want_keep:
                 keeps[index] = keep
+        if counts:  # one add for all parameters, no host sync
+            index = torch.as_tensor(counted, device=self._device)
+            self._kept.index_add_(0, index, torch.stack(counts).to(self._kept.dtype))
         self.access.commit()
         if update_masks:
             optimizer.set_update_masks(self.access.optimizer_masks(keeps))
@@ -107,7 +112,8 @@ class GradientMasker:
         """
         if self._steps == 0:
             return {}
-        kept = self._kept.clone()  # one all-reduce per logging step, never per optimizer step
+        kept = self._kept + torch.tensor(self._kept_on_host, dtype=self._kept.dtype, device=self._device)
+        # one all-reduce per logging step, never per optimizer step
         if self.access.all_reduce is not None:
             self.access.all_reduce(kept)
         per_step = (kept + self._unmasked_steps * self._numels) / self._steps
@@ -129,6 +135,7 @@ class GradientMasker:
     def _reset_telemetry(self) -> None:
         self._steps = self._unmasked_steps = 0
         self._kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
+        self._kept_on_host = [0.0] * len(self._numels)  # counts known without looking (all or nothing kept)
         self._last_thresholds: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:

@@ -72,7 +72,5 @@ def build_strategy(
     if mask_strategy == "grft":
         return GRFTStrategy(grft_k, grft_axis, grft_lambda, selection_steps, dense)
     if mask_strategy == "gspf":
-        return GSPFStrategy(
-            gspf_keep_ratio, gspf_warmup_steps, total_steps, gspf_reselect_every, gspf_alpha, dense
-        )
+        return GSPFStrategy(gspf_keep_ratio, gspf_warmup_steps, total_steps, gspf_reselect_every, gspf_alpha, dense)
     return FullStrategy()

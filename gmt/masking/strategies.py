@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from gmt.masking.scopes import scope_groups
-from gmt.masking.threshold import check_finite, keep_count, magnitude_keys, topk_thresholds
+from gmt.masking.threshold import ThresholdSearch, check_finite, keep_count, magnitude_keys, topk_thresholds
 
 if TYPE_CHECKING:
     from gmt.masking.engines import GradientAccess
@@ -39,6 +39,17 @@ class MaskSelection(ABC):
     @abstractmethod
     def keep(self, index: int, grad: Tensor) -> Tensor | None:
         """Boolean keep-mask for parameter ``index`` (shaped like ``grad``), or None to keep all."""
+
+    def apply(self, index: int, grad: Tensor, want_keep: bool) -> tuple[Tensor | int, Tensor | None]:
+        """Zero the dropped entries of ``grad`` in place.
+
+        Returns the number of kept entries and, when ``want_keep``, the keep-mask (None: all kept).
+        """
+        keep = self.keep(index, grad)
+        if keep is None:
+            return grad.numel(), None
+        grad.mul_(keep)
+        return keep.sum(), keep if want_keep else None
 
     def thresholds(self) -> Tensor | None:
         """Per-scope thresholds, for telemetry; None when the strategy has none."""
@@ -65,11 +76,33 @@ class ThresholdSelection(MaskSelection):
         self.group_of_param = group_of_param
         self.score_of = score_of or (lambda index, grad: grad)
 
+        self._by_magnitude = score_of is None
+        # Largest float32 below each T: ``hardshrink`` keeps |x| > it, which is |x| >= T exactly.
+        self._below = torch.nextafter(group_thresholds, torch.zeros_like(group_thresholds)).tolist()
+        self._threshold_values = group_thresholds.tolist()
+
     def keep(self, index: int, grad: Tensor) -> Tensor | None:
         if self.dense is not None and self.dense[index]:
             return None
         threshold_key = self._threshold_keys[self.group_of_param[index]]
         return (magnitude_keys(self.score_of(index, grad)) >= threshold_key).view(grad.shape)
+
+    def apply(self, index: int, grad: Tensor, want_keep: bool) -> tuple[Tensor | int, Tensor | None]:
+        if self.dense is not None and self.dense[index]:
+            return grad.numel(), None
+        if not self._by_magnitude or grad.dtype != torch.float32:
+            return super().apply(index, grad, want_keep)
+        # Scored by |grad| itself: one in-place pass, no mask tensor unless the optimizer needs one.
+        group = self.group_of_param[index]
+        threshold = self._threshold_values[group]
+        if threshold == 0:
+            return grad.numel(), None
+        if threshold == float("inf"):
+            grad.zero_()
+            return 0, torch.zeros(grad.shape, dtype=torch.bool, device=grad.device) if want_keep else None
+        torch.ops.aten.hardshrink.out(grad, self._below[group], out=grad)
+        # T > 0, so the kept entries are exactly the nonzero ones.
+        return torch.count_nonzero(grad), (grad != 0) if want_keep else None
 
     def thresholds(self) -> Tensor:
         return self.group_thresholds
@@ -126,6 +159,7 @@ class TopKStrategy(MaskStrategy):
         super().__init__(dense_params)
         self.mask_ratio = mask_ratio
         self.scope = scope
+        self.search = ThresholdSearch()  # its buffers live from step to step
 
     def setup(self, access: GradientAccess) -> None:
         super().setup(access)
@@ -153,6 +187,7 @@ class TopKStrategy(MaskStrategy):
             self.keep_counts,
             self.all_reduce,
             check_finite=not self.integer_scores,
+            search=self.search,
         )
         return ThresholdSelection(thresholds, self.group_of_param, score_of, self.dense)
 

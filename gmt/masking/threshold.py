@@ -1,12 +1,13 @@
-"""Exact top-k magnitude thresholds by radix select over float bits.
+"""Exact top-k magnitude thresholds over float bits.
 
 The threshold T of a scope is the k-th largest |x| among its entries. Instead of sorting or
 concatenating the gradient, we read the fp32 bit pattern of |x| as an integer "key" (for
-non-negative floats the integer order is the float order) and find the k-th largest key digit by
-digit: a histogram of the top digit over every entry, then histograms of the next digits over the
-few candidates that share the chosen prefix. Every histogram is a small (groups x buckets) count
-table, so a distributed caller sums it across ranks with one all-reduce per digit and every rank
-arrives at the same exact T, however the entries are sharded.
+non-negative floats the integer order is the float order). ``ThresholdSearch`` brackets the k-th
+largest key from a sample, counts and collects the keys in the bracket in one pass over every entry,
+and finishes with a radix select (``radix_thresholds``: the k-th largest key digit by digit, from
+histograms of each digit) over the few candidates. Everything that crosses ranks is a small
+(groups x buckets) table, summed with one all-reduce, so every rank arrives at the same exact T
+however the entries are sharded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ _ABS_BITS = 0x7FFFFFFF
 _INF_KEY = 0x7F800000  # bit pattern of +inf; every NaN key is larger
 
 AllReduce = Callable[[Tensor], None]
+
+# The bracketing sample: a histogram of the top BRACKET_BITS key bits (8 exponent + 8 mantissa
+# bits: buckets 1/256 of an octave wide) of about SAMPLE_ENTRIES entries per group and rank.
+# Scopes with many groups (one per tensor) use coarser buckets to keep that histogram small.
+BRACKET_BITS = 16
+BRACKET_BITS_MANY_GROUPS = 12
+FEW_GROUPS = 8
+SAMPLE_ENTRIES = 1 << 18
+BRACKET_SIGMAS = 6.0  # a bracket misses about once in 10^9 searches; a miss costs time, not exactness
+CHUNK_ENTRIES = 1 << 22  # entries per pass chunk: 16 MiB of int32 keys + 8 MiB of bool masks
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -61,8 +72,252 @@ def topk_thresholds(
     keep_counts: Sequence[int],
     all_reduce: AllReduce | None = None,
     check_finite: bool = True,
+    search: ThresholdSearch | None = None,
 ) -> Tensor:
     """Return the k-th largest magnitude of every group, exactly.
+
+    Args:
+        tensors: the (local shards of the) values; each belongs to one group.
+        groups: ``groups[i]`` is the group index of ``tensors[i]``.
+        keep_counts: ``keep_counts[g]`` is k for group g, counted over all ranks. A group with
+            k = 0 gets threshold +inf (nothing to keep).
+        all_reduce: sums a tensor across ranks in place; ``None`` on a single process. It is
+            called the same number of times, with the same shapes, on every rank.
+        check_finite: refuse NaN/inf values (off for int32 keys, whose top values are not floats).
+        search: a ``ThresholdSearch`` whose buffers are reused between calls (a new one if None).
+
+    Returns:
+        float32 tensor of shape ``[len(keep_counts)]``: T_g such that keeping ``|x| >= T_g``
+        keeps at least k_g entries of group g (more only when entries tie at T_g). Entries a
+        group lacks (a parameter that got no gradient) count as zeros: if k reaches into them, T = 0.
+
+    Raises:
+        NonFiniteGradientError: if any entry is NaN or inf (on every rank together).
+    """
+    return (search or ThresholdSearch())(tensors, groups, keep_counts, all_reduce, check_finite)
+
+
+class ThresholdSearch:
+    """The exact top-k threshold search of one strategy, with buffers reused from step to step.
+
+    A plain radix select reads every entry once per digit and builds a 2048-bucket histogram of
+    all of them; ``bincount`` over 100M entries costs about twice a ``g.abs()`` pass on CPU. This
+    search reads every entry once, with cheap elementwise ops, and leaves the exact work to a small
+    candidate set:
+
+    1. Bracket: a strided sample of each group (about ``sample_entries`` per rank) gives a
+       histogram of the top key bits, summed across ranks; the bucket range that holds the k-th
+       largest key with a margin of ``BRACKET_SIGMAS`` standard deviations is ``[lo, hi]``.
+    2. One pass, chunk by chunk through reused buffers (small tensors of a group are packed into one
+       chunk, large ones cut): count keys ``>= lo`` and ``> hi``, and keep the keys in ``[lo, hi]``.
+    3. The counts are summed across ranks. Where the bracket holds (``count(> hi) < k <= count(>= lo)``)
+       the exact threshold is the ``(k - count(> hi))``-th largest candidate, found by radix select
+       on the candidates. Where it misses (unlucky sample), that group falls back to radix select
+       over all its entries: slower, equally exact.
+
+    Every decision is taken from all-reduced counts, so every rank takes the same branch, issues the
+    same collectives and finds the same T, however the entries are sharded.
+    """
+
+    def __init__(self, sample_entries: int = SAMPLE_ENTRIES, chunk_entries: int = CHUNK_ENTRIES) -> None:
+        self.sample_entries = sample_entries
+        self.chunk_entries = chunk_entries
+        self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+        self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
+
+    def __call__(
+        self,
+        tensors: Sequence[Tensor],
+        groups: Sequence[int],
+        keep_counts: Sequence[int],
+        all_reduce: AllReduce | None = None,
+        check_finite: bool = True,
+    ) -> Tensor:
+        num_groups = len(keep_counts)
+        device = tensors[0].device if tensors else torch.device("cpu")
+        flats = [t.reshape(-1) for t in tensors]
+        bits = BRACKET_BITS if num_groups <= FEW_GROUPS else BRACKET_BITS_MANY_GROUPS
+        lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device)
+
+        counts, candidates = self._count_pass(flats, groups, num_groups, lo_keys, hi_keys, check_finite, device)
+        if all_reduce is not None:
+            all_reduce(counts)
+        count_lo, count_hi, nonfinite = counts[:num_groups], counts[num_groups:-1], int(counts[-1])
+        if check_finite:
+            _raise_if_nonfinite(nonfinite)
+
+        thresholds = torch.full((num_groups,), float("inf"), dtype=torch.float32, device=device)
+        keep = torch.as_tensor(list(keep_counts), dtype=torch.int64, device=device)
+        lo = torch.as_tensor(lo_keys, dtype=torch.int64, device=device)
+        wanted = keep > 0
+        bracketed = wanted & (count_hi < keep) & (keep <= count_lo)
+        # Fewer nonzero entries than k (lo is never below key 1): T = 0, keep everything.
+        short = wanted & (lo == 1) & (count_lo < keep)
+        missed = wanted & ~bracketed & ~short
+        thresholds.masked_fill_(short, 0.0)
+
+        # The branch depends only on all-reduced counts: the same on every rank.
+        if bool(bracketed.any()):
+            remaining = torch.where(bracketed, keep - count_hi, 0).tolist()
+            found = radix_thresholds(candidates, groups, remaining, all_reduce, check_finite=False)
+            thresholds = torch.where(bracketed, found, thresholds)
+        if bool(missed.any()):
+            self.fallback_groups += int(missed.sum())
+            fallback_counts = torch.where(missed, keep, 0).tolist()
+            found = radix_thresholds(flats, groups, fallback_counts, all_reduce, check_finite=False)
+            thresholds = torch.where(missed, found, thresholds)
+        return thresholds
+
+    def _bracket(
+        self,
+        flats: Sequence[Tensor],
+        groups: Sequence[int],
+        keep_counts: Sequence[int],
+        bits: int,
+        all_reduce: AllReduce | None,
+        device: torch.device,
+    ) -> tuple[list[int], list[int]]:
+        """Key ranges ``[lo, hi]`` per group that hold the k-th largest key, from a sample."""
+        num_groups, buckets, shift = len(keep_counts), 1 << bits, 31 - bits
+        local_sizes = [0] * num_groups
+        for flat, group in zip(flats, groups, strict=True):
+            local_sizes[group] += flat.numel()
+        # An odd stride: weight matrices have power-of-two rows, and an even stride could walk one column.
+        strides = [max(1, size // self.sample_entries) | 1 for size in local_sizes]
+        members: list[list[Tensor]] = [[] for _ in range(num_groups)]
+        for flat, group in zip(flats, groups, strict=True):
+            if flat.numel():
+                stride = strides[group]
+                members[group].append(flat[stride // 2 :: stride])
+        # Per group: sample counts scaled by the stride (estimated entries), then the variance of
+        # that estimate (stride * n * p(1-p) <= stride * n / 4) and the stride, summed across ranks.
+        table = torch.zeros(num_groups, buckets + 2, dtype=torch.float64, device=device)
+        for group, samples in enumerate(members):
+            if samples:
+                keys = magnitude_keys(torch.cat(samples) if len(samples) > 1 else samples[0])
+                table[group, :buckets] = torch.bincount(keys >> shift, minlength=buckets)[:buckets].double()
+                table[group, :buckets] *= strides[group]
+            table[group, buckets] = strides[group] * local_sizes[group] / 4
+            table[group, buckets + 1] = strides[group]
+        if all_reduce is not None:
+            all_reduce(table)
+        estimated = table[:, :buckets]
+        margin = BRACKET_SIGMAS * table[:, buckets].sqrt() + table[:, buckets + 1] + 1
+        keep = torch.as_tensor(list(keep_counts), dtype=torch.float64, device=device)
+        at_or_above = estimated.flip(1).cumsum(1).flip(1)  # [g, b]: estimated keys in buckets >= b
+        above = torch.cat([at_or_above[:, 1:], torch.zeros_like(at_or_above[:, :1])], dim=1)
+        lo_bucket = ((at_or_above >= (keep + margin).unsqueeze(1)).sum(1) - 1).clamp(min=0)
+        hi_bucket = (above > (keep - margin).unsqueeze(1)).sum(1).clamp(max=buckets - 1)
+        lo_keys = (lo_bucket << shift).clamp(min=1).tolist()  # zeros are never candidates
+        hi_keys = (((hi_bucket + 1) << shift) - 1).tolist()
+        return lo_keys, hi_keys
+
+    def _count_pass(
+        self,
+        flats: Sequence[Tensor],
+        groups: Sequence[int],
+        num_groups: int,
+        lo_keys: list[int],
+        hi_keys: list[int],
+        check_finite: bool,
+        device: torch.device,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between.
+
+        Returns ``counts`` (``[count_lo per group, count_hi per group, nonfinite chunks]``, int64)
+        and one candidate tensor per input tensor's chunk list, aligned with ``groups``.
+        """
+        keys_buffer, at_least_lo, above_hi = self._buffers_for(device)
+        chunk_groups: list[int] = []
+        lo_counts: list[Tensor] = []
+        hi_counts: list[Tensor] = []
+        largest: list[Tensor] = []
+        candidates: list[list[Tensor]] = [[] for _ in flats]
+        for group, owner, pieces in _chunks(flats, groups, self.chunk_entries):
+            size = sum(piece.numel() for piece in pieces)
+            keys = keys_buffer[:size]
+            _load_keys(pieces, keys)
+            if check_finite:
+                largest.append(keys.max())
+            lo_mask, hi_mask = at_least_lo[:size], above_hi[:size]
+            torch.ge(keys, lo_keys[group], out=lo_mask)
+            torch.gt(keys, hi_keys[group], out=hi_mask)
+            chunk_groups.append(group)
+            lo_counts.append(torch.count_nonzero(lo_mask))
+            hi_counts.append(torch.count_nonzero(hi_mask))
+            torch.logical_xor(lo_mask, hi_mask, out=lo_mask)  # lo <= key <= hi (hi_mask is inside lo_mask)
+            candidates[owner].append(keys.masked_select(lo_mask))
+
+        counts = torch.zeros(2 * num_groups + 1, dtype=torch.int64, device=device)
+        if chunk_groups:
+            index = torch.as_tensor(chunk_groups, dtype=torch.int64, device=device)
+            counts.index_add_(0, index, torch.stack(lo_counts))
+            counts.index_add_(0, index + num_groups, torch.stack(hi_counts))
+            if largest:
+                counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
+        empty = torch.empty(0, dtype=torch.int32, device=device)
+        merged = [torch.cat(parts) if len(parts) > 1 else parts[0] if parts else empty for parts in candidates]
+        return counts, merged
+
+    def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        if device not in self._buffers:
+            self._buffers[device] = (
+                torch.empty(self.chunk_entries, dtype=torch.int32, device=device),
+                torch.empty(self.chunk_entries, dtype=torch.bool, device=device),
+                torch.empty(self.chunk_entries, dtype=torch.bool, device=device),
+            )
+        return self._buffers[device]
+
+
+def _chunks(flats: Sequence[Tensor], groups: Sequence[int], chunk_entries: int):
+    """Yield ``(group, owner, pieces)``: runs of small same-group tensors packed up to
+    ``chunk_entries``, and large tensors cut into pieces of that size. ``owner`` is the tensor
+    whose candidate list receives the chunk's candidates (the first one of a packed run)."""
+    pending: list[Tensor] = []
+    pending_group, pending_owner, pending_size = -1, -1, 0
+    for index, (flat, group) in enumerate(zip(flats, groups, strict=True)):
+        numel = flat.numel()
+        if numel == 0:
+            continue
+        if pending and (group != pending_group or pending_size + numel > chunk_entries):
+            yield pending_group, pending_owner, pending
+            pending, pending_size = [], 0
+        if numel > chunk_entries:
+            for start in range(0, numel, chunk_entries):
+                yield group, index, [flat[start : start + chunk_entries]]
+            continue
+        if not pending:
+            pending_group, pending_owner = group, index
+        pending.append(flat)
+        pending_size += numel
+    if pending:
+        yield pending_group, pending_owner, pending
+
+
+def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
+    """Write the magnitude keys of ``pieces`` (concatenated) into ``keys`` (an int32 buffer)."""
+    if len(pieces) == 1 and pieces[0].dtype in (torch.float32, torch.int32):
+        source = pieces[0] if pieces[0].dtype == torch.int32 else pieces[0].view(torch.int32)
+        torch.bitwise_and(source, _ABS_BITS, out=keys)
+        return
+    if pieces[0].dtype == torch.int32:
+        torch.cat(list(pieces), out=keys)
+        return
+    values = keys.view(torch.float32)
+    torch.cat([piece.float() for piece in pieces] if pieces[0].dtype != torch.float32 else list(pieces), out=values)
+    keys.bitwise_and_(_ABS_BITS)
+
+
+def radix_thresholds(
+    tensors: Sequence[Tensor],
+    groups: Sequence[int],
+    keep_counts: Sequence[int],
+    all_reduce: AllReduce | None = None,
+    check_finite: bool = True,
+) -> Tensor:
+    """Return the k-th largest magnitude of every group, exactly, by radix select over all entries.
+
+    The plain algorithm, used on the candidates ``ThresholdSearch`` brackets and as its fallback.
 
     Args:
         tensors: the (local shards of the) values; each belongs to one group.
