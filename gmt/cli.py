@@ -37,6 +37,26 @@ def load_splits(
     return train_dataset, eval_dataset
 
 
+def build_trainer(
+    trainer_cls,
+    script_args: GMTScriptArguments,
+    training_args,
+    model_args: ModelConfig,
+    column_sets: tuple[tuple[str, ...], ...],
+    purpose: str,
+):
+    """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it."""
+    set_model_init_kwargs(model_args, training_args)
+    train_dataset, eval_dataset = load_splits(script_args, training_args, column_sets, purpose)
+    return trainer_cls(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+
+
 def train_and_save(
     trainer_cls,
     script_args: GMTScriptArguments,
@@ -47,15 +67,7 @@ def train_and_save(
 ):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args)
-    set_model_init_kwargs(model_args, training_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args, column_sets, purpose)
-    trainer = trainer_cls(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer = build_trainer(trainer_cls, script_args, training_args, model_args, column_sets, purpose)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the logs (mask telemetry included) beside the model

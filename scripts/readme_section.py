@@ -1,4 +1,5 @@
-"""Write a script's results into README.md between its two markers (so no figure is typed by hand)."""
+"""Write a script's results into README.md (or another doc) between its two markers, so no figure
+is typed by hand."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def replace_readme_section(start: str, end: str, body: str) -> None:
-    """Replace what stands between ``start`` and ``end`` in README.md with ``body``; no-op without markers."""
-    text = README.read_text()
+def replace_readme_section(start: str, end: str, body: str, path: Path = README) -> None:
+    """Replace what stands between ``start`` and ``end`` in ``path`` (README.md) with ``body``;
+    no-op without markers."""
+    text = path.read_text()
     if start not in text or end not in text:
         return
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
-    README.write_text(f"{before}{start}\n{body}{end}{after}")
+    path.write_text(f"{before}{start}\n{body}{end}{after}")

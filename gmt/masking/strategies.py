@@ -101,8 +101,9 @@ class ThresholdSelection(MaskSelection):
             grad.zero_()
             return 0, torch.zeros(grad.shape, dtype=torch.bool, device=grad.device) if want_keep else None
         torch.ops.aten.hardshrink.out(grad, self._below[group], out=grad)
-        # T > 0, so the kept entries are exactly the nonzero ones.
-        return torch.count_nonzero(grad), (grad != 0) if want_keep else None
+        # T > 0, so the kept entries are exactly the nonzero ones (dropped ones are +0.0: all bits
+        # zero, so counting on the int32 view is exact, and ~10x faster than on floats).
+        return torch.count_nonzero(grad.view(torch.int32)), (grad != 0) if want_keep else None
 
     def thresholds(self) -> Tensor:
         return self.group_thresholds

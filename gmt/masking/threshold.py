@@ -32,7 +32,7 @@ BRACKET_BITS = 16
 BRACKET_BITS_MANY_GROUPS = 12
 FEW_GROUPS = 8
 SAMPLE_ENTRIES = 1 << 18
-BRACKET_SIGMAS = 6.0  # a bracket misses about once in 10^9 searches; a miss costs time, not exactness
+BRACKET_SIGMAS = 4.0  # a bracket misses about once in 10^4 searches; a miss costs time, not exactness
 CHUNK_ENTRIES = 1 << 22  # entries per pass chunk: 16 MiB of int32 keys + 8 MiB of bool masks
 
 
@@ -229,8 +229,8 @@ class ThresholdSearch:
         """
         keys_buffer, at_least_lo, above_hi = self._buffers_for(device)
         chunk_groups: list[int] = []
-        lo_counts: list[Tensor] = []
         hi_counts: list[Tensor] = []
+        band_sizes: list[int] = []
         largest: list[Tensor] = []
         candidates: list[list[Tensor]] = [[] for _ in flats]
         for group, owner, pieces in _chunks(flats, groups, self.chunk_entries):
@@ -240,19 +240,23 @@ class ThresholdSearch:
             if check_finite:
                 largest.append(keys.max())
             lo_mask, hi_mask = at_least_lo[:size], above_hi[:size]
-            torch.ge(keys, lo_keys[group], out=lo_mask)
             torch.gt(keys, hi_keys[group], out=hi_mask)
-            chunk_groups.append(group)
-            lo_counts.append(torch.count_nonzero(lo_mask))
-            hi_counts.append(torch.count_nonzero(hi_mask))
+            torch.ge(keys, lo_keys[group], out=lo_mask)
             torch.logical_xor(lo_mask, hi_mask, out=lo_mask)  # lo <= key <= hi (hi_mask is inside lo_mask)
-            candidates[owner].append(keys.masked_select(lo_mask))
+            # Boolean indexing, not masked_select: the latter measured 4x slower on CPU.
+            chunk_candidates = keys[lo_mask]
+            candidates[owner].append(chunk_candidates)
+            chunk_groups.append(group)
+            hi_counts.append(torch.count_nonzero(hi_mask))
+            band_sizes.append(chunk_candidates.numel())
 
         counts = torch.zeros(2 * num_groups + 1, dtype=torch.int64, device=device)
         if chunk_groups:
             index = torch.as_tensor(chunk_groups, dtype=torch.int64, device=device)
-            counts.index_add_(0, index, torch.stack(lo_counts))
-            counts.index_add_(0, index + num_groups, torch.stack(hi_counts))
+            above = torch.stack(hi_counts)
+            # count(>= lo) = count(> hi) + the keys in the band
+            counts.index_add_(0, index, above + torch.as_tensor(band_sizes, dtype=torch.int64, device=device))
+            counts.index_add_(0, index + num_groups, above)
             if largest:
                 counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
         empty = torch.empty(0, dtype=torch.int32, device=device)
@@ -295,17 +299,17 @@ def _chunks(flats: Sequence[Tensor], groups: Sequence[int], chunk_entries: int):
 
 
 def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
-    """Write the magnitude keys of ``pieces`` (concatenated) into ``keys`` (an int32 buffer)."""
-    if len(pieces) == 1 and pieces[0].dtype in (torch.float32, torch.int32):
-        source = pieces[0] if pieces[0].dtype == torch.int32 else pieces[0].view(torch.int32)
-        torch.bitwise_and(source, _ABS_BITS, out=keys)
-        return
-    if pieces[0].dtype == torch.int32:
-        torch.cat(list(pieces), out=keys)
-        return
-    values = keys.view(torch.float32)
-    torch.cat([piece.float() for piece in pieces] if pieces[0].dtype != torch.float32 else list(pieces), out=values)
-    keys.bitwise_and_(_ABS_BITS)
+    """Write the magnitude keys of ``pieces`` (concatenated) into ``keys`` (an int32 buffer), one
+    pass per piece straight into its slice (no packing copy first)."""
+    start = 0
+    for piece in pieces:
+        end = start + piece.numel()
+        if piece.dtype == torch.int32:  # keys already (random scores)
+            keys[start:end].copy_(piece)
+        else:
+            source = piece if piece.dtype == torch.float32 else piece.float()  # bf16 -> fp32 is exact
+            torch.bitwise_and(source.view(torch.int32), _ABS_BITS, out=keys[start:end])
+        start = end
 
 
 def radix_thresholds(

@@ -1,0 +1,279 @@
+"""Optimizer-step time of plain SFT against gmt (global scope, both modes), in alternating processes.
+
+    python scripts/bench_step.py                  # tiny recipe + ~100M random Llama on 1 process,
+                                                  # tiny recipe under 2-process ZeRO-3 (CPU, gloo)
+    python scripts/bench_step.py --runs tiny/single --rounds 1 --steps 4 --no-docs    # a quick look
+    python scripts/bench_step.py --runs 1b/single --device cuda    # GPU: 1B random Llama, bf16,
+                                                  # flash-attn, activation checkpointing
+
+Needs the tiny assets (``python -m gmt.tiny``; the bigger models reuse its tokenizer and data).
+
+Every measurement is the real trainer (``GMTSFTTrainer``, built as ``gmt/sft.py`` builds it, from
+``recipes/tiny/sft_gmt.yaml`` with overrides) in a fresh process, with a callback that times each
+optimizer step from ``on_step_begin`` to ``on_step_end``: the accumulated micro-batches' forward
+and backward, the mask, clipping and the optimizer update (under DeepSpeed the update runs inside
+the last backward, and is inside the window too). The first ``--warmup_steps`` steps are dropped.
+The methods run in turn, in a rotated order each round, so slow drifts of a shared machine fall on
+all of them; the figure per method is the median over every round's steps.
+
+Writes ``docs/benchmarks/step.json`` and the table between the ``step:start`` / ``step:end``
+markers of ``docs/benchmarks.md`` (``step-gpu:...`` for a CUDA device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DOC = REPO / "docs" / "benchmarks.md"
+TINY = REPO / ".cache" / "gmt-tiny"
+METHODS = {
+    "full": ["--mask_strategy", "full"],
+    "gmt-grad": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad"],
+    "gmt-update": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"],
+}
+# Random-initialized Llamas on the tiny tokenizer (a 463-token vocabulary: the blocks hold nearly
+# every entry). Batch: micro-batch x accumulation, sequences of about 50 tokens.
+MODELS = {
+    "tiny": {"size": None, "batch": (16, 2)},
+    "100m": {
+        "size": {
+            "hidden_size": 768,
+            "intermediate_size": 2048,
+            "num_hidden_layers": 14,
+            "num_attention_heads": 12,
+            "num_key_value_heads": 12,
+            "head_dim": 64,
+        },
+        "batch": (4, 2),
+    },
+    "1b": {
+        "size": {
+            "hidden_size": 2048,
+            "intermediate_size": 5504,
+            "num_hidden_layers": 20,
+            "num_attention_heads": 16,
+            "num_key_value_heads": 16,
+            "head_dim": 128,
+        },
+        "batch": (8, 2),
+    },
+}
+ENGINES = {
+    "single": [sys.executable],
+    "zero3": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_zero3.yaml"],
+}
+DEFAULT_RUNS = ("tiny/single", "100m/single", "tiny/zero3")
+
+
+def model_path(model: str) -> Path:
+    """The model's directory: the tiny base itself, or a random-initialized Llama saved once."""
+    if MODELS[model]["size"] is None:
+        return TINY / "base"
+    path = REPO / ".cache" / "gmt-bench" / f"llama-{model}"
+    if not (path / "config.json").is_file():
+        from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+
+        config = AutoConfig.from_pretrained(TINY / "base")
+        for key, value in MODELS[model]["size"].items():
+            setattr(config, key, value)
+        llama = LlamaForCausalLM(config)  # random initialization: what we time needs no training
+        llama.save_pretrained(path)
+        AutoTokenizer.from_pretrained(TINY / "base").save_pretrained(path)
+        print(f"built {path} ({sum(p.numel() for p in llama.parameters()) / 1e6:.0f}M parameters)", flush=True)
+    return path
+
+
+def worker(args: argparse.Namespace, overrides: list[str]) -> None:
+    """One trainer run (inside a launched process): time every optimizer step, write rank 0's times."""
+    import torch
+    from transformers import TrainerCallback
+
+    from gmt.cli import build_trainer
+    from gmt.data import SFT_COLUMN_SETS
+    from gmt.sft import make_parser
+    from gmt.trainer import GMTSFTTrainer
+
+    script_args, training_args, model_args = make_parser().parse_args_and_config(
+        args=["--config", "recipes/tiny/sft_gmt.yaml", *overrides]
+    )
+    trainer = build_trainer(GMTSFTTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT")
+    cuda = torch.cuda.is_available()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *unused, **kwargs) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *unused, **kwargs) -> None:
+            if cuda:
+                torch.cuda.synchronize()
+            self.seconds.append(time.perf_counter() - self.started)
+
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        parameters = sum(p.numel() for p in trainer.model.parameters())
+        peak = torch.cuda.max_memory_allocated() if cuda else None
+        Path(args.worker_out).write_text(
+            json.dumps({"seconds": timer.seconds, "parameters": parameters, "peak_gpu_bytes": peak})
+        )
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+
+
+def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> dict:
+    """Launch one worker process for ``method`` on ``run`` (``model/engine``) and read its step times."""
+    model, engine = run.split("/")
+    micro_batch, accumulation = MODELS[model]["batch"]
+    if engine == "zero3":  # 2 ranks x 1 micro-batch = the same examples per step as 1 process x 2
+        micro_batch, accumulation = micro_batch, 1
+    out = out_dir / f"{model}-{engine}-{method}.json"
+    overrides = [
+        "--model_name_or_path",
+        str(model_path(model)),
+        "--dataset_name",
+        str(TINY / "data" / "sft"),
+        "--output_dir",
+        str(out_dir / "trainer"),
+        "--max_steps",
+        str(args.warmup_steps + args.steps),
+        "--per_device_train_batch_size",
+        str(micro_batch),
+        "--gradient_accumulation_steps",
+        str(accumulation),
+        "--logging_steps",
+        "1000",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        *METHODS[method],
+    ]
+    if engine == "zero3":
+        overrides += ["--ddp_backend", "gloo"]
+    if args.device == "cuda":
+        overrides += [
+            "--bf16",
+            "true",
+            "--attn_implementation",
+            "flash_attention_2",
+            "--activation_checkpointing",
+            "true",
+            "--dataloader_pin_memory",
+            "true",
+        ]
+    command = [*ENGINES[engine], str(Path(__file__).resolve()), "--worker_out", str(out), "--", *overrides]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    if engine == "zero3" and args.device == "cpu":
+        environment["OMP_NUM_THREADS"] = "1"  # 2 ranks on the cores: one thread each, not 2 x all
+    result = subprocess.run(command, cwd=REPO, env=environment, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{run} {method} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    record = json.loads(out.read_text())
+    record["seconds"] = record["seconds"][args.warmup_steps :]
+    return record
+
+
+def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
+    lines = [
+        f"Machine: {machine}. Median optimizer-step time over {args.rounds} rounds x {args.steps} steps "
+        f"(after {args.warmup_steps} warm-up steps per process); gmt at mask ratio 0.5, global scope.",
+        "",
+        "Command: `python scripts/bench_step.py"
+        + (" --device cuda --runs 1b/single" if args.device == "cuda" else "")
+        + "`",
+        "",
+        "| model | engine | parameters | full SFT step | gmt grad step | gmt update step | grad overhead "
+        "| update overhead |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run, by_method in results.items():
+        model, engine = run.split("/")
+        full = by_method["full"]["median_seconds"]
+        grad, update = by_method["gmt-grad"]["median_seconds"], by_method["gmt-update"]["median_seconds"]
+        lines.append(
+            f"| {model} | {engine} | {by_method['full']['parameters'] / 1e6:.1f}M | {full:.3f} s | {grad:.3f} s | "
+            f"{update:.3f} s | {100 * (grad / full - 1):+.1f}% | {100 * (update / full - 1):+.1f}% |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated model/engine pairs")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per process")
+    parser.add_argument("--warmup_steps", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "step.json")
+    parser.add_argument("--no-docs", dest="docs", action="store_false", help="don't write docs/benchmarks.md")
+    parser.add_argument("--worker_out", help=argparse.SUPPRESS)
+    args, overrides = parser.parse_known_args()
+    if args.worker_out:
+        worker(args, [o for o in overrides if o != "--"])
+        return
+
+    from machine import describe_machine
+
+    machine = describe_machine(args.device)
+    runs = args.runs.split(",")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for run in runs:
+            seconds: dict[str, list[float]] = {method: [] for method in METHODS}
+            records: dict[str, dict] = {}
+            order = list(METHODS)
+            for round_index in range(args.rounds):
+                rotated = order[round_index % len(order) :] + order[: round_index % len(order)]
+                for method in rotated:
+                    record = measure(run, method, args, Path(scratch))
+                    seconds[method] += record["seconds"]
+                    records[method] = record
+                    print(
+                        f"{run} round {round_index + 1}: {method} median "
+                        f"{statistics.median(record['seconds']):.4f} s/step",
+                        flush=True,
+                    )
+            results[run] = {
+                method: {
+                    "median_seconds": statistics.median(seconds[method]),
+                    "step_seconds": seconds[method],
+                    "parameters": records[method]["parameters"],
+                    "peak_gpu_bytes": records[method]["peak_gpu_bytes"],
+                }
+                for method in METHODS
+            }
+            full = results[run]["full"]["median_seconds"]
+            for method in METHODS:
+                results[run][method]["overhead_vs_full"] = results[run][method]["median_seconds"] / full - 1
+    result = {"machine": machine, "device": args.device, "rounds": args.rounds, "steps": args.steps, "runs": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(results, args, machine)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    if args.docs:
+        from readme_section import replace_readme_section
+
+        name = "step" if args.device == "cpu" else "step-gpu"
+        replace_readme_section(f"<!-- {name}:start -->", f"<!-- {name}:end -->", table, DOC)
+
+
+if __name__ == "__main__":
+    main()
