@@ -1,5 +1,6 @@
 """MaskedAdamW: plain AdamW without masks, frozen entries outside them."""
 
+import pytest
 import torch
 
 from gmt.masking import MaskedAdamW
@@ -19,11 +20,12 @@ def set_grads(params, seed: int) -> None:
         p.grad = torch.randn(p.shape, generator=generator)
 
 
-def adamw_and_masked_adamw(unmasked_steps: int):
+def adamw_and_masked_adamw(unmasked_steps: int, **options):
     """Two copies of the same parameters, stepped ``unmasked_steps`` times by AdamW and MaskedAdamW."""
     plain, masked = make_params(), make_params()
-    opt_plain = torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1)
-    opt_masked = MaskedAdamW(masked, lr=1e-2, weight_decay=0.1)
+    settings = {key: value for key, value in options.items() if key in ("fused", "foreach")}
+    opt_plain = torch.optim.AdamW(plain, lr=1e-2, weight_decay=0.1, **settings)
+    opt_masked = MaskedAdamW(masked, lr=1e-2, weight_decay=0.1, **options)
     for step in range(unmasked_steps):
         set_grads(plain, step)
         set_grads(masked, step)
@@ -38,9 +40,14 @@ def test_without_masks_it_is_adamw_bitwise():
         assert torch.equal(a, b)
 
 
-def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept():
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"fused": True}, {"foreach": False}, {"chunk_entries": 4}],
+    ids=["default", "fused", "single-tensor", "sliced"],  # sliced: 4-entry slices, stepped in batches
+)
+def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept(options):
     # Two unmasked steps build up moments, then one masked step.
-    reference, opt_reference, masked, opt_masked = adamw_and_masked_adamw(unmasked_steps=2)
+    reference, opt_reference, masked, opt_masked = adamw_and_masked_adamw(unmasked_steps=2, **options)
     before = [p.detach().clone() for p in masked]
     moments_before = [
         (opt_masked.state[p]["exp_avg"].clone(), opt_masked.state[p]["exp_avg_sq"].clone()) for p in masked
@@ -57,8 +64,10 @@ def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept():
         assert torch.equal(p[~keep], old[~keep])
         assert torch.equal(state["exp_avg"][~keep], m_old[~keep])
         assert torch.equal(state["exp_avg_sq"][~keep], v_old[~keep])
-        # Inside: what AdamW does.
-        torch.testing.assert_close(p[keep], p_ref[keep], rtol=1e-6, atol=1e-7)
+        # Inside: what AdamW does, bitwise (the same kernel ran on them), with one step counted.
+        assert torch.equal(p[keep], p_ref[keep])
+        assert torch.equal(state["exp_avg"][keep], opt_reference.state[p_ref]["exp_avg"][keep])
+        assert float(state["step"]) == float(opt_reference.state[p_ref]["step"]) == 3
         assert not torch.equal(p[keep], old[keep])
     # Masks are used once: the next step is a full AdamW step again.
     set_grads(masked, 3)
