@@ -74,6 +74,9 @@ class MaskedAdamW(torch.optim.AdamW):
                 step_count = state_steps[index]
                 flats = [local_shard(values[index]).view(-1) for values in lists[:4]]
                 flat_keep = keep.reshape(-1)
+                if flat_keep.numel() == 0:  # an empty local shard (FSDP2): nothing moves, the step counts
+                    step_count.add_(1)
+                    continue
                 slice_steps = []
                 for start in range(0, flat_keep.numel(), self.chunk_entries):
                     end = start + self.chunk_entries
