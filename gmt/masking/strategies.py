@@ -68,8 +68,10 @@ class ThresholdSelection(MaskSelection):
         group_of_param: Sequence[int],
         score_of: ScoreOf | None = None,
         dense: Sequence[bool] | None = None,
+        kept_counts: dict[int, Tensor] | None = None,
     ) -> None:
         self.dense = dense
+        self.kept_counts = kept_counts or {}  # known kept counts per parameter index (from the search)
         self.group_thresholds = group_thresholds
         # Compare integer keys, not floats: exact for bf16/fp16 grads against an fp32 threshold.
         self._threshold_keys = magnitude_keys(group_thresholds).tolist()
@@ -101,9 +103,12 @@ class ThresholdSelection(MaskSelection):
             grad.zero_()
             return 0, torch.zeros(grad.shape, dtype=torch.bool, device=grad.device) if want_keep else None
         torch.ops.aten.hardshrink.out(grad, self._below[group], out=grad)
-        # T > 0, so the kept entries are exactly the nonzero ones (dropped ones are +0.0: all bits
-        # zero, so counting on the int32 view is exact, and ~10x faster than on floats).
-        return torch.count_nonzero(grad.view(torch.int32)), (grad != 0) if want_keep else None
+        kept = self.kept_counts.get(index)
+        if kept is None:
+            # T > 0, so the kept entries are exactly the nonzero ones (dropped ones are +0.0: all
+            # bits zero, so counting on the int32 view is exact, and ~10x faster than on floats).
+            kept = torch.count_nonzero(grad.view(torch.int32))
+        return kept, (grad != 0) if want_keep else None
 
     def thresholds(self) -> Tensor:
         return self.group_thresholds
@@ -190,7 +195,10 @@ class TopKStrategy(MaskStrategy):
             check_finite=not self.integer_scores,
             search=self.search,
         )
-        return ThresholdSelection(thresholds, self.group_of_param, score_of, self.dense)
+        kept_counts = {}
+        if score_of is None:  # the search counted |Γ| >= T per tensor on its way
+            kept_counts = {i: c for i, c in zip(present, self.search.kept_counts, strict=True) if c is not None}
+        return ThresholdSelection(thresholds, self.group_of_param, score_of, self.dense, kept_counts)
 
 
 class GMTStrategy(TopKStrategy):

@@ -25,15 +25,17 @@ _INF_KEY = 0x7F800000  # bit pattern of +inf; every NaN key is larger
 
 AllReduce = Callable[[Tensor], None]
 
-# The bracketing sample: a histogram of the top BRACKET_BITS key bits (8 exponent + 8 mantissa
-# bits: buckets 1/256 of an octave wide) of about SAMPLE_ENTRIES entries per group and rank.
-# Scopes with many groups (one per tensor) use coarser buckets to keep that histogram small.
-BRACKET_BITS = 16
+# The bracketing sample: a histogram of the top BRACKET_BITS key bits (8 exponent + 10 mantissa
+# bits: buckets 1/1024 of an octave wide) of about SAMPLE_ENTRIES entries per rank, shared among
+# the groups by size (at least MIN_GROUP_SAMPLE each). Scopes with many groups (one per tensor) use
+# coarser buckets to keep that histogram (summed across ranks) small.
+BRACKET_BITS = 18
 BRACKET_BITS_MANY_GROUPS = 12
 FEW_GROUPS = 8
-SAMPLE_ENTRIES = 1 << 18
+SAMPLE_ENTRIES = 1 << 20
+MIN_GROUP_SAMPLE = 1 << 12
 BRACKET_SIGMAS = 4.0  # a bracket misses about once in 10^4 searches; a miss costs time, not exactness
-CHUNK_ENTRIES = 1 << 22  # entries per pass chunk: 16 MiB of int32 keys + 8 MiB of bool masks
+CHUNK_ENTRIES = 1 << 20  # entries per pass chunk: 12 MiB of int32 buffers, mostly in cache
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -122,8 +124,11 @@ class ThresholdSearch:
     def __init__(self, sample_entries: int = SAMPLE_ENTRIES, chunk_entries: int = CHUNK_ENTRIES) -> None:
         self.sample_entries = sample_entries
         self.chunk_entries = chunk_entries
-        self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+        self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
+        # After a search: the kept entries (|x| >= T) of each input tensor, as a 0-dim tensor, or
+        # None where the search did not count them (a group that missed its bracket, T = 0 or inf).
+        self.kept_counts: list[Tensor | None] = []
 
     def __call__(
         self,
@@ -139,7 +144,7 @@ class ThresholdSearch:
         bits = BRACKET_BITS if num_groups <= FEW_GROUPS else BRACKET_BITS_MANY_GROUPS
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device)
 
-        counts, candidates = self._count_pass(flats, groups, num_groups, lo_keys, hi_keys, check_finite, device)
+        counts, pass_result = self._count_pass(flats, groups, num_groups, lo_keys, hi_keys, check_finite, device)
         if all_reduce is not None:
             all_reduce(counts)
         count_lo, count_hi, nonfinite = counts[:num_groups], counts[num_groups:-1], int(counts[-1])
@@ -155,12 +160,24 @@ class ThresholdSearch:
         short = wanted & (lo == 1) & (count_lo < keep)
         missed = wanted & ~bracketed & ~short
         thresholds.masked_fill_(short, 0.0)
+        band_keys, band_tensors, above_per_tensor = pass_result
+        group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
 
         # The branch depends only on all-reduced counts: the same on every rank.
         if bool(bracketed.any()):
             remaining = torch.where(bracketed, keep - count_hi, 0).tolist()
-            found = radix_thresholds(candidates, groups, remaining, all_reduce, check_finite=False)
+            band_groups = group_of_tensor[band_tensors]
+            # One small tensor per group: a few ops per digit, not a few per parameter.
+            by_group = [band_keys[band_groups == group] for group in range(num_groups)]
+            found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
             thresholds = torch.where(bracketed, found, thresholds)
+            # Kept entries per tensor, for free: those above the band plus the band's keys >= T.
+            band_kept = band_keys >= magnitude_keys(thresholds)[band_groups]
+            kept = above_per_tensor + torch.bincount(band_tensors[band_kept], minlength=len(flats))
+            known = bracketed[group_of_tensor].tolist()
+            self.kept_counts = [count if ok else None for count, ok in zip(kept, known, strict=True)]
+        else:
+            self.kept_counts = [None] * len(flats)
         if bool(missed.any()):
             self.fallback_groups += int(missed.sum())
             fallback_counts = torch.where(missed, keep, 0).tolist()
@@ -182,8 +199,11 @@ class ThresholdSearch:
         local_sizes = [0] * num_groups
         for flat, group in zip(flats, groups, strict=True):
             local_sizes[group] += flat.numel()
+        total = max(1, sum(local_sizes))
+        floor = min(MIN_GROUP_SAMPLE, self.sample_entries)
+        budgets = [max(floor, self.sample_entries * size // total) for size in local_sizes]
         # An odd stride: weight matrices have power-of-two rows, and an even stride could walk one column.
-        strides = [max(1, size // self.sample_entries) | 1 for size in local_sizes]
+        strides = [max(1, size // budget) | 1 for size, budget in zip(local_sizes, budgets, strict=True)]
         members: list[list[Tensor]] = [[] for _ in range(num_groups)]
         for flat, group in zip(flats, groups, strict=True):
             if flat.numel():
@@ -221,81 +241,115 @@ class ThresholdSearch:
         hi_keys: list[int],
         check_finite: bool,
         device: torch.device,
-    ) -> tuple[Tensor, list[Tensor]]:
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between.
 
         Returns ``counts`` (``[count_lo per group, count_hi per group, nonfinite chunks]``, int64)
-        and one candidate tensor per input tensor's chunk list, aligned with ``groups``.
+        and ``(band_keys, band_tensors, above_per_tensor)``: the keys in ``[lo, hi]`` with the index
+        of the tensor each came from, and the number of keys above ``hi`` in each tensor.
         """
-        keys_buffer, at_least_lo, above_hi = self._buffers_for(device)
-        chunk_groups: list[int] = []
-        hi_counts: list[Tensor] = []
-        band_sizes: list[int] = []
+        keys_buffer, offsets, scratch, flags_buffer = self._buffers_for(device)
+        above_parts: list[Tensor] = []  # per piece: minus the number of its keys <= hi
+        above_owners: list[int] = []
+        above_sizes: list[int] = []
+        band_parts: list[Tensor] = []
+        band_owners: list[Tensor] = []
         largest: list[Tensor] = []
-        candidates: list[list[Tensor]] = [[] for _ in flats]
-        for group, owner, pieces in _chunks(flats, groups, self.chunk_entries):
-            size = sum(piece.numel() for piece in pieces)
-            keys = keys_buffer[:size]
-            _load_keys(pieces, keys)
+        # Integer arithmetic only: on CPU a comparison writing bools costs ~4x an int32 add, and
+        # count_nonzero ~5x an int32 sum. Chunks are small enough to stay in cache between ops.
+        for group, pieces in _chunks(flats, groups, self.chunk_entries):
+            size = sum(piece.numel() for _, piece in pieces)
+            keys, from_lo, from_hi = keys_buffer[:size], offsets[:size], scratch[:size]
+            _load_keys([piece for _, piece in pieces], keys)
             if check_finite:
                 largest.append(keys.max())
-            lo_mask, hi_mask = at_least_lo[:size], above_hi[:size]
-            torch.gt(keys, hi_keys[group], out=hi_mask)
-            torch.ge(keys, lo_keys[group], out=lo_mask)
-            torch.logical_xor(lo_mask, hi_mask, out=lo_mask)  # lo <= key <= hi (hi_mask is inside lo_mask)
-            # Boolean indexing, not masked_select: the latter measured 4x slower on CPU.
-            chunk_candidates = keys[lo_mask]
-            candidates[owner].append(chunk_candidates)
-            chunk_groups.append(group)
-            hi_counts.append(torch.count_nonzero(hi_mask))
-            band_sizes.append(chunk_candidates.numel())
+            torch.sub(keys, lo_keys[group], out=from_lo)  # >= 0 iff key >= lo
+            torch.sub(keys, hi_keys[group] + 1, out=from_hi)  # >= 0 iff key > hi
+            # In the band (lo <= key <= hi): from_lo >= 0 and from_hi < 0, i.e. (~from_lo & from_hi) < 0.
+            from_lo.bitwise_not_().bitwise_and_(from_hi).bitwise_right_shift_(31)  # -1 in the band, else 0
+            from_hi.bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
+            start = 0
+            for owner, piece in pieces:
+                end = start + piece.numel()
+                above_parts.append(from_hi[start:end].sum(dtype=torch.int32))
+                above_owners.append(owner)
+                above_sizes.append(piece.numel())
+                start = end
+            positions = _band_positions(from_lo, flags_buffer)
+            band_parts.append(keys[positions])
+            if len(pieces) == 1:
+                band_owners.append(torch.full_like(positions, pieces[0][0]))
+            else:
+                starts = torch.tensor([0] + [piece.numel() for _, piece in pieces[:-1]], device=device).cumsum(0)
+                owners = torch.tensor([owner for owner, _ in pieces], device=device)
+                band_owners.append(owners[torch.searchsorted(starts, positions, right=True) - 1])
 
+        above_per_tensor = torch.zeros(len(flats), dtype=torch.int64, device=device)
+        band_keys = torch.cat(band_parts) if band_parts else torch.empty(0, dtype=torch.int32, device=device)
+        band_tensors = torch.cat(band_owners) if band_owners else torch.empty(0, dtype=torch.int64, device=device)
+        if above_parts:
+            owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
+            sizes = torch.as_tensor(above_sizes, dtype=torch.int64, device=device)
+            above_per_tensor.index_add_(0, owners, torch.stack(above_parts).to(torch.int64) + sizes)
+        group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
         counts = torch.zeros(2 * num_groups + 1, dtype=torch.int64, device=device)
-        if chunk_groups:
-            index = torch.as_tensor(chunk_groups, dtype=torch.int64, device=device)
-            above = torch.stack(hi_counts)
-            # count(>= lo) = count(> hi) + the keys in the band
-            counts.index_add_(0, index, above + torch.as_tensor(band_sizes, dtype=torch.int64, device=device))
-            counts.index_add_(0, index + num_groups, above)
-            if largest:
-                counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
-        empty = torch.empty(0, dtype=torch.int32, device=device)
-        merged = [torch.cat(parts) if len(parts) > 1 else parts[0] if parts else empty for parts in candidates]
-        return counts, merged
+        counts[num_groups:-1].index_add_(0, group_of_tensor, above_per_tensor)  # count(> hi)
+        counts[:num_groups].copy_(counts[num_groups:-1])
+        counts[:num_groups].index_add_(0, group_of_tensor[band_tensors], torch.ones_like(band_tensors))  # + band
+        if largest:
+            counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
+        return counts, (band_keys, band_tensors, above_per_tensor)
 
-    def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if device not in self._buffers:
+            entries = self.chunk_entries
             self._buffers[device] = (
-                torch.empty(self.chunk_entries, dtype=torch.int32, device=device),
-                torch.empty(self.chunk_entries, dtype=torch.bool, device=device),
-                torch.empty(self.chunk_entries, dtype=torch.bool, device=device),
+                torch.empty(entries, dtype=torch.int32, device=device),  # keys
+                torch.empty(entries, dtype=torch.int32, device=device),  # key - lo, then the band flags
+                torch.empty(entries, dtype=torch.int32, device=device),  # key - hi - 1
+                torch.zeros(-(-entries // 8) * 8, dtype=torch.int8, device=device),  # band flags, 8 per word
             )
         return self._buffers[device]
 
 
+def _band_positions(band: Tensor, flags_buffer: Tensor) -> Tensor:
+    """Positions whose ``band`` flag (int32, -1 or 0) is set, without scanning entry by entry.
+
+    ``nonzero`` over the flags costs ~1 ns per entry on CPU as soon as any is set; over the flags
+    read as int64 words (8 entries each) it scans 8x fewer, and only the few words with a flag are
+    opened."""
+    size = band.numel()
+    padded = -(-size // 8) * 8
+    flags = flags_buffer[:padded]
+    flags[:size].copy_(band)  # int32 -> int8: -1 stays -1
+    flags[size:].zero_()
+    words = flags.view(torch.int64).nonzero().squeeze(1)
+    positions = (words.unsqueeze(1) * 8 + torch.arange(8, device=band.device)).view(-1)
+    return positions[flags[positions] != 0]
+
+
 def _chunks(flats: Sequence[Tensor], groups: Sequence[int], chunk_entries: int):
-    """Yield ``(group, owner, pieces)``: runs of small same-group tensors packed up to
-    ``chunk_entries``, and large tensors cut into pieces of that size. ``owner`` is the tensor
-    whose candidate list receives the chunk's candidates (the first one of a packed run)."""
-    pending: list[Tensor] = []
-    pending_group, pending_owner, pending_size = -1, -1, 0
+    """Yield ``(group, pieces)`` with ``pieces`` a list of ``(tensor index, flat piece)``: runs of
+    small same-group tensors packed up to ``chunk_entries``, and large tensors cut into pieces of
+    that size."""
+    pending: list[tuple[int, Tensor]] = []
+    pending_group, pending_size = -1, 0
     for index, (flat, group) in enumerate(zip(flats, groups, strict=True)):
         numel = flat.numel()
         if numel == 0:
             continue
         if pending and (group != pending_group or pending_size + numel > chunk_entries):
-            yield pending_group, pending_owner, pending
+            yield pending_group, pending
             pending, pending_size = [], 0
         if numel > chunk_entries:
             for start in range(0, numel, chunk_entries):
-                yield group, index, [flat[start : start + chunk_entries]]
+                yield group, [(index, flat[start : start + chunk_entries])]
             continue
-        if not pending:
-            pending_group, pending_owner = group, index
-        pending.append(flat)
+        pending_group = group
+        pending.append((index, flat))
         pending_size += numel
     if pending:
-        yield pending_group, pending_owner, pending
+        yield pending_group, pending
 
 
 def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
