@@ -7,6 +7,7 @@ from pathlib import Path
 from datasets import Dataset
 from trl import ModelConfig, get_peft_config
 
+from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
 from gmt.data import check_columns, load_training_dataset, rename_columns
 
@@ -67,8 +68,9 @@ def train_and_save(
 ):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args)
+    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args, column_sets, purpose)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the logs (mask telemetry included) beside the model
         trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))

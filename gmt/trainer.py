@@ -12,6 +12,7 @@ the mask wraps the ZeRO optimizer's ``step`` instead (``_hook_deepspeed_step``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from trl import DPOTrainer, SFTTrainer
@@ -34,6 +35,7 @@ class MaskingMixin:
     _masker: GradientMasker | None = None
     _masked_step: int = -1
     _engine_hooked: bool = False
+    _pending_mask_state: dict | None = None  # read from a checkpoint before the masker exists
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -139,7 +141,45 @@ class MaskingMixin:
                 mode=self.args.gmt_mode,
                 mask_start_step=self.args.mask_start_step,
             )
+            if self._pending_mask_state is not None:
+                self._masker.load_state_dict(self._pending_mask_state)
+                self._pending_mask_state = None
         return self._masker
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, plus the mask state of every rank (fixed masks, scores, sums).
+
+        Written before the Trainer's own files finish (``trainer_state.json`` comes last), so a
+        checkpoint with a ``trainer_state.json`` has its mask state too."""
+        if self._masker is not None:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            state = {"world_size": self.args.world_size, **self._masker.state_dict()}
+            torch.save(state, folder / mask_state_name(self.args.process_index))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = Path(checkpoint) / mask_state_name(self.args.process_index)
+        if not path.is_file():
+            if self._uses_fixed_masks():
+                raise ValueError(
+                    f"resume_from_checkpoint {checkpoint!r} has no mask state ({path.name}): it was not written "
+                    f"by a gmt run with mask_strategy {self.args.mask_strategy!r}"
+                )
+            return
+        state = torch.load(path, map_location=self.args.device, weights_only=True)
+        if state.get("world_size") != self.args.world_size:
+            raise ValueError(
+                f"resume_from_checkpoint {checkpoint!r} was written by {state.get('world_size')} processes, this run "
+                f"has {self.args.world_size}: the mask state is sharded like the optimizer and must match"
+            )
+        if self._masker is not None:
+            self._masker.load_state_dict(state)
+        else:
+            self._pending_mask_state = state
 
     def _gradient_access(self) -> GradientAccess:
         if self.is_deepspeed_enabled:
@@ -194,6 +234,11 @@ class MaskingMixin:
         if self._masker is not None and "loss" in logs:
             logs = {**logs, **self._masker.pop_logs()}
         super().log(logs, *args, **kwargs)
+
+
+def mask_state_name(process_index: int) -> str:
+    """File name of one rank's mask state inside a checkpoint folder."""
+    return f"gmt_mask_state_rank{process_index}.pt"
 
 
 class GMTSFTTrainer(MaskingMixin, SFTTrainer):

@@ -104,3 +104,21 @@ def test_nothing_kept_counts_no_step():
     before = param.detach().clone()
     optimizer.step()
     assert torch.equal(param, before) and float(optimizer.state[param]["step"]) == 0.0
+
+
+def test_state_dict_round_trip_keeps_indices_exact_past_float32_precision():
+    # 2^24 + 7 entries: float32 (the parameter's dtype, which torch casts state tensors to on
+    # load) cannot tell the last indices apart.
+    param = torch.nn.Parameter(torch.zeros(2**24 + 7))
+    optimizer = SparseMaskedAdamW([param], lr=0.1)
+    keep = torch.zeros(param.numel(), dtype=torch.bool)
+    keep[-5:] = True
+    optimizer.set_fixed_masks({param: keep})
+    param.grad = torch.ones_like(param)
+    optimizer.step()
+    restored = SparseMaskedAdamW([param], lr=0.1)
+    restored.load_state_dict(optimizer.state_dict())
+    state = restored.state[param]
+    assert state["indices"].dtype == torch.int64
+    assert torch.equal(state["indices"], torch.arange(2**24 + 2, 2**24 + 7))
+    assert torch.equal(state["exp_avg"], optimizer.state[param]["exp_avg"])

@@ -158,6 +158,13 @@ class GPSStrategy(FixedMaskStrategy):
             return self._set_masks(self._choose(sums))
         return FixedSelection(self.kept_indices, changed=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sums": self._sums}  # mid-selection-pass sums
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._sums = state.get("sums")
+
     def _sum_gradients(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
         sums = self._sums or [None] * len(grads)
         for index in self.selectable:  # GPS ranks |Σ Γ|: signed sums, the magnitude at the end
@@ -229,11 +236,12 @@ class GRFTStrategy(FixedMaskStrategy):
             grad.view(-1).index_add_(0, indices, pull.to(grad.dtype))
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "pretrained": self.pretrained}
+        return {**super().state_dict(), "pretrained": self.pretrained, "sums": self._sums}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.pretrained = state.get("pretrained", [])
+        self._sums = state.get("sums")
 
 
 class GSPFStrategy(FixedMaskStrategy):

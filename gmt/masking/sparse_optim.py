@@ -67,6 +67,31 @@ class SparseMaskedAdamW(torch.optim.Optimizer):
             state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
             state.setdefault("step", torch.tensor(0.0))
 
+    def state_dict(self) -> dict:
+        """torch's optimizer state dict, with the kept-entry indices under their own key.
+
+        ``Optimizer.load_state_dict`` casts every state tensor of a float parameter to its dtype:
+        int64 indices would come back as float32, wrong past 2^24 entries. They travel apart.
+        """
+        state_dict = super().state_dict()
+        indices = {}
+        for param_id, param_state in state_dict["state"].items():
+            if "indices" in param_state:
+                param_state = dict(param_state)
+                indices[param_id] = param_state.pop("indices")
+                state_dict["state"][param_id] = param_state
+        return {**state_dict, "kept_indices": indices}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore ``state_dict()``, indices as int64 on each parameter's device."""
+        state_dict = dict(state_dict)
+        indices = state_dict.pop("kept_indices", {})
+        super().load_state_dict(state_dict)
+        params = [param for group in self.param_groups for param in group["params"]]
+        for param_id, kept in indices.items():
+            param = params[int(param_id)]
+            self.state[param]["indices"] = kept.to(device=param.device, dtype=torch.int64)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
         loss = None

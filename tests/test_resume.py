@@ -1,0 +1,79 @@
+"""Resuming from a checkpoint continues the run as if it had not stopped, mask state included."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gmt.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
+from gmt.sft import main, make_parser
+from gmt.trainer import mask_state_name
+
+pytestmark = pytest.mark.slow
+
+STRATEGIES = {
+    "gmt": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"],
+    "random": ["--mask_strategy", "random", "--mask_ratio", "0.5"],
+    # warm-up 2, reselection at 4: a checkpoint at 3 holds fixed masks, scores and sparse moments
+    "gspf": [
+        "--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "2",
+        "--gspf_reselect_every", "2",
+    ],
+}  # fmt: skip
+
+
+def sft(tiny_assets: Path, output_dir: Path, *overrides: str):
+    """gmt/sft.py's main, in process, on the tiny recipe: 6 steps of 2 accumulated micro-batches."""
+    args = [
+        "--config", "recipes/tiny/sft_gmt.yaml",
+        "--model_name_or_path", str(tiny_assets / "base"),
+        "--dataset_name", str(tiny_assets / "data" / "sft"),
+        "--output_dir", str(output_dir),
+        "--max_steps", "6",
+        "--per_device_train_batch_size", "4",
+        "--max_length", "96",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        *overrides,
+    ]  # fmt: skip
+    return main(*make_parser().parse_args_and_config(args=args))
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_resumed_run_ends_bitwise_where_the_uninterrupted_one_does(tiny_assets, tmp_path, strategy):
+    # The run that saves at step 3 goes on to step 6 uninterrupted (saving draws no randomness).
+    saving = tmp_path / "saving"
+    straight = weights(sft(tiny_assets, saving, *STRATEGIES[strategy], "--save_strategy", "steps", "--save_steps", "3"))
+    checkpoint = saving / "checkpoint-3"
+    assert (checkpoint / mask_state_name(0)).is_file()
+    resumed = sft(tiny_assets, saving, *STRATEGIES[strategy], "--resume_from_checkpoint", str(checkpoint))
+    assert resumed.state.global_step == 6
+    for name, value in weights(resumed).items():
+        assert torch.equal(value, straight[name]), name
+    if strategy == "gspf":  # the resumed run really did carry the mask: same sparse optimizer state
+        state = torch.load(checkpoint / mask_state_name(0), weights_only=True)
+        assert state["strategy"] == "gspf" and state["strategy_state"]["kept_indices"] is not None
+
+
+def test_resume_refuses_a_checkpoint_of_another_strategy(tiny_assets, tmp_path):
+    sft(tiny_assets, tmp_path, *STRATEGIES["gspf"], "--save_strategy", "steps", "--save_steps", "3")
+    with pytest.raises(ValueError, match="mask_strategy 'gspf'.*this run uses 'gmt'"):
+        sft(tiny_assets, tmp_path, *STRATEGIES["gmt"], "--resume_from_checkpoint", str(tmp_path / "checkpoint-3"))
+
+
+def test_last_complete_checkpoint_skips_one_cut_short(tmp_path):
+    for step in (3, 6, 9):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    for step in (3, 6):
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    # checkpoint-9 was being written when the job died: no trainer_state.json
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
+    assert resolve_resume_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-6")
+    with pytest.raises(ValueError, match="resume_from_checkpoint .*checkpoint-9.* not saved to the end"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-9"), tmp_path)
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        resolve_resume_checkpoint("true", tmp_path / "elsewhere")
