@@ -101,6 +101,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> None:
 
     from gmt.cli import build_trainer
     from gmt.data import SFT_COLUMN_SETS
+    from gmt.masking import GradientMasker
     from gmt.sft import make_parser
     from gmt.trainer import GMTSFTTrainer
 
@@ -110,19 +111,42 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> None:
     trainer = build_trainer(GMTSFTTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT")
     cuda = torch.cuda.is_available()
 
+    def clock() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     class StepTimer(TrainerCallback):
+        """Times each optimizer step, and the optimizer's own step inside it (between the
+        Trainer's pre- and post-optimizer callbacks; a no-op under DeepSpeed, which steps inside
+        the backward)."""
+
         def __init__(self) -> None:
             self.seconds: list[float] = []
+            self.optimizer_seconds: list[float] = []
 
         def on_step_begin(self, *unused, **kwargs) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.started = time.perf_counter()
+            self.started = clock()
+
+        def on_pre_optimizer_step(self, *unused, **kwargs) -> None:
+            self.optimizer_started = clock()
+
+        def on_optimizer_step(self, *unused, **kwargs) -> None:
+            self.optimizer_seconds.append(clock() - self.optimizer_started)
 
         def on_step_end(self, *unused, **kwargs) -> None:
-            if cuda:
-                torch.cuda.synchronize()
-            self.seconds.append(time.perf_counter() - self.started)
+            self.seconds.append(clock() - self.started)
+
+    # The mask step itself, timed where it runs (the Trainer's grad-norm hook, or inside DeepSpeed's step).
+    mask_seconds: list[float] = []
+    apply = GradientMasker.apply
+
+    def timed_apply(masker, *apply_args, **apply_kwargs):
+        started = clock()
+        apply(masker, *apply_args, **apply_kwargs)
+        mask_seconds.append(clock() - started)
+
+    GradientMasker.apply = timed_apply
 
     timer = StepTimer()
     trainer.add_callback(timer)
@@ -130,9 +154,14 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> None:
     if trainer.accelerator.is_main_process:
         parameters = sum(p.numel() for p in trainer.model.parameters())
         peak = torch.cuda.max_memory_allocated() if cuda else None
-        Path(args.worker_out).write_text(
-            json.dumps({"seconds": timer.seconds, "parameters": parameters, "peak_gpu_bytes": peak})
-        )
+        record = {
+            "seconds": timer.seconds,
+            "optimizer_seconds": timer.optimizer_seconds,
+            "mask_seconds": mask_seconds,
+            "parameters": parameters,
+            "peak_gpu_bytes": peak,
+        }
+        Path(args.worker_out).write_text(json.dumps(record))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
 
@@ -186,7 +215,8 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
     if result.returncode != 0:
         raise RuntimeError(f"{run} {method} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     record = json.loads(out.read_text())
-    record["seconds"] = record["seconds"][args.warmup_steps :]
+    for key in ("seconds", "optimizer_seconds", "mask_seconds"):
+        record[key] = record[key][args.warmup_steps :]
     return record
 
 
@@ -199,17 +229,24 @@ def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
         + (" --device cuda --runs 1b/single" if args.device == "cuda" else "")
         + "`",
         "",
-        "| model | engine | parameters | full SFT step | gmt grad step | gmt update step | grad overhead "
-        "| update overhead |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "Step times are medians over separate processes (they differ by a few percent from process to",
+        "process); the timed overhead is measured inside the steps: the mask step plus the method's",
+        "optimizer step beyond plain AdamW's, over the full SFT step (under DeepSpeed the optimizer runs",
+        "inside the backward, so only the mask step is timed).",
+        "",
+        "| model | engine | parameters | full SFT step | gmt grad step | gmt update step | mask step "
+        "| grad: timed overhead | update: timed overhead | grad / full | update / full |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run, by_method in results.items():
         model, engine = run.split("/")
-        full = by_method["full"]["median_seconds"]
-        grad, update = by_method["gmt-grad"]["median_seconds"], by_method["gmt-update"]["median_seconds"]
+        full, grad, update = (by_method[m] for m in ("full", "gmt-grad", "gmt-update"))
         lines.append(
-            f"| {model} | {engine} | {by_method['full']['parameters'] / 1e6:.1f}M | {full:.3f} s | {grad:.3f} s | "
-            f"{update:.3f} s | {100 * (grad / full - 1):+.1f}% | {100 * (update / full - 1):+.1f}% |"
+            f"| {model} | {engine} | {full['parameters'] / 1e6:.1f}M | {full['median_seconds']:.3f} s "
+            f"| {grad['median_seconds']:.3f} s | {update['median_seconds']:.3f} s "
+            f"| {1000 * grad['median_mask_seconds']:.1f} ms "
+            f"| {100 * grad['timed_overhead_vs_full']:+.2f}% | {100 * update['timed_overhead_vs_full']:+.2f}% "
+            f"| {100 * grad['overhead_vs_full']:+.1f}% | {100 * update['overhead_vs_full']:+.1f}% |"
         )
     return "\n".join(lines) + "\n"
 
@@ -237,6 +274,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for run in runs:
             seconds: dict[str, list[float]] = {method: [] for method in METHODS}
+            optimizer_seconds: dict[str, list[float]] = {method: [] for method in METHODS}
+            mask_seconds: dict[str, list[float]] = {method: [] for method in METHODS}
             records: dict[str, dict] = {}
             order = list(METHODS)
             for round_index in range(args.rounds):
@@ -244,6 +283,8 @@ def main() -> None:
                 for method in rotated:
                     record = measure(run, method, args, Path(scratch))
                     seconds[method] += record["seconds"]
+                    optimizer_seconds[method] += record["optimizer_seconds"]
+                    mask_seconds[method] += record["mask_seconds"]
                     records[method] = record
                     print(
                         f"{run} round {round_index + 1}: {method} median "
@@ -254,14 +295,22 @@ def main() -> None:
                 method: {
                     "median_seconds": statistics.median(seconds[method]),
                     "step_seconds": seconds[method],
+                    "median_mask_seconds": statistics.median(mask_seconds[method] or [0.0]),
+                    "median_optimizer_seconds": statistics.median(optimizer_seconds[method] or [0.0]),
                     "parameters": records[method]["parameters"],
                     "peak_gpu_bytes": records[method]["peak_gpu_bytes"],
                 }
                 for method in METHODS
             }
-            full = results[run]["full"]["median_seconds"]
+            full = results[run]["full"]
             for method in METHODS:
-                results[run][method]["overhead_vs_full"] = results[run][method]["median_seconds"] / full - 1
+                this = results[run][method]
+                this["overhead_vs_full"] = this["median_seconds"] / full["median_seconds"] - 1
+                # What the method adds, timed inside its own steps: the mask step, and its optimizer
+                # step beyond plain AdamW's. Free of the step-to-step noise of separate processes.
+                optimizer_extra = this["median_optimizer_seconds"] - full["median_optimizer_seconds"]
+                added = this["median_mask_seconds"] + optimizer_extra
+                this["timed_overhead_vs_full"] = added / full["median_seconds"]
     result = {"machine": machine, "device": args.device, "rounds": args.rounds, "steps": args.steps, "runs": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -103,7 +103,7 @@ def test_a_missed_bracket_falls_back_to_the_exact_search():
     # The sampled entries (every 3rd, from index 1) are all small; the top entries hide between them.
     tensor = torch.full((3000,), 1e-3)
     tensor[0::3] = torch.linspace(1.0, 2.0, 1000)
-    search = ThresholdSearch(sample_entries=1000)
+    search = ThresholdSearch(sample_entries=1000, chunk_entries=1000)
     (threshold,) = search([tensor], [0], [500]).tolist()
     assert threshold == reference_threshold([tensor], 500)
     assert search.fallback_groups == 1

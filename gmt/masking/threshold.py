@@ -141,6 +141,9 @@ class ThresholdSearch:
         num_groups = len(keep_counts)
         device = tensors[0].device if tensors else torch.device("cpu")
         flats = [t.reshape(-1) for t in tensors]
+        self.kept_counts = [None] * len(flats)
+        if all_reduce is None and sum(flat.numel() for flat in flats) <= self.chunk_entries:
+            return self._small(flats, groups, keep_counts, check_finite, device)
         bits = BRACKET_BITS if num_groups <= FEW_GROUPS else BRACKET_BITS_MANY_GROUPS
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device)
 
@@ -176,14 +179,32 @@ class ThresholdSearch:
             kept = above_per_tensor + torch.bincount(band_tensors[band_kept], minlength=len(flats))
             known = bracketed[group_of_tensor].tolist()
             self.kept_counts = [count if ok else None for count, ok in zip(kept, known, strict=True)]
-        else:
-            self.kept_counts = [None] * len(flats)
         if bool(missed.any()):
             self.fallback_groups += int(missed.sum())
             fallback_counts = torch.where(missed, keep, 0).tolist()
             found = radix_thresholds(flats, groups, fallback_counts, all_reduce, check_finite=False)
             thresholds = torch.where(missed, found, thresholds)
         return thresholds
+
+    def _small(
+        self,
+        flats: Sequence[Tensor],
+        groups: Sequence[int],
+        keep_counts: Sequence[int],
+        check_finite: bool,
+        device: torch.device,
+    ) -> Tensor:
+        """Everything fits one chunk on one process: radix select over the keys, no sample (the
+        bracket's fixed costs would outweigh the pass it saves)."""
+        keys_buffer = self._buffers_for(device)[0]
+        keys, key_groups, start = [], [], 0
+        for group, pieces in _chunks(flats, groups, self.chunk_entries):
+            end = start + sum(piece.numel() for _, piece in pieces)
+            _load_keys([piece for _, piece in pieces], keys_buffer[start:end])
+            keys.append(keys_buffer[start:end])
+            key_groups.append(group)
+            start = end
+        return radix_thresholds(keys, key_groups, keep_counts, None, check_finite)
 
     def _bracket(
         self,
