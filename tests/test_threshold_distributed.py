@@ -67,6 +67,10 @@ def worker(rank: int, port: int, num_tensors: int, results) -> None:
             thresholds = search(shards, groups, keep, all_reduce)
             results[(rank, num_tensors, scope_groups, ratio, "sparse")] = (thresholds.tolist(), len(calls))
             calls.clear()
+            # Told the total is small: the plain radix select over the shards, one all-reduce per digit.
+            thresholds = topk_thresholds(shards, groups, keep, all_reduce, total_entries=sum(numels))
+            results[(rank, num_tensors, scope_groups, ratio, "small")] = (thresholds.tolist(), len(calls))
+            calls.clear()
         dist.barrier()  # both ranks done before the group goes away
     finally:
         dist.destroy_process_group()
@@ -96,3 +100,4 @@ def test_sharded_threshold_equals_kthvalue_of_the_whole(num_tensors):
             thresholds, num_calls = results[(rank, num_tensors, scope, ratio, "sparse")]
             assert thresholds == expected
             assert num_calls == results[(0, num_tensors, scope, ratio, "sparse")][1]
+            assert results[(rank, num_tensors, scope, ratio, "small")] == (expected, len(DIGIT_BITS))

@@ -174,6 +174,7 @@ class TopKStrategy(MaskStrategy):
         for group, numel, dense in zip(self.group_of_param, self.layout.numels, self.dense, strict=True):
             group_sizes[group] += 0 if dense else numel  # dense parameters are outside every top-k
         self.keep_counts = [keep_count(size, self.mask_ratio) for size in group_sizes]
+        self.total_entries = sum(group_sizes)
 
     def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf | None:
         """How to score a parameter's local entries at this step; None scores by |Γ| itself."""
@@ -194,6 +195,7 @@ class TopKStrategy(MaskStrategy):
             self.all_reduce,
             check_finite=not self.integer_scores,
             search=self.search,
+            total_entries=self.total_entries,
         )
         kept_counts = {}
         if score_of is None:  # the search counted |Γ| >= T per tensor on its way

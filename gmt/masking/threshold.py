@@ -75,6 +75,7 @@ def topk_thresholds(
     all_reduce: AllReduce | None = None,
     check_finite: bool = True,
     search: ThresholdSearch | None = None,
+    total_entries: int | None = None,
 ) -> Tensor:
     """Return the k-th largest magnitude of every group, exactly.
 
@@ -87,6 +88,7 @@ def topk_thresholds(
             called the same number of times, with the same shapes, on every rank.
         check_finite: refuse NaN/inf values (off for int32 keys, whose top values are not floats).
         search: a ``ThresholdSearch`` whose buffers are reused between calls (a new one if None).
+        total_entries: entries of all groups over all ranks, when the caller knows it.
 
     Returns:
         float32 tensor of shape ``[len(keep_counts)]``: T_g such that keeping ``|x| >= T_g``
@@ -96,7 +98,7 @@ def topk_thresholds(
     Raises:
         NonFiniteGradientError: if any entry is NaN or inf (on every rank together).
     """
-    return (search or ThresholdSearch())(tensors, groups, keep_counts, all_reduce, check_finite)
+    return (search or ThresholdSearch())(tensors, groups, keep_counts, all_reduce, check_finite, total_entries)
 
 
 class ThresholdSearch:
@@ -137,14 +139,22 @@ class ThresholdSearch:
         keep_counts: Sequence[int],
         all_reduce: AllReduce | None = None,
         check_finite: bool = True,
+        total_entries: int | None = None,
     ) -> Tensor:
+        """See ``topk_thresholds``. ``total_entries``: the entries of all groups over all ranks, if
+        known (the same on every rank); it picks the plain radix select for small problems and
+        sizes the sample histogram."""
         num_groups = len(keep_counts)
         device = tensors[0].device if tensors else torch.device("cpu")
         flats = [t.reshape(-1) for t in tensors]
         self.kept_counts = [None] * len(flats)
-        if all_reduce is None and sum(flat.numel() for flat in flats) <= self.chunk_entries:
-            return self._small(flats, groups, keep_counts, check_finite, device)
+        if total_entries is None and all_reduce is None:
+            total_entries = sum(flat.numel() for flat in flats)
+        if total_entries is not None and total_entries <= self.chunk_entries:
+            return self._small(flats, groups, keep_counts, all_reduce, check_finite, device)
         bits = BRACKET_BITS if num_groups <= FEW_GROUPS else BRACKET_BITS_MANY_GROUPS
+        if total_entries is not None:  # no finer than the sample can fill (a 2 MiB table to sum otherwise)
+            bits = min(bits, max(10, total_entries.bit_length() - 8))
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device)
 
         counts, pass_result = self._count_pass(flats, groups, num_groups, lo_keys, hi_keys, check_finite, device)
@@ -191,10 +201,11 @@ class ThresholdSearch:
         flats: Sequence[Tensor],
         groups: Sequence[int],
         keep_counts: Sequence[int],
+        all_reduce: AllReduce | None,
         check_finite: bool,
         device: torch.device,
     ) -> Tensor:
-        """Everything fits one chunk on one process: radix select over the keys, no sample (the
+        """Everything (over all ranks) fits one chunk: radix select over the keys, no sample (the
         bracket's fixed costs would outweigh the pass it saves)."""
         keys_buffer = self._buffers_for(device)[0]
         keys, key_groups, start = [], [], 0
@@ -204,7 +215,7 @@ class ThresholdSearch:
             keys.append(keys_buffer[start:end])
             key_groups.append(group)
             start = end
-        return radix_thresholds(keys, key_groups, keep_counts, None, check_finite)
+        return radix_thresholds(keys, key_groups, keep_counts, all_reduce, check_finite)
 
     def _bracket(
         self,
