@@ -43,7 +43,7 @@ METHODS = {
     "gmt-update": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"],
 }
 # Random-initialized Llamas on the tiny tokenizer (a 463-token vocabulary: the blocks hold nearly
-# every entry). Batch: micro-batch x accumulation, sequences of about 50 tokens.
+# every entry). Batch: micro-batch x accumulation (the tiny recipe's 16 x 2), sequences of about 50 tokens.
 MODELS = {
     "tiny": {"size": None, "batch": (16, 2)},
     "100m": {
@@ -55,7 +55,7 @@ MODELS = {
             "num_key_value_heads": 12,
             "head_dim": 64,
         },
-        "batch": (4, 2),
+        "batch": (16, 2),
     },
     "1b": {
         "size": {
@@ -220,6 +220,13 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
     return record
 
 
+def batch_words(model: str, engine: str) -> str:
+    micro_batch, accumulation = MODELS[model]["batch"]
+    if engine == "zero3":
+        return f"2 ranks x {micro_batch}"
+    return f"{micro_batch} x {accumulation}"
+
+
 def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
     lines = [
         f"Machine: {machine}. Median optimizer-step time over {args.rounds} rounds x {args.steps} steps "
@@ -234,15 +241,16 @@ def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
         "optimizer step beyond plain AdamW's, over the full SFT step (under DeepSpeed the optimizer runs",
         "inside the backward, so only the mask step is timed).",
         "",
-        "| model | engine | parameters | full SFT step | gmt grad step | gmt update step | mask step "
+        "| model | engine | parameters | batch | full SFT step | gmt grad step | gmt update step | mask step "
         "| grad: timed overhead | update: timed overhead | grad / full | update / full |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run, by_method in results.items():
         model, engine = run.split("/")
         full, grad, update = (by_method[m] for m in ("full", "gmt-grad", "gmt-update"))
         lines.append(
-            f"| {model} | {engine} | {full['parameters'] / 1e6:.1f}M | {full['median_seconds']:.3f} s "
+            f"| {model} | {engine} | {full['parameters'] / 1e6:.1f}M | {batch_words(model, engine)} "
+            f"| {full['median_seconds']:.3f} s "
             f"| {grad['median_seconds']:.3f} s | {update['median_seconds']:.3f} s "
             f"| {1000 * grad['median_mask_seconds']:.1f} ms "
             f"| {100 * grad['timed_overhead_vs_full']:+.2f}% | {100 * update['timed_overhead_vs_full']:+.2f}% "

@@ -42,8 +42,20 @@ METHODS: dict[str, tuple[str, ...]] = {
     "grft": ("--mask_strategy", "grft", "--grft_k", "16"),
     "gspf": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
     # LoRA on every linear layer; a higher learning rate, as LoRA usually needs.
-    "lora": ("--mask_strategy", "full", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
-             "--lora_target_modules", "all-linear", "--learning_rate", "5e-3"),  # fmt: skip
+    "lora": (
+        "--mask_strategy",
+        "full",
+        "--use_peft",
+        "true",
+        "--lora_r",
+        "8",
+        "--lora_alpha",
+        "16",
+        "--lora_target_modules",
+        "all-linear",
+        "--learning_rate",
+        "5e-3",
+    ),  # fmt: skip
 }
 SMOKE_METHODS = ("full", "gmt-grad-0.5")
 
