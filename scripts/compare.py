@@ -132,7 +132,8 @@ def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
             "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "kept_fraction": _mean_or_none([r["kept_fraction"] for r in runs]),
             "updated_fraction": statistics.fmean(r["updated_fraction"] for r in runs),
-            "seconds": statistics.fmean(r["seconds"] for r in runs),
+            # median: a run that shared the machine with other work does not move it much
+            "seconds": statistics.median(r["seconds"] for r in runs),
         })  # fmt: skip
     return rows
 
@@ -143,8 +144,8 @@ def _mean_or_none(values: list) -> float | None:
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| method | seeds | exact match (mean ± std) | kept per step | entries changed | wall time |",
-             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    columns = "| method | seeds | exact match (mean ± std) | kept per step | entries changed | wall time (median) |"
+    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['seeds']} | {100 * row['score_mean']:.1f} ± {100 * row['score_std']:.1f}% | "
