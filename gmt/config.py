@@ -86,6 +86,14 @@ class MaskArguments:
         default=0,
         metadata={"help": "Optimizer steps of full updates before masking starts (0: mask from the first step)."},
     )
+    max_nonfinite_steps: int = field(
+        default=3,
+        metadata={
+            "help": "Optimizer steps in a row whose accumulated gradient holds NaN or inf that are skipped (no "
+            "update, mask state unchanged; counted in the logs as nonfinite_skipped_steps); one more stops the "
+            "run with NonFiniteGradientError. 0: stop at the first."
+        },
+    )
     frozen_params: str | None = field(
         default=None,
         metadata={
@@ -176,6 +184,7 @@ def validate_mask_arguments(args: MaskArguments) -> None:
                 f"{args.mask_strategy!r}"
             )
     _check_int(args, "mask_start_step", 0)
+    _check_int(args, "max_nonfinite_steps", 0)
     _check_int(args, "selection_steps", 1)
     _check_int(args, "gps_k", 1)
     _check_int(args, "grft_k", 1)

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
 from trl import DPOTrainer, SFTTrainer
 
 from gmt.masking import (
@@ -22,11 +23,14 @@ from gmt.masking import (
     GradientMasker,
     LocalGradientAccess,
     MaskedAdamW,
+    NonFiniteGradientError,
     SparseMaskedAdamW,
     build_strategy,
     default_frozen_params,
 )
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
+
+logger = logging.get_logger(__name__)
 
 
 class MaskingMixin:
@@ -36,6 +40,9 @@ class MaskingMixin:
     _masked_step: int = -1
     _engine_hooked: bool = False
     _pending_mask_state: dict | None = None  # read from a checkpoint before the masker exists
+    _nonfinite_in_a_row: int = 0
+    _nonfinite_skipped: int = 0  # steps skipped for a NaN/inf gradient, over the run
+    _skip_optimizer_step: bool = False
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -218,7 +225,42 @@ class MaskingMixin:
         optimizer = self.optimizer
         while not isinstance(optimizer, (MaskedAdamW, SparseMaskedAdamW)) and hasattr(optimizer, "optimizer"):
             optimizer = optimizer.optimizer  # accelerate wraps the optimizer
-        self.masker.apply(self.state.global_step, optimizer)
+        try:
+            self.masker.apply(self.state.global_step, optimizer)
+        except NonFiniteGradientError as error:
+            self._nonfinite_in_a_row += 1
+            if self._nonfinite_in_a_row > self.args.max_nonfinite_steps:
+                raise NonFiniteGradientError(
+                    f"{error} This was {self._nonfinite_in_a_row} optimizer steps in a row (max_nonfinite_steps="
+                    f"{self.args.max_nonfinite_steps}); stopping."
+                ) from error
+            self._nonfinite_skipped += 1
+            logger.warning(f"step {self.state.global_step}: {error} Skipping this optimizer step.")
+            self._skip_step(optimizer)
+            return
+        self._nonfinite_in_a_row = 0
+
+    def _skip_step(self, optimizer) -> None:
+        """No update this step. Under DeepSpeed the unmasked NaN/inf gradient makes the ZeRO
+        optimizer skip the step itself (its norm is invalid); otherwise the optimizer's next
+        ``step`` is made a no-op and the gradient zeroed (so the clipping norm stays finite)."""
+        if self.is_deepspeed_enabled:
+            return
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad.zero_()
+        if not getattr(optimizer, "_gmt_skippable", False):
+            step = optimizer.step
+
+            def skippable_step(*args, **kwargs):
+                if self._skip_optimizer_step:
+                    self._skip_optimizer_step = False
+                    return None
+                return step(*args, **kwargs)
+
+            optimizer.step = skippable_step
+            optimizer._gmt_skippable = True
+        self._skip_optimizer_step = True
 
     def _clip_grad_norm(self, model):
         self._mask_gradients()
@@ -232,7 +274,7 @@ class MaskingMixin:
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Add the mask telemetry to the Trainer's training logs (so every ``report_to`` gets it)."""
         if self._masker is not None and "loss" in logs:
-            logs = {**logs, **self._masker.pop_logs()}
+            logs = {**logs, **self._masker.pop_logs(), "nonfinite_skipped_steps": self._nonfinite_skipped}
         super().log(logs, *args, **kwargs)
 
 

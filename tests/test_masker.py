@@ -75,12 +75,13 @@ def test_mask_start_step_and_ratio_zero_leave_the_gradient_alone():
         assert masker.pop_logs()["mask/kept_fraction"] == 1.0
 
 
-@pytest.mark.parametrize("strategy", ["gmt", "random"])
+@pytest.mark.parametrize("strategy", ["gmt", "random", "full"])
 def test_nonfinite_gradient_never_reaches_the_mask(strategy):
     model = model_with_grads()
     model[0].weight.grad[3, 4] = float("nan")
     before = [p.grad.clone() for p in model.parameters()]
-    masker = GradientMasker(build_strategy(strategy, 0.5), LocalGradientAccess(model.named_parameters()))
+    ratio = 0.0 if strategy == "full" else 0.5  # full chooses without reading Γ, and still checks it
+    masker = GradientMasker(build_strategy(strategy, ratio), LocalGradientAccess(model.named_parameters()))
     with pytest.raises(NonFiniteGradientError):
         masker.apply(step=0)
     for p, grad in zip(model.parameters(), before):

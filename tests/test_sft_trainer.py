@@ -133,17 +133,42 @@ def test_mask_start_step_and_telemetry(tiny_assets, tmp_path):
     assert logs[-1]["mask/threshold"] > 0
 
 
-def test_nonfinite_gradient_stops_before_the_weights(tiny_assets, tmp_path):
-    class PoisonedTrainer(GMTSFTTrainer):
-        def training_step(self, *args, **kwargs):
-            loss = super().training_step(*args, **kwargs)
-            self.model.lm_head.weight.grad[0, 0] = float("inf")
-            return loss
+class PoisonedTrainer(GMTSFTTrainer):
+    """Puts a NaN into the gradient during the optimizer steps in ``poisoned_steps``."""
 
+    poisoned_steps: tuple[int, ...] = ()
+
+    def training_step(self, *args, **kwargs):
+        loss = super().training_step(*args, **kwargs)
+        if self.state.global_step in self.poisoned_steps:
+            self.model.lm_head.weight.grad[0, 0] = float("nan")
+        return loss
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"mask_ratio": 0.5}, {"mask_strategy": "full"}, {"mask_strategy": "gspf", "gspf_warmup_steps": 1}],
+    ids=["gmt", "full", "gspf"],
+)
+def test_nonfinite_steps_are_skipped_and_counted(tiny_assets, tmp_path, settings):
+    PoisonedTrainer.poisoned_steps = (0, 1)
     model = AutoModelForCausalLM.from_pretrained(tiny_assets / "base")
     start = weights(model)
-    with pytest.raises(NonFiniteGradientError, match="NaN or inf"):
-        train(tiny_assets, tmp_path, trainer_cls=PoisonedTrainer, model=model, mask_ratio=0.5, max_steps=1)
+    trainer = train(tiny_assets, tmp_path, trainer_cls=PoisonedTrainer, model=model, max_steps=2, **settings)
+    # Both steps skipped: no weight moved, nothing non-finite reached them, and the logs say so.
+    after = weights(model)
+    assert all(torch.equal(start[name], after[name]) for name in start)
+    assert trainer.state.log_history[-2]["nonfinite_skipped_steps"] == 2
+    if settings.get("mask_strategy") == "gspf":  # the warm-up recorded nothing from the bad steps
+        assert trainer.masker.strategy._recorded_steps == 0
+
+
+def test_nonfinite_gradient_stops_the_run_after_max_nonfinite_steps(tiny_assets, tmp_path):
+    PoisonedTrainer.poisoned_steps = tuple(range(10))
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets / "base")
+    start = weights(model)
+    with pytest.raises(NonFiniteGradientError, match=r"2 optimizer steps in a row \(max_nonfinite_steps=1\)"):
+        train(tiny_assets, tmp_path, trainer_cls=PoisonedTrainer, model=model, mask_ratio=0.5, max_nonfinite_steps=1)
     after = weights(model)
     assert all(torch.equal(start[name], after[name]) for name in start)
 

@@ -22,6 +22,7 @@ from gmt.masking.engines import GradientAccess
 from gmt.masking.optim import MaskedAdamW
 from gmt.masking.scopes import layer_groups
 from gmt.masking.strategies import MaskStrategy
+from gmt.masking.threshold import check_finite
 
 GMT_MODES = ("grad", "update")
 
@@ -62,10 +63,12 @@ class GradientMasker:
         update_masks = self.mode == "update" and not fixed
         if update_masks and not isinstance(optimizer, MaskedAdamW):
             raise TypeError("gmt_mode 'update' needs a MaskedAdamW optimizer")
-        selection, grads = None, []
-        if step >= self.mask_start_step:
-            grads = self.access.grads()
-            selection = self.strategy.select(grads, step)
+        grads = self.access.grads()
+        selection = self.strategy.select(grads, step) if step >= self.mask_start_step else None
+        if selection is None:
+            # Chosen without reading Γ (full, r = 0, before mask_start_step, gspf's warm-up): Γ still
+            # has to be finite, on every rank together, before the optimizer sees it.
+            check_finite([grad for grad in grads if grad is not None], self.access.all_reduce)
         self._steps += 1
         if selection is None:
             # Everything kept, no pass over the gradient. Counted apart: on a sharded engine every
