@@ -229,7 +229,9 @@ class MaskingMixin:
             self.masker.apply(self.state.global_step, optimizer)
         except NonFiniteGradientError as error:
             self._nonfinite_in_a_row += 1
-            if self._nonfinite_in_a_row > self.args.max_nonfinite_steps:
+            # DeepSpeed steps inside its engine; skipping there (as its own fp16 overflow path does)
+            # is not wired yet, so a non-finite step stops a DeepSpeed run, as before.
+            if self._nonfinite_in_a_row > self.args.max_nonfinite_steps or self.is_deepspeed_enabled:
                 raise NonFiniteGradientError(
                     f"{error} This was {self._nonfinite_in_a_row} optimizer steps in a row (max_nonfinite_steps="
                     f"{self.args.max_nonfinite_steps}); stopping."
@@ -241,11 +243,8 @@ class MaskingMixin:
         self._nonfinite_in_a_row = 0
 
     def _skip_step(self, optimizer) -> None:
-        """No update this step. Under DeepSpeed the unmasked NaN/inf gradient makes the ZeRO
-        optimizer skip the step itself (its norm is invalid); otherwise the optimizer's next
-        ``step`` is made a no-op and the gradient zeroed (so the clipping norm stays finite)."""
-        if self.is_deepspeed_enabled:
-            return
+        """No update this step: the optimizer's next ``step`` is a no-op, and the gradient is
+        zeroed (so the clipping norm stays finite)."""
         for param in self.model.parameters():
             if param.grad is not None:
                 param.grad.zero_()
