@@ -165,11 +165,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
+    colors: dict[str, str] = {}  # one color per family (gmt-grad, random, ...), in the legend's order
     for row in rows:
         family = row["method"].split("-")[0] if not row["method"].startswith("gmt-") else "-".join(
             row["method"].split("-")[:2])  # fmt: skip
+        color = colors.setdefault(family, f"C{len(colors) % 10}")
         axis.errorbar(row["updated_fraction"], 100 * row["score_mean"], yerr=100 * row["score_std"], fmt="o",
-                      capsize=3, label=family)  # fmt: skip
+                      capsize=3, label=family, color=color)  # fmt: skip
         axis.annotate(row["method"], (row["updated_fraction"], 100 * row["score_mean"]), fontsize=7,
                       xytext=(4, 3), textcoords="offset points")  # fmt: skip
     handles, labels = axis.get_legend_handles_labels()
