@@ -232,9 +232,7 @@ def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
         f"Machine: {machine}. Median optimizer-step time over {args.rounds} rounds x {args.steps} steps "
         f"(after {args.warmup_steps} warm-up steps per process); gmt at mask ratio 0.5, global scope.",
         "",
-        "Command: `python scripts/bench_step.py"
-        + (" --device cuda --runs 1b/single" if args.device == "cuda" else "")
-        + "`",
+        "Command: `" + " ".join(["python scripts/bench_step.py", *sys.argv[1:]]) + "`",
         "",
         "Step times are medians over separate processes (they differ by a few percent from process to",
         "process); the timed overhead is measured inside the steps: the mask step plus the method's",
