@@ -29,7 +29,6 @@ for a CUDA device).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import torch
 from machine import describe_machine, synchronize
-from readme_section import replace_readme_section
+from readme_section import write_benchmark
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,14 +212,8 @@ def main() -> None:
             print(f"  {record['method']:16s} {record['seconds']:.4f} s  {record['ratio_to_abs']:.2f}x abs", flush=True)
         records += size_records
     result = {"machine": machine, "device": args.device, "mask_ratio": args.mask_ratio, "records": records}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(records, skipped, args, machine)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
-    if args.docs:
-        name = "select" if args.device == "cpu" else "select-gpu"
-        replace_readme_section(f"<!-- {name}:start -->", f"<!-- {name}:end -->", table, DOC)
+    section = ("select" if args.device == "cpu" else "select-gpu") if args.docs else None
+    write_benchmark(args.out, result, markdown(records, skipped, args, machine), section, DOC)
 
 
 if __name__ == "__main__":

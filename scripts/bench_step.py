@@ -318,17 +318,10 @@ def main() -> None:
                 added = this["median_mask_seconds"] + optimizer_extra
                 this["timed_overhead_vs_full"] = added / full["median_seconds"]
     result = {"machine": machine, "device": args.device, "rounds": args.rounds, "steps": args.steps, "runs": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(results, args, machine)
-    args.out.with_suffix(".md").write_text(table)
-    print(table)
-    if args.docs:
-        from readme_section import replace_readme_section
+    from readme_section import write_benchmark
 
-        name = "step" if args.device == "cpu" else "step-gpu"
-        replace_readme_section(f"<!-- {name}:start -->", f"<!-- {name}:end -->", table, DOC)
-
+    section = ("step" if args.device == "cpu" else "step-gpu") if args.docs else None
+    write_benchmark(args.out, result, markdown(results, args, machine), section, DOC)
 
 if __name__ == "__main__":
     main()

@@ -17,3 +17,16 @@ def replace_readme_section(start: str, end: str, body: str, path: Path = README)
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
     path.write_text(f"{before}{start}\n{body}{end}{after}")
+
+
+def write_benchmark(out: Path, result: dict, table: str, section: str | None, doc: Path) -> None:
+    """Write a benchmark's JSON (``out``) and markdown table (``out`` as .md), print the table, and
+    put it into ``doc`` between the ``<!-- section:start/end -->`` markers (None: leave ``doc``)."""
+    import json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(table)
+    if section:
+        replace_readme_section(f"<!-- {section}:start -->", f"<!-- {section}:end -->", table, doc)
