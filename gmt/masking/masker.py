@@ -93,7 +93,7 @@ class GradientMasker:
                 counts.append(kept)
             if keep is None and new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
                 keep = torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
-            if keep is not None and want_keep:
+            if keep is not None:
                 keeps[index] = keep
         if counts:  # one add for all parameters, no host sync
             index = torch.as_tensor(counted, device=self._device)

@@ -75,27 +75,20 @@ class MaskedAdamW(torch.optim.AdamW):
             if plain:
                 self._adamw(group, has_complex, *([values[i] for i, _ in plain] for values in lists))
             batch: list[tuple[Tensor, ...]] = []
-            stepped: list[tuple[Tensor, Tensor]] = []  # (a parameter's step count, its slices' count)
             for index, keep in masked:
                 step_count = state_steps[index]
                 flats = [local_shard(values[index]).view(-1) for values in lists[:4]]
                 flat_keep = keep.reshape(-1)
-                if flat_keep.numel() == 0:  # an empty local shard (FSDP2): nothing moves, the step counts
-                    step_count.add_(1)
-                    continue
-                slice_steps = []
                 for start in range(0, flat_keep.numel(), self.chunk_entries):
                     end = start + self.chunk_entries
-                    slice_steps.append(step_count.clone())  # each slice counts the step once
-                    batch.append((*(flat[start:end] for flat in flats), slice_steps[-1], flat_keep[start:end]))
+                    # each slice steps a copy of the count (the kernel adds one to each tensor it gets)
+                    batch.append((*(flat[start:end] for flat in flats), step_count.clone(), flat_keep[start:end]))
                     if sum(entry[0].numel() for entry in batch) >= self.chunk_entries:
                         self._masked_adamw(group, has_complex, batch)
                         batch = []
-                stepped.append((step_count, slice_steps[-1]))
+                step_count.add_(1)  # one step per tensor, however many slices (none: an empty FSDP2 shard)
             if batch:
                 self._masked_adamw(group, has_complex, batch)
-            for step_count, slice_step in stepped:
-                step_count.copy_(slice_step)
         return loss
 
     def _masked_adamw(self, group: dict, has_complex: bool, batch: list[tuple[Tensor, ...]]) -> None:

@@ -157,7 +157,10 @@ class ThresholdSearch:
             bits = min(bits, max(10, total_entries.bit_length() - 8))
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device)
 
-        counts, pass_result = self._count_pass(flats, groups, num_groups, lo_keys, hi_keys, check_finite, device)
+        group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
+        counts, pass_result = self._count_pass(
+            flats, groups, group_of_tensor, num_groups, lo_keys, hi_keys, check_finite
+        )
         if all_reduce is not None:
             all_reduce(counts)
         count_lo, count_hi, nonfinite = counts[:num_groups], counts[num_groups:-1], int(counts[-1])
@@ -174,7 +177,6 @@ class ThresholdSearch:
         missed = wanted & ~bracketed & ~short
         thresholds.masked_fill_(short, 0.0)
         band_keys, band_tensors, above_per_tensor = pass_result
-        group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
 
         # The branch depends only on all-reduced counts: the same on every rank.
         if bool(bracketed.any()):
@@ -268,11 +270,11 @@ class ThresholdSearch:
         self,
         flats: Sequence[Tensor],
         groups: Sequence[int],
+        group_of_tensor: Tensor,
         num_groups: int,
         lo_keys: list[int],
         hi_keys: list[int],
         check_finite: bool,
-        device: torch.device,
     ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between.
 
@@ -280,6 +282,7 @@ class ThresholdSearch:
         and ``(band_keys, band_tensors, above_per_tensor)``: the keys in ``[lo, hi]`` with the index
         of the tensor each came from, and the number of keys above ``hi`` in each tensor.
         """
+        device = group_of_tensor.device
         keys_buffer, offsets, scratch, flags_buffer = self._buffers_for(device)
         above_parts: list[Tensor] = []  # per piece: minus the number of its keys <= hi
         above_owners: list[int] = []
@@ -323,7 +326,6 @@ class ThresholdSearch:
             owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
             sizes = torch.as_tensor(above_sizes, dtype=torch.int64, device=device)
             above_per_tensor.index_add_(0, owners, torch.stack(above_parts).to(torch.int64) + sizes)
-        group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
         counts = torch.zeros(2 * num_groups + 1, dtype=torch.int64, device=device)
         counts[num_groups:-1].index_add_(0, group_of_tensor, above_per_tensor)  # count(> hi)
         counts[:num_groups].copy_(counts[num_groups:-1])
