@@ -323,5 +323,6 @@ def main() -> None:
     section = ("step" if args.device == "cpu" else "step-gpu") if args.docs else None
     write_benchmark(args.out, result, markdown(results, args, machine), section, DOC)
 
+
 if __name__ == "__main__":
     main()

@@ -9,9 +9,10 @@ used for bias correction stays one per parameter tensor, as in torch's ``SparseA
 How: the masked step is torch's own AdamW kernel (fused, foreach or single-tensor, as configured)
 over every entry, with the dropped entries' weight and moments copied aside before and written
 back after. The kept entries therefore move exactly as plain AdamW moves them, bitwise, and the
-cost is that kernel plus three copies and a few integer bit operations (the putting back), not a
-Python loop of gathers and scatters. The copies go through buffers of ``chunk_entries`` reused
-from step to step: large tensors are stepped a slice at a time, small ones together.
+cost is that kernel plus one copy aside and two integer operations on the bit patterns (the
+putting back), each one ``_foreach`` call over a batch of tensors, not a Python loop of gathers
+and scatters. Batches of ``chunk_entries`` stay in cache between the copy and the putting back:
+large tensors are stepped a slice at a time, small ones together.
 
 Without masks (or for parameters with no mask) the step is torch's own ``AdamW.step``, so an
 unmasked run is bitwise the run a plain ``AdamW`` gives.
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.optim.adamw import adamw
 
-CHUNK_ENTRIES = 1 << 22  # entries stepped per kernel call on the masked path (48 MiB of copies)
+CHUNK_ENTRIES = 1 << 18  # entries stepped per kernel call on the masked path: its copies (6 MiB) stay in cache
 _INTEGER_OF = {  # a float dtype's bits as an integer dtype of the same width
     torch.float32: torch.int32,
     torch.bfloat16: torch.int16,
@@ -75,56 +76,64 @@ class MaskedAdamW(torch.optim.AdamW):
             if plain:
                 self._adamw(group, has_complex, *([values[i] for i, _ in plain] for values in lists))
             batch: list[tuple[Tensor, ...]] = []
+            batch_entries = 0
             for index, keep in masked:
                 step_count = state_steps[index]
                 flats = [local_shard(values[index]).view(-1) for values in lists[:4]]
-                flat_keep = keep.reshape(-1)
-                for start in range(0, flat_keep.numel(), self.chunk_entries):
-                    end = start + self.chunk_entries
-                    # each slice steps a copy of the count (the kernel adds one to each tensor it gets)
-                    batch.append((*(flat[start:end] for flat in flats), step_count.clone(), flat_keep[start:end]))
-                    if sum(entry[0].numel() for entry in batch) >= self.chunk_entries:
+                numel, flat_keep = flats[0].numel(), keep.view(-1)
+                if numel <= self.chunk_entries:  # whole: the kernel counts its step
+                    pieces = [(*flats, step_count, flat_keep)]
+                else:  # each slice steps a copy of the count (the kernel adds one to each tensor it gets)
+                    pieces = [
+                        (*(flat[start : start + self.chunk_entries] for flat in flats + [flat_keep]),)
+                        for start in range(0, numel, self.chunk_entries)
+                    ]
+                    pieces = [(*piece[:4], step_count.clone(), piece[4]) for piece in pieces]
+                for piece in pieces:
+                    size = piece[0].numel()
+                    if batch and (batch[0][0].dtype != piece[0].dtype or batch_entries + size > self.chunk_entries):
+                        # a batch shares one dtype (bit width) and fits the reused buffers
                         self._masked_adamw(group, has_complex, batch)
-                        batch = []
-                step_count.add_(1)  # one step per tensor, however many slices (none: an empty FSDP2 shard)
+                        batch, batch_entries = [], 0
+                    batch.append(piece)
+                    batch_entries += size
+                if len(pieces) > 1:
+                    step_count.add_(1)  # one step per tensor, however many slices
             if batch:
                 self._masked_adamw(group, has_complex, batch)
         return loss
 
     def _masked_adamw(self, group: dict, has_complex: bool, batch: list[tuple[Tensor, ...]]) -> None:
-        """AdamW on a batch of (param, grad, exp_avg, exp_avg_sq, step, keep) slices; the dropped
-        entries of param and both moments are put back as they were."""
-        total = sum(entry[0].numel() for entry in batch)
-        params = [entry[0] for entry in batch]
-        saved = self._saved_buffer(params[0], 3 * total)
-        start = 0
-        for entry in batch:  # copy aside
-            size = entry[0].numel()
-            for offset, tensor in enumerate((entry[0], entry[2], entry[3])):
-                saved[offset * total + start : offset * total + start + size].copy_(tensor)
-            start += size
+        """AdamW on a batch of (param, grad, exp_avg, exp_avg_sq, step, keep) flat slices; the dropped
+        entries of param and both moments are put back as they were.
+
+        Every copy and fix-up is one ``_foreach`` call over the whole batch: a model has hundreds of
+        small tensors, and a few Python-dispatched ops per tensor would cost more than the kernel.
+        A batch fits in cache (``chunk_entries``)."""
+        sizes = [entry[0].numel() for entry in batch]
+        total = sum(sizes)
+        changed = [entry[i] for i in (0, 2, 3) for entry in batch]  # params, then exp_avgs, then exp_avg_sqs
+        saved = self._saved_buffer(batch[0][0], 3 * total)
+        torch._foreach_copy_(list(saved.split(sizes * 3)), changed)
         self._adamw(group, has_complex, *([entry[i] for entry in batch] for i in range(5)))
-        start = 0
-        for entry in batch:  # put the dropped entries back, bit for bit
-            size, keep = entry[0].numel(), entry[5]
-            bits = _INTEGER_OF[entry[0].dtype]
-            # -1 (all bits) where dropped, 0 where kept: x ^ ((x ^ old) & dropped) is old where
-            # dropped and x where kept. Integer ops: torch.where on bool masks is ~5x slower on CPU.
-            dropped = keep.to(bits).sub_(1)
-            for offset, tensor in enumerate((entry[0], entry[2], entry[3])):
-                old = saved[offset * total + start : offset * total + start + size].view(bits)
-                current = tensor.view(bits)
-                old.bitwise_xor_(current).bitwise_and_(dropped)
-                current.bitwise_xor_(old)
-            start += size
+        # Integer arithmetic on the bit patterns, exact: x + (old - x) * dropped is old where dropped
+        # (1) and x where kept (0); the subtraction may wrap, the addition wraps back.
+        bits = _INTEGER_OF[batch[0][0].dtype]
+        keep = torch.cat([entry[5] for entry in batch]) if len(batch) > 1 else batch[0][5]
+        dropped = keep.logical_not().to(bits).split(sizes) * 3
+        difference = list(saved.view(bits).split(sizes * 3))
+        current = [tensor.view(bits) for tensor in changed]
+        torch._foreach_sub_(difference, current)
+        torch._foreach_addcmul_(current, difference, dropped)
 
     def _saved_buffer(self, like: Tensor, entries: int) -> Tensor:
+        """A flat buffer of ``entries`` of ``like``'s dtype, reused from step to step."""
         key = (like.device, like.dtype)
         buffer = self._saved.get(key)
         if buffer is None or buffer.numel() < entries:
             buffer = torch.empty(max(entries, 3 * self.chunk_entries), dtype=like.dtype, device=like.device)
             self._saved[key] = buffer
-        return buffer
+        return buffer[:entries]
 
     def _adamw(self, group: dict, has_complex: bool, params, grads, exp_avgs, exp_avg_sqs, state_steps) -> None:
         """torch's functional AdamW with this group's settings, as ``AdamW.step`` calls it."""

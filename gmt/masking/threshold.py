@@ -33,9 +33,14 @@ BRACKET_BITS = 18
 BRACKET_BITS_MANY_GROUPS = 12
 FEW_GROUPS = 8
 SAMPLE_ENTRIES = 1 << 20
+SAMPLE_FRACTION = 8  # smaller problems sample 1 entry in 8: enough for a band of ~1% of the entries
 MIN_GROUP_SAMPLE = 1 << 12
 BRACKET_SIGMAS = 4.0  # a bracket misses about once in 10^4 searches; a miss costs time, not exactness
 CHUNK_ENTRIES = 1 << 20  # entries per pass chunk: 12 MiB of int32 buffers, mostly in cache
+# At most this many entries over all ranks: radix select over everything. Its first digit costs a
+# bincount over every entry and a candidate set of ~5% of them; beyond ~2^16 entries the sample,
+# one integer pass and a ~1% band cost less.
+SMALL_ENTRIES = 1 << 16
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -123,9 +128,15 @@ class ThresholdSearch:
     same collectives and finds the same T, however the entries are sharded.
     """
 
-    def __init__(self, sample_entries: int = SAMPLE_ENTRIES, chunk_entries: int = CHUNK_ENTRIES) -> None:
+    def __init__(
+        self,
+        sample_entries: int = SAMPLE_ENTRIES,
+        chunk_entries: int = CHUNK_ENTRIES,
+        small_entries: int = SMALL_ENTRIES,
+    ) -> None:
         self.sample_entries = sample_entries
         self.chunk_entries = chunk_entries
+        self.small_entries = min(small_entries, chunk_entries)
         self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
         # After a search: the kept entries (|x| >= T) of each input tensor, as a 0-dim tensor, or
@@ -150,16 +161,21 @@ class ThresholdSearch:
         self.kept_counts = [None] * len(flats)
         if total_entries is None and all_reduce is None:
             total_entries = sum(flat.numel() for flat in flats)
-        if total_entries is not None and total_entries <= self.chunk_entries:
+        if total_entries is not None and total_entries <= self.small_entries:
             return self._small(flats, groups, keep_counts, all_reduce, check_finite, device)
         bits = BRACKET_BITS if num_groups <= FEW_GROUPS else BRACKET_BITS_MANY_GROUPS
         if total_entries is not None:  # no finer than the sample can fill (a 2 MiB table to sum otherwise)
-            bits = min(bits, max(10, total_entries.bit_length() - 8))
-        lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device)
+            sampled = min(self.sample_entries, total_entries // SAMPLE_FRACTION)
+            bits = min(bits, max(10, sampled.bit_length() - 2))
+        resident = None
+        if sum(flat.numel() for flat in flats) <= self.chunk_entries:
+            # This rank's keys fit the buffer: load them once, then sample and count from there.
+            resident = self._load_resident(flats, groups, device)
+        lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device, resident)
 
         group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
         counts, pass_result = self._count_pass(
-            flats, groups, group_of_tensor, num_groups, lo_keys, hi_keys, check_finite
+            flats, groups, group_of_tensor, num_groups, lo_keys, hi_keys, check_finite, resident
         )
         if all_reduce is not None:
             all_reduce(counts)
@@ -181,13 +197,20 @@ class ThresholdSearch:
         # The branch depends only on all-reduced counts: the same on every rank.
         if bool(bracketed.any()):
             remaining = torch.where(bracketed, keep - count_hi, 0).tolist()
-            band_groups = group_of_tensor[band_tensors]
+            band_groups = group_of_tensor[band_tensors] if num_groups > 1 else None
             # One small tensor per group: a few ops per digit, not a few per parameter.
-            by_group = [band_keys[band_groups == group] for group in range(num_groups)]
-            found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
+            if band_groups is None:
+                by_group = [band_keys]
+            else:
+                by_group = [band_keys[band_groups == group] for group in range(num_groups)]
+            if all_reduce is None:  # the whole band is here: select in it directly
+                found = _kth_largest(by_group, remaining)
+            else:
+                found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
             thresholds = torch.where(bracketed, found, thresholds)
             # Kept entries per tensor, for free: those above the band plus the band's keys >= T.
-            band_kept = band_keys >= magnitude_keys(thresholds)[band_groups]
+            threshold_keys = magnitude_keys(thresholds)
+            band_kept = band_keys >= (threshold_keys if band_groups is None else threshold_keys[band_groups])
             kept = above_per_tensor + torch.bincount(band_tensors[band_kept], minlength=len(flats))
             known = bracketed[group_of_tensor].tolist()
             self.kept_counts = [count if ok else None for count, ok in zip(kept, known, strict=True)]
@@ -207,17 +230,26 @@ class ThresholdSearch:
         check_finite: bool,
         device: torch.device,
     ) -> Tensor:
-        """Everything (over all ranks) fits one chunk: radix select over the keys, no sample (the
-        bracket's fixed costs would outweigh the pass it saves)."""
+        """A few entries over all ranks: radix select over the keys, no sample (the bracket's fixed
+        costs would outweigh the pass it saves)."""
+        resident = self._load_resident(flats, groups, device)
+        keys = [chunk_keys for _, _, chunk_keys in resident]
+        key_groups = [group for group, _, _ in resident]
+        return radix_thresholds(keys, key_groups, keep_counts, all_reduce, check_finite)
+
+    def _load_resident(
+        self, flats: Sequence[Tensor], groups: Sequence[int], device: torch.device
+    ) -> list[tuple[int, list[tuple[int, Tensor]], Tensor]]:
+        """Load the keys of every chunk (``_chunks``) side by side into the key buffer, which must
+        hold them all; returns ``(group, pieces, keys)`` per chunk."""
         keys_buffer = self._buffers_for(device)[0]
-        keys, key_groups, start = [], [], 0
+        resident, start = [], 0
         for group, pieces in _chunks(flats, groups, self.chunk_entries):
             end = start + sum(piece.numel() for _, piece in pieces)
             _load_keys([piece for _, piece in pieces], keys_buffer[start:end])
-            keys.append(keys_buffer[start:end])
-            key_groups.append(group)
+            resident.append((group, pieces, keys_buffer[start:end]))
             start = end
-        return radix_thresholds(keys, key_groups, keep_counts, all_reduce, check_finite)
+        return resident
 
     def _bracket(
         self,
@@ -227,22 +259,26 @@ class ThresholdSearch:
         bits: int,
         all_reduce: AllReduce | None,
         device: torch.device,
+        resident: list[tuple[int, list[tuple[int, Tensor]], Tensor]] | None = None,
     ) -> tuple[list[int], list[int]]:
-        """Key ranges ``[lo, hi]`` per group that hold the k-th largest key, from a sample."""
+        """Key ranges ``[lo, hi]`` per group that hold the k-th largest key, from a sample (of the
+        ``resident`` keys when loaded already, else of the tensors themselves)."""
         num_groups, buckets, shift = len(keep_counts), 1 << bits, 31 - bits
         local_sizes = [0] * num_groups
         for flat, group in zip(flats, groups, strict=True):
             local_sizes[group] += flat.numel()
         total = max(1, sum(local_sizes))
+        sample_entries = min(self.sample_entries, max(total // SAMPLE_FRACTION, 1))
         floor = min(MIN_GROUP_SAMPLE, self.sample_entries)
-        budgets = [max(floor, self.sample_entries * size // total) for size in local_sizes]
+        budgets = [max(floor, sample_entries * size // total) for size in local_sizes]
         # An odd stride: weight matrices have power-of-two rows, and an even stride could walk one column.
         strides = [max(1, size // budget) | 1 for size, budget in zip(local_sizes, budgets, strict=True)]
         members: list[list[Tensor]] = [[] for _ in range(num_groups)]
-        for flat, group in zip(flats, groups, strict=True):
-            if flat.numel():
+        sources = [(group, keys) for group, _, keys in resident] if resident is not None else zip(groups, flats)
+        for group, values in sources:
+            if values.numel():
                 stride = strides[group]
-                members[group].append(flat[stride // 2 :: stride])
+                members[group].append(values[stride // 2 :: stride])
         # Per group: sample counts scaled by the stride (estimated entries), then the variance of
         # that estimate (stride * n * p(1-p) <= stride * n / 4) and the stride, summed across ranks.
         table = torch.zeros(num_groups, buckets + 2, dtype=torch.float64, device=device)
@@ -275,8 +311,10 @@ class ThresholdSearch:
         lo_keys: list[int],
         hi_keys: list[int],
         check_finite: bool,
+        resident: list[tuple[int, list[tuple[int, Tensor]], Tensor]] | None = None,
     ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between.
+        """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between
+        (read from ``resident`` when the keys are loaded already).
 
         Returns ``counts`` (``[count_lo per group, count_hi per group, nonfinite chunks]``, int64)
         and ``(band_keys, band_tensors, above_per_tensor)``: the keys in ``[lo, hi]`` with the index
@@ -292,10 +330,18 @@ class ThresholdSearch:
         largest: list[Tensor] = []
         # Integer arithmetic only: on CPU a comparison writing bools costs ~4x an int32 add, and
         # count_nonzero ~5x an int32 sum. Chunks are small enough to stay in cache between ops.
-        for group, pieces in _chunks(flats, groups, self.chunk_entries):
+        if resident is None:
+            chunks = ((group, pieces, None) for group, pieces in _chunks(flats, groups, self.chunk_entries))
+        else:
+            chunks = iter(resident)
+        for group, pieces, loaded in chunks:
             size = sum(piece.numel() for _, piece in pieces)
-            keys, from_lo, from_hi = keys_buffer[:size], offsets[:size], scratch[:size]
-            _load_keys([piece for _, piece in pieces], keys)
+            from_lo, from_hi = offsets[:size], scratch[:size]
+            if loaded is None:
+                keys = keys_buffer[:size]
+                _load_keys([piece for _, piece in pieces], keys)
+            else:
+                keys = loaded
             if check_finite:
                 largest.append(keys.max())
             torch.sub(keys, lo_keys[group], out=from_lo)  # >= 0 iff key >= lo
@@ -346,6 +392,18 @@ class ThresholdSearch:
         return self._buffers[device]
 
 
+def _kth_largest(keys_by_group: Sequence[Tensor], ranks: Sequence[int]) -> Tensor:
+    """The ``ranks[g]``-th largest of ``keys_by_group[g]`` (int32 keys) as floats; +inf where the
+    rank is 0."""
+    found = []
+    for keys, rank in zip(keys_by_group, ranks, strict=True):
+        if rank <= 0:
+            found.append(torch.full((), _INF_KEY, dtype=torch.int32, device=keys.device))
+        else:
+            found.append(torch.kthvalue(keys, keys.numel() - rank + 1).values)
+    return key_to_float(torch.stack(found))
+
+
 def _band_positions(band: Tensor, flags_buffer: Tensor) -> Tensor:
     """Positions whose ``band`` flag (int32, -1 or 0) is set, without scanning entry by entry.
 
@@ -387,8 +445,12 @@ def _chunks(flats: Sequence[Tensor], groups: Sequence[int], chunk_entries: int):
 
 
 def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
-    """Write the magnitude keys of ``pieces`` (concatenated) into ``keys`` (an int32 buffer), one
-    pass per piece straight into its slice (no packing copy first)."""
+    """Write the magnitude keys of ``pieces`` (concatenated) into ``keys`` (an int32 buffer)."""
+    if len(pieces) > 1 and all(piece.dtype == torch.float32 for piece in pieces):
+        # Many small tensors: one cat and one in-place op, not one dispatched op per tensor.
+        torch.cat(pieces, out=keys.view(torch.float32))
+        keys.bitwise_and_(_ABS_BITS)
+        return
     start = 0
     for piece in pieces:
         end = start + piece.numel()
