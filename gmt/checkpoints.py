@@ -1,13 +1,14 @@
 """Which checkpoint a resumed run starts from.
 
 The Trainer writes ``checkpoint-N/trainer_state.json`` last (after the model, the optimizer, the
-RNG states and gmt's mask state). A checkpoint folder without it was cut short (a kill or a node
+RNG states and gmt's mask state). A checkpoint folder without it (or with it truncated) was cut short (a kill or a node
 failure during the save) and is skipped, so the run resumes from the previous complete one; the
 Trainer's own ``get_last_checkpoint`` would pick the newest folder, complete or not.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,8 +18,13 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def is_complete(checkpoint: Path) -> bool:
-    """Whether a checkpoint folder was saved to the end."""
-    return (checkpoint / TRAINER_STATE).is_file()
+    """Whether a checkpoint folder was saved to the end: its ``trainer_state.json`` exists and
+    parses (a kill while writing it leaves a truncated file)."""
+    try:
+        json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def last_complete_checkpoint(output_dir: str | Path) -> Path | None:

@@ -28,8 +28,22 @@ def load_training_dataset(name: str, config: str | None = None, streaming: bool 
             raise ValueError(
                 f"dataset_name {name!r}: cannot read {path.suffix!r} files; use one of {sorted(_BUILDERS)}"
             )
+        if _has_no_rows(path):  # the builders fail on these with errors that name no setting
+            raise ValueError(f"dataset_name {name!r} is an empty file: no examples to train on")
         return load_dataset(builder, data_files=str(path), streaming=streaming)
     return load_dataset(name, name=config, streaming=streaming)
+
+
+def _has_no_rows(path: Path) -> bool:
+    """Whether a local data file holds no rows at all (nothing but whitespace, or a 0-row parquet)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.ParquetFile(path).metadata.num_rows == 0
+    if path.suffix in (".json", ".jsonl", ".csv"):
+        with path.open("rb") as file:
+            return not file.read(1 << 16).strip() and not file.read(1)
+    return path.stat().st_size == 0
 
 
 def check_columns(dataset: Dataset, column_sets: tuple[tuple[str, ...], ...], purpose: str) -> None:
@@ -37,9 +51,12 @@ def check_columns(dataset: Dataset, column_sets: tuple[tuple[str, ...], ...], pu
     columns = set(dataset.column_names or [])
     if not any(set(required) <= columns for required in column_sets):
         wanted = " or ".join("+".join(required) for required in column_sets)
-        raise ValueError(f"{purpose} data set needs the columns {wanted}; it has {sorted(columns)}")
+        raise ValueError(
+            f"{purpose} data set needs the columns {wanted}; it has {sorted(columns)} (check dataset_name, or "
+            "rename columns with dataset_column_map)"
+        )
     if hasattr(dataset, "__len__") and len(dataset) == 0:
-        raise ValueError(f"{purpose} data set is empty")
+        raise ValueError(f"{purpose} data set is empty (dataset_name, dataset_train_split): no examples to train on")
 
 
 def rename_columns(dataset: Dataset, column_map: str | None) -> Dataset:

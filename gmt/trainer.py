@@ -211,16 +211,34 @@ class MaskingMixin:
         engine_step = zero_optimizer.step
 
         def masked_step(*args, **kwargs):
-            self._mask_gradients()
-            return engine_step(*args, **kwargs)
+            if not self._mask_gradients():
+                return engine_step(*args, **kwargs)
+            # A non-finite Γ, left as it is: ZeRO's own overflow path sees it (an inf/NaN norm), skips
+            # the update and clears the gradients, as for an fp16 overflow. ZeRO-1/2 in bf16 only
+            # look when check_grad_overflow is on, so it is on for this step.
+            checks = getattr(zero_optimizer, "check_grad_overflow", None)
+            if checks is not None:
+                zero_optimizer.check_grad_overflow = True
+            try:
+                result = engine_step(*args, **kwargs)
+            finally:
+                if checks is not None:
+                    zero_optimizer.check_grad_overflow = checks
+            if not getattr(zero_optimizer, "overflow", False):
+                raise NonFiniteGradientError(
+                    f"step {self.state.global_step}: the gradient holds NaN or inf, and DeepSpeed's "
+                    f"{type(zero_optimizer).__name__} did not skip the step; stopping rather than train on it."
+                )
+            return result
 
         zero_optimizer.step = masked_step
         self._engine_hooked = True
 
-    def _mask_gradients(self) -> None:
-        # Runs once per optimizer step, whichever grad-norm hook comes first.
+    def _mask_gradients(self) -> bool:
+        """Mask this step's gradient (once per step, whichever hook comes first). Returns True when
+        the step must be skipped: Γ holds NaN/inf (the mask state is left as it was)."""
         if self._masked_step == self.state.global_step:
-            return
+            return False
         self._masked_step = self.state.global_step
         optimizer = self.optimizer
         while not isinstance(optimizer, (MaskedAdamW, SparseMaskedAdamW)) and hasattr(optimizer, "optimizer"):
@@ -228,19 +246,27 @@ class MaskingMixin:
         try:
             self.masker.apply(self.state.global_step, optimizer)
         except NonFiniteGradientError as error:
-            self._nonfinite_in_a_row += 1
-            # DeepSpeed steps inside its engine; skipping there (as its own fp16 overflow path does)
-            # is not wired yet, so a non-finite step stops a DeepSpeed run, as before.
-            if self._nonfinite_in_a_row > self.args.max_nonfinite_steps or self.is_deepspeed_enabled:
+            # With fp16 loss scaling an overflow is routine (the scaler skips the step and lowers the
+            # scale, several times in a row early on): skipped and counted, never a reason to stop.
+            loss_scaled = self.args.fp16 and (self.is_deepspeed_enabled or self._grad_scaler() is not None)
+            self._nonfinite_in_a_row += 0 if loss_scaled else 1
+            if self._nonfinite_in_a_row > self.args.max_nonfinite_steps:
                 raise NonFiniteGradientError(
                     f"{error} This was {self._nonfinite_in_a_row} optimizer steps in a row (max_nonfinite_steps="
                     f"{self.args.max_nonfinite_steps}); stopping."
                 ) from error
             self._nonfinite_skipped += 1
             logger.warning(f"step {self.state.global_step}: {error} Skipping this optimizer step.")
-            self._skip_step(optimizer)
-            return
+            # DeepSpeed skips it in its engine (masked_step); a GradScaler finds the inf in Γ itself.
+            if not self.is_deepspeed_enabled and self._grad_scaler() is None:
+                self._skip_step(optimizer)
+            return True
         self._nonfinite_in_a_row = 0
+        return False
+
+    def _grad_scaler(self):
+        """accelerate's GradScaler (fp16 mixed precision without DeepSpeed), or None."""
+        return getattr(self.accelerator, "scaler", None)
 
     def _skip_step(self, optimizer) -> None:
         """No update this step: the optimizer's next ``step`` is a no-op, and the gradient is

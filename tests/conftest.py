@@ -78,4 +78,4 @@ def run_sft(
 
 def logged(stdout: str, key: str) -> list[float]:
     """Values of ``key`` in the Trainer's printed log dicts."""
-    return [float(value) for value in re.findall(rf"'{re.escape(key)}': '([^']+)'", stdout)]
+    return [float(value) for value in re.findall(rf"'{re.escape(key)}': '?([^',}}]+)", stdout)]

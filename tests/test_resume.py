@@ -1,11 +1,14 @@
 """Resuming from a checkpoint continues the run as if it had not stopped, mask state included."""
 
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+from test_distributed import state
 
-from gmt.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
+from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
+from gmt.checkpoints import is_complete, last_complete_checkpoint, resolve_resume_checkpoint
 from gmt.sft import main, make_parser
 from gmt.trainer import mask_state_name
 
@@ -20,6 +23,12 @@ STRATEGIES = {
         "--gspf_reselect_every", "2",
     ],
 }  # fmt: skip
+
+
+RECIPE = "recipes/tiny/sft_gmt.yaml"
+# Launched runs: 6 steps, logged every step.
+LAUNCHED = ("--max_steps", "6", "--per_device_train_batch_size", "4", "--max_length", "96",
+            "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true")  # fmt: skip
 
 
 def sft(tiny_assets: Path, output_dir: Path, *overrides: str):
@@ -72,8 +81,55 @@ def test_last_complete_checkpoint_skips_one_cut_short(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     # checkpoint-9 was being written when the job died: no trainer_state.json
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
+    # ... or its trainer_state.json was being written: cut short as well
+    (tmp_path / "checkpoint-9" / "trainer_state.json").write_text('{"global_step": 9, "log_hist')
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
     assert resolve_resume_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-6")
     with pytest.raises(ValueError, match="resume_from_checkpoint .*checkpoint-9.* not saved to the end"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-9"), tmp_path)
     with pytest.raises(ValueError, match="no complete checkpoint"):
         resolve_resume_checkpoint("true", tmp_path / "elsewhere")
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_to_resume_from(tiny_assets, tmp_path, monkeypatch):
+    base, data = tiny_assets / "base", tiny_assets / "data" / "sft"
+    options = (*LAUNCHED, *STRATEGIES["gmt"], "--save_strategy", "steps", "--save_steps", "2")
+    straight = run_sft(RECIPE, base, data, tmp_path / "straight", *options)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # SIGKILL in the middle of the step-4 save: model and optimizer written, trainer_state.json not.
+    monkeypatch.setenv("GMT_TEST_KILL_AT_SAVE", "4")
+    killed = run_sft(RECIPE, base, data, tmp_path / "killed", *options, script="tests/sft_with_faults.py")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert is_complete(tmp_path / "killed" / "checkpoint-2")
+    assert (tmp_path / "killed" / "checkpoint-4" / "model.safetensors").is_file()
+    assert not is_complete(tmp_path / "killed" / "checkpoint-4")
+    monkeypatch.delenv("GMT_TEST_KILL_AT_SAVE")
+    resumed = run_sft(RECIPE, base, data, tmp_path / "killed", *options, "--resume_from_checkpoint", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(logged(resumed.stdout, "loss")) == 4  # steps 3 to 6: it went on from checkpoint-2
+    straight_weights, resumed_weights = state(tmp_path / "straight"), state(tmp_path / "killed")
+    for name, value in resumed_weights.items():
+        assert torch.equal(value, straight_weights[name]), name
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_zero3_resumed_run_ends_where_the_uninterrupted_one_does(tiny_assets, tmp_path, strategy):
+    base, data = tiny_assets / "base", tiny_assets / "data" / "sft"
+    options = (*LAUNCHED, *STRATEGIES[strategy], "--gradient_accumulation_steps", "1", "--ddp_backend", "gloo")
+    straight = run_sft(RECIPE, base, data, tmp_path / "straight", *options, "--save_strategy", "steps",
+                       "--save_steps", "3", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    checkpoint = tmp_path / "straight" / "checkpoint-3"
+    assert all((checkpoint / mask_state_name(rank)).is_file() for rank in (0, 1))
+    resumed = run_sft(RECIPE, base, data, tmp_path / "resumed", *options, "--resume_from_checkpoint",
+                      str(checkpoint), launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # The resumed run logs steps 4 to 6, with the losses and kept fractions of the uninterrupted one.
+    for key in ("loss", "mask/kept_fraction"):
+        expected, got = logged(straight.stdout, key)[3:], logged(resumed.stdout, key)
+        assert len(got) == 3 and got == pytest.approx(expected, rel=1e-6), key
+    straight_weights, resumed_weights = state(tmp_path / "straight"), state(tmp_path / "resumed")
+    start = state(base)
+    assert any(not torch.equal(value, start[name]) for name, value in straight_weights.items())
+    for name, value in resumed_weights.items():
+        assert (value - straight_weights[name]).abs().max() <= 1e-6, name

@@ -1,0 +1,43 @@
+"""gmt/sft.py with faults injected, for the reliability tests (launched like gmt/sft.py).
+
+Environment:
+    GMT_TEST_NAN_STEPS: comma-separated optimizer steps (0-based) whose loss is made NaN, so that
+        the whole accumulated gradient of those steps is NaN, on every engine.
+    GMT_TEST_KILL_AT_SAVE: the step whose checkpoint save is cut short by SIGKILL, after the model
+        and optimizer files are written and before ``trainer_state.json`` (a preemption mid-save).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from gmt.cli import finish, train_and_save
+from gmt.data import SFT_COLUMN_SETS
+from gmt.sft import make_parser
+from gmt.trainer import GMTSFTTrainer
+
+NAN_STEPS = {int(step) for step in os.environ.get("GMT_TEST_NAN_STEPS", "").split(",") if step}
+KILL_AT_SAVE = int(os.environ.get("GMT_TEST_KILL_AT_SAVE", "-1"))
+
+
+class FaultyTrainer(GMTSFTTrainer):
+    """``GMTSFTTrainer`` with the faults the environment asks for."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        result = super().compute_loss(model, inputs, *args, **kwargs)
+        if self.state.global_step not in NAN_STEPS:
+            return result
+        if isinstance(result, tuple):
+            return (result[0] * float("nan"), *result[1:])
+        return result * float("nan")
+
+    def _save_rng_state(self, output_dir) -> None:
+        if self.state.global_step == KILL_AT_SAVE:
+            os.kill(os.getpid(), signal.SIGKILL)
+        super()._save_rng_state(output_dir)
+
+
+if __name__ == "__main__":
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    finish(train_and_save(FaultyTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT"))
