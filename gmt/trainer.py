@@ -248,7 +248,8 @@ class MaskingMixin:
         except NonFiniteGradientError as error:
             # With fp16 loss scaling an overflow is routine (the scaler skips the step and lowers the
             # scale, several times in a row early on): skipped and counted, never a reason to stop.
-            loss_scaled = self.args.fp16 and (self.is_deepspeed_enabled or self._grad_scaler() is not None)
+            grad_scaler = getattr(self.accelerator, "scaler", None)  # fp16 mixed precision without DeepSpeed
+            loss_scaled = self.args.fp16 and (self.is_deepspeed_enabled or grad_scaler is not None)
             self._nonfinite_in_a_row += 0 if loss_scaled else 1
             if self._nonfinite_in_a_row > self.args.max_nonfinite_steps:
                 raise NonFiniteGradientError(
@@ -258,15 +259,11 @@ class MaskingMixin:
             self._nonfinite_skipped += 1
             logger.warning(f"step {self.state.global_step}: {error} Skipping this optimizer step.")
             # DeepSpeed skips it in its engine (masked_step); a GradScaler finds the inf in Γ itself.
-            if not self.is_deepspeed_enabled and self._grad_scaler() is None:
+            if not self.is_deepspeed_enabled and grad_scaler is None:
                 self._skip_step(optimizer)
             return True
         self._nonfinite_in_a_row = 0
         return False
-
-    def _grad_scaler(self):
-        """accelerate's GradScaler (fp16 mixed precision without DeepSpeed), or None."""
-        return getattr(self.accelerator, "scaler", None)
 
     def _skip_step(self, optimizer) -> None:
         """No update this step: the optimizer's next ``step`` is a no-op, and the gradient is

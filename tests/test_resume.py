@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import state
+from test_distributed import RECIPE, state
 
 from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
 from gmt.checkpoints import is_complete, last_complete_checkpoint, resolve_resume_checkpoint
@@ -30,7 +30,6 @@ STRATEGIES = {
 ZERO3_STRATEGIES = ("gmt", "random", "gspf")
 
 
-RECIPE = "recipes/tiny/sft_gmt.yaml"
 # Launched runs: 6 steps, logged every step.
 LAUNCHED = ("--max_steps", "6", "--per_device_train_batch_size", "4", "--max_length", "96",
             "--logging_steps", "1", "--report_to", "none", "--disable_tqdm", "true")  # fmt: skip

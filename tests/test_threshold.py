@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gmt.masking import NonFiniteGradientError, keep_count, scope_groups, topk_thresholds
-from gmt.masking.threshold import ThresholdSearch
+from gmt.masking.threshold import ThresholdSearch, check_finite
 
 
 def reference_threshold(tensors: list[torch.Tensor], k: int) -> float:
@@ -118,3 +118,13 @@ def test_buffers_are_reused_between_searches():
     buffers = [b.data_ptr() for b in search._buffers[torch.device("cpu")]]
     search([torch.randn(10_000)], [0], [10])
     assert [b.data_ptr() for b in search._buffers[torch.device("cpu")]] == buffers
+
+
+def test_check_finite_counts_only_nan_and_inf():
+    # Entries too large to square make a norm inf; the exact count behind the norm screen lets them pass.
+    huge = torch.full((100,), 1e30)
+    check_finite([torch.randn(50), huge])
+    poisoned = torch.randn(50)
+    poisoned[[3, 7]] = torch.tensor([float("-inf"), float("nan")])
+    with pytest.raises(NonFiniteGradientError, match="^2 gradient entries are NaN or inf"):
+        check_finite([huge, poisoned, torch.empty(0)])

@@ -84,11 +84,15 @@ class MaskedAdamW(torch.optim.AdamW):
                 if numel <= self.chunk_entries:  # whole: the kernel counts its step
                     pieces = [(*flats, step_count, flat_keep)]
                 else:  # each slice steps a copy of the count (the kernel adds one to each tensor it gets)
+                    chunk = self.chunk_entries
                     pieces = [
-                        (*(flat[start : start + self.chunk_entries] for flat in flats + [flat_keep]),)
-                        for start in range(0, numel, self.chunk_entries)
+                        (
+                            *(flat[start : start + chunk] for flat in flats),
+                            step_count.clone(),
+                            flat_keep[start : start + chunk],
+                        )
+                        for start in range(0, numel, chunk)
                     ]
-                    pieces = [(*piece[:4], step_count.clone(), piece[4]) for piece in pieces]
                 for piece in pieces:
                     size = piece[0].numel()
                     if batch and (batch[0][0].dtype != piece[0].dtype or batch_entries + size > self.chunk_entries):
