@@ -78,15 +78,23 @@ def test_keep_count_uses_dropped_fraction():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("scope", ["global", "tensor"])
-def test_small_samples_and_chunks_still_give_the_exact_threshold(dtype, scope):
-    # A sample of ~16 entries per group and 1000-entry chunks: tensors are packed and cut, and
-    # brackets are loose or miss; the threshold must be exact either way.
-    sizes = [3000, 7, 1, 2500, 40, 40, 999]
+@pytest.mark.parametrize(
+    "sizes, chunk_entries",
+    [
+        ([3000, 7, 1, 2500, 40, 40, 999], 1000),  # packed tensors that split 8-entry rows
+        ([3000, 8, 16, 2504, 40, 40, 1000], 1000),  # every packed tensor a multiple of 8
+        ([3000, 7, 1, 2500, 40, 40, 999], 8192),  # all resident in one buffer
+    ],
+)
+def test_small_samples_and_chunks_still_give_the_exact_threshold(dtype, scope, sizes, chunk_entries):
+    # A sample of ~16 entries per group and small chunks: tensors are packed and cut, and brackets
+    # are loose or miss; the threshold and the kept counts must be exact either way.
     tensors = random_tensors(sizes, dtype, seed=5)
     tensors[1].mul_(1000)  # one tensor on another scale: a skewed mix of magnitudes
     names = [f"model.layers.{i}.w.weight" for i in range(len(tensors))]
     group_of, group_names = scope_groups(names, scope)
-    search = ThresholdSearch(sample_entries=16, chunk_entries=1000)
+    search = ThresholdSearch(sample_entries=16, chunk_entries=chunk_entries, small_entries=100)
+    counted = 0
     for ratio in (0.0, 0.3, 0.5, 0.99):
         members = [[t for t, g in zip(tensors, group_of) if g == group] for group in range(len(group_names))]
         keep_counts = [keep_count(sum(t.numel() for t in m), ratio) for m in members]
@@ -97,6 +105,8 @@ def test_small_samples_and_chunks_still_give_the_exact_threshold(dtype, scope):
         for tensor, group, kept in zip(tensors, group_of, search.kept_counts):
             if kept is not None:
                 assert int(kept) == int((tensor.float().abs() >= thresholds[group]).sum())
+                counted += 1
+    assert counted > 0
 
 
 def test_a_missed_bracket_falls_back_to_the_exact_search():

@@ -12,7 +12,9 @@ however the entries are sharded.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -195,26 +197,18 @@ class ThresholdSearch:
         short = wanted & (lo == 1) & (count_lo < keep)
         missed = wanted & ~bracketed & ~short
         thresholds.masked_fill_(short, 0.0)
-        band_keys, band_tensors, above_per_tensor = pass_result
+        band = pass_result
 
         # The branch depends only on all-reduced counts: the same on every rank.
         if bool(bracketed.any()):
             remaining = torch.where(bracketed, keep - count_hi, 0).tolist()
-            band_groups = group_of_tensor[band_tensors] if num_groups > 1 else None
-            # One small tensor per group: a few ops per digit, not a few per parameter.
-            if band_groups is None:
-                by_group = [band_keys]
-            else:
-                by_group = [band_keys[band_groups == group] for group in range(num_groups)]
             if all_reduce is None:  # the whole band is here: select in it directly
-                found = _kth_largest(by_group, remaining)
+                found = _kth_largest(band.keys_by_group, remaining)
             else:
+                by_group = band.keys_by_group
                 found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
             thresholds = torch.where(bracketed, found, thresholds)
-            # Kept entries per tensor, for free: those above the band plus the band's keys >= T.
-            threshold_keys = magnitude_keys(thresholds)
-            band_kept = band_keys >= (threshold_keys if band_groups is None else threshold_keys[band_groups])
-            kept = above_per_tensor + torch.bincount(band_tensors[band_kept], minlength=len(flats))
+            kept = band.above_per_tensor + band.kept_per_tensor(magnitude_keys(thresholds), flats)
             known = bracketed[group_of_tensor].tolist()
             self.kept_counts = [count if ok else None for count, ok in zip(kept, known, strict=True)]
         if bool(missed.any()):
@@ -244,14 +238,15 @@ class ThresholdSearch:
         self, flats: Sequence[Tensor], groups: Sequence[int], device: torch.device
     ) -> list[tuple[int, list[tuple[int, Tensor]], Tensor]]:
         """Load the keys of every chunk (``_chunks``) side by side into the key buffer, which must
-        hold them all; returns ``(group, pieces, keys)`` per chunk."""
+        hold them all; returns ``(group, pieces, keys)`` per chunk. Each chunk starts at a multiple
+        of 8 entries (the count pass reads its keys 8 at a time)."""
         keys_buffer = self._buffers_for(device)[0]
         resident, start = [], 0
         for group, pieces in _chunks(flats, groups, self.chunk_entries):
             end = start + sum(piece.numel() for _, piece in pieces)
             _load_keys([piece for _, piece in pieces], keys_buffer[start:end])
             resident.append((group, pieces, keys_buffer[start:end]))
-            start = end
+            start = _round_up(end, 8)
         return resident
 
     def _bracket(
@@ -297,10 +292,17 @@ class ThresholdSearch:
         estimated = table[:, :buckets]
         margin = BRACKET_SIGMAS * table[:, buckets].sqrt() + table[:, buckets + 1] + 1
         keep = torch.as_tensor(list(keep_counts), dtype=torch.float64, device=device)
-        at_or_above = estimated.flip(1).cumsum(1).flip(1)  # [g, b]: estimated keys in buckets >= b
-        above = torch.cat([at_or_above[:, 1:], torch.zeros_like(at_or_above[:, :1])], dim=1)
-        lo_bucket = ((at_or_above >= (keep + margin).unsqueeze(1)).sum(1) - 1).clamp(min=0)
-        hi_bucket = (above > (keep - margin).unsqueeze(1)).sum(1).clamp(max=buckets - 1)
+        # from_top[g, j]: estimated keys in the top j + 1 buckets (of bucket buckets - 1 - j and above).
+        from_top = estimated.flip(1).cumsum(1)
+        at_least, more_than = (keep + margin).unsqueeze(1), (keep - margin).unsqueeze(1)
+        # lo: the highest bucket with at least k + margin estimated keys at or above it.
+        lo_bucket = (buckets - 1 - torch.searchsorted(from_top, at_least).squeeze(1)).clamp(min=0)
+        # hi: the number of buckets b whose count strictly above b exceeds k - margin (those are all
+        # below hi). Count above b = count at or above b + 1; the top bucket has 0 above it.
+        at_or_above_exceeding = buckets - torch.searchsorted(from_top, more_than, right=True).squeeze(1)
+        exceeding = at_or_above_exceeding - (from_top[:, -1:] > more_than).squeeze(1).long()
+        exceeding += (more_than < 0).squeeze(1).long()
+        hi_bucket = exceeding.clamp(max=buckets - 1)
         lo_keys = (lo_bucket << shift).clamp(min=1).tolist()  # zeros are never candidates
         hi_keys = (((hi_bucket + 1) << shift) - 1).tolist()
         return lo_keys, hi_keys
@@ -315,22 +317,24 @@ class ThresholdSearch:
         hi_keys: list[int],
         check_finite: bool,
         resident: list[tuple[int, list[tuple[int, Tensor]], Tensor]] | None = None,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    ) -> tuple[Tensor, _Band]:
         """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between
         (read from ``resident`` when the keys are loaded already).
 
         Returns ``counts`` (``[count_lo per group, count_hi per group, nonfinite chunks]``, int64)
-        and ``(band_keys, band_tensors, above_per_tensor)``: the keys in ``[lo, hi]`` with the index
-        of the tensor each came from, and the number of keys above ``hi`` in each tensor.
+        and the band (``_Band``: its keys, where they are, and the count above it per tensor).
         """
         device = group_of_tensor.device
-        keys_buffer, offsets, scratch, flags_buffer = self._buffers_for(device)
-        above_parts: list[Tensor] = []  # per piece: minus the number of its keys <= hi
+        keys_buffer, in_band_buffer, from_hi_buffer, flags_buffer = self._buffers_for(device)
+        above_parts: list[Tensor] = []  # per chunk: minus the number of its keys <= hi, per piece
         above_owners: list[int] = []
         above_sizes: list[int] = []
-        band_parts: list[Tensor] = []
-        band_owners: list[Tensor] = []
+        row_parts: list[Tensor] = []
+        row_start_parts: list[Tensor] = []
+        row_group_parts: list[Tensor] = []
         largest: list[Tensor] = []
+        position = 0  # where the chunk starts in the concatenation of ``flats``
+        aligned = True  # every tensor packed into a chunk starts at a multiple of 8 entries in it
         # Integer arithmetic only: on CPU a comparison writing bools costs ~4x an int32 add, and
         # count_nonzero ~5x an int32 sum. Chunks are small enough to stay in cache between ops.
         if resident is None:
@@ -338,61 +342,125 @@ class ThresholdSearch:
         else:
             chunks = iter(resident)
         for group, pieces, loaded in chunks:
-            size = sum(piece.numel() for _, piece in pieces)
-            from_lo, from_hi = offsets[:size], scratch[:size]
+            sizes = [piece.numel() for _, piece in pieces]
+            size = sum(sizes)
+            padded = _round_up(size, 8)
+            aligned = aligned and all(piece_size % 8 == 0 for piece_size in sizes[:-1])
             if loaded is None:
                 keys = keys_buffer[:size]
                 _load_keys([piece for _, piece in pieces], keys)
+                key_rows = keys_buffer[:padded]
             else:
                 keys = loaded
+                offset = loaded.storage_offset() - keys_buffer.storage_offset()
+                key_rows = keys_buffer[offset : offset + padded]
             if check_finite:
                 largest.append(keys.max())
-            torch.sub(keys, lo_keys[group], out=from_lo)  # >= 0 iff key >= lo
-            torch.sub(keys, hi_keys[group] + 1, out=from_hi)  # >= 0 iff key > hi
-            # In the band (lo <= key <= hi): from_lo >= 0 and from_hi < 0, i.e. (~from_lo & from_hi) < 0.
-            from_lo.bitwise_not_().bitwise_and_(from_hi).bitwise_right_shift_(31)  # -1 in the band, else 0
+            from_hi, in_band = from_hi_buffer[:size], in_band_buffer[:padded]
+            torch.sub(keys, hi_keys[group] + 1, out=from_hi)  # < 0 iff key <= hi
+            torch.sub(keys, lo_keys[group], out=in_band[:size])  # >= 0 iff key >= lo
+            # In the band iff key - lo >= 0 > key - hi - 1: the only case where their signs differ.
+            in_band[:size].bitwise_xor_(from_hi).bitwise_right_shift_(31)  # -1 in the band, else 0
+            in_band[size:].zero_()
             from_hi.bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
-            start = 0
-            for owner, piece in pieces:
-                end = start + piece.numel()
-                above_parts.append(from_hi[start:end].sum(dtype=torch.int32))
-                above_owners.append(owner)
-                above_sizes.append(piece.numel())
-                start = end
-            positions = _band_positions(from_lo, flags_buffer)
-            band_parts.append(keys[positions])
-            if len(pieces) == 1:
-                band_owners.append(torch.full_like(positions, pieces[0][0]))
-            else:
-                starts = torch.tensor([0] + [piece.numel() for _, piece in pieces[:-1]], device=device).cumsum(0)
-                owners = torch.tensor([owner for owner, _ in pieces], device=device)
-                band_owners.append(owners[torch.searchsorted(starts, positions, right=True) - 1])
+            above_parts.append(_piece_sums(from_hi, sizes))
+            above_owners += [owner for owner, _ in pieces]
+            above_sizes += sizes
+            # The band is ~1% of the entries. Find the 8-entry rows that hold any of it (one scan of
+            # the flags read as int64 words, 8x fewer than the entries) and keep those rows whole,
+            # with the keys outside the band zeroed: no per-entry positions needed.
+            flags = flags_buffer[:padded]
+            flags.copy_(in_band)  # int32 -> int8: -1 stays -1
+            words = flags.view(torch.int64).nonzero().squeeze(1)
+            rows = key_rows.view(-1, 8).index_select(0, words)
+            rows.bitwise_and_(in_band.view(-1, 8).index_select(0, words))
+            row_parts.append(rows)
+            row_start_parts.append(words * 8 + position)
+            if num_groups > 1:
+                row_group_parts.append(torch.full_like(words, group))
+            position += size
 
+        owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
         above_per_tensor = torch.zeros(len(flats), dtype=torch.int64, device=device)
-        band_keys = torch.cat(band_parts) if band_parts else torch.empty(0, dtype=torch.int32, device=device)
-        band_tensors = torch.cat(band_owners) if band_owners else torch.empty(0, dtype=torch.int64, device=device)
         if above_parts:
-            owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
             sizes = torch.as_tensor(above_sizes, dtype=torch.int64, device=device)
-            above_per_tensor.index_add_(0, owners, torch.stack(above_parts).to(torch.int64) + sizes)
+            above_per_tensor.index_add_(0, owners, torch.cat(above_parts).to(torch.int64) + sizes)
+        band = _Band(row_parts, row_start_parts, row_group_parts, num_groups, above_per_tensor, aligned, device)
         counts = torch.zeros(2 * num_groups + 1, dtype=torch.int64, device=device)
         counts[num_groups:-1].index_add_(0, group_of_tensor, above_per_tensor)  # count(> hi)
-        counts[:num_groups].copy_(counts[num_groups:-1])
-        counts[:num_groups].index_add_(0, group_of_tensor[band_tensors], torch.ones_like(band_tensors))  # + band
+        counts[:num_groups] = counts[num_groups:-1] + band.sizes  # count(>= lo)
         if largest:
             counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
-        return counts, (band_keys, band_tensors, above_per_tensor)
+        return counts, band
 
     def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         if device not in self._buffers:
-            entries = self.chunk_entries
+            # Room for the resident chunks' padding to multiples of 8 (one chunk per parameter, at most).
+            entries = self.chunk_entries + 8 * 4096
             self._buffers[device] = (
-                torch.empty(entries, dtype=torch.int32, device=device),  # keys
+                torch.zeros(entries, dtype=torch.int32, device=device),  # keys
                 torch.empty(entries, dtype=torch.int32, device=device),  # key - lo, then the band flags
                 torch.empty(entries, dtype=torch.int32, device=device),  # key - hi - 1
-                torch.zeros(-(-entries // 8) * 8, dtype=torch.int8, device=device),  # band flags, 8 per word
+                torch.zeros(entries, dtype=torch.int8, device=device),  # band flags, 8 per word
             )
         return self._buffers[device]
+
+
+class _Band:
+    """The keys of one count pass that lie in their group's bracket, as 8-entry rows of keys with
+    the keys outside the band zeroed (band keys are never 0: the bracket starts at key 1)."""
+
+    def __init__(
+        self,
+        row_parts: list[Tensor],
+        row_start_parts: list[Tensor],
+        row_group_parts: list[Tensor],
+        num_groups: int,
+        above_per_tensor: Tensor,
+        rows_within_tensors: bool,
+        device: torch.device,
+    ) -> None:
+        self.rows = torch.cat(row_parts) if row_parts else torch.empty(0, 8, dtype=torch.int32, device=device)
+        self.row_starts = torch.cat(row_start_parts) if row_start_parts else torch.empty(0, dtype=torch.int64)
+        self.row_groups = torch.cat(row_group_parts) if row_group_parts else None
+        self.above_per_tensor = above_per_tensor  # keys above the band, per tensor
+        self.rows_within_tensors = rows_within_tensors  # no row holds entries of two tensors
+        present = self.rows != 0
+        if self.row_groups is None:
+            self.keys_by_group = [self.rows[present]]
+        else:
+            self.keys_by_group = [self.rows[present & (self.row_groups == g).unsqueeze(1)] for g in range(num_groups)]
+        self.sizes = torch.tensor([keys.numel() for keys in self.keys_by_group], dtype=torch.int64, device=device)
+
+    def kept_per_tensor(self, threshold_keys: Tensor, flats: Sequence[Tensor]) -> Tensor:
+        """The band's keys >= their group's threshold key, counted per tensor of ``flats``."""
+        threshold_keys = threshold_keys.clamp(min=1)  # a zeroed slot is never a kept key (T = 0 keeps all)
+        row_thresholds = threshold_keys if self.row_groups is None else threshold_keys[self.row_groups].unsqueeze(1)
+        kept = self.rows >= row_thresholds
+        ends = torch.tensor(list(accumulate(flat.numel() for flat in flats)), dtype=torch.int64, device=kept.device)
+        if self.rows_within_tensors:  # count per row, then add the rows up per tensor
+            owners = torch.searchsorted(ends, self.row_starts, right=True)
+            return torch.bincount(owners, weights=kept.sum(1), minlength=len(flats)).long()
+        rows, columns = kept.nonzero().unbind(1)
+        positions = self.row_starts[rows] + columns
+        return torch.bincount(torch.searchsorted(ends, positions, right=True), minlength=len(flats))
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _piece_sums(values: Tensor, sizes: list[int]) -> Tensor:
+    """int32 sums of consecutive pieces of ``values`` (of ``sizes``), in about one pass."""
+    if len(sizes) == 1:
+        return values.sum(dtype=torch.int32).reshape(1)
+    row = math.gcd(*sizes)
+    if row < 64:  # no common row length worth reshaping to: one sum per piece
+        return torch.stack([piece.sum(dtype=torch.int32) for piece in values.split(sizes)])
+    # Sum rows of a common length (one op), then read each piece's total off a running sum of rows.
+    running = values.view(-1, row).sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    totals = running[torch.tensor([end // row - 1 for end in accumulate(sizes)], device=values.device)]
+    return torch.diff(totals, prepend=totals.new_zeros(1))
 
 
 def _kth_largest(keys_by_group: Sequence[Tensor], ranks: Sequence[int]) -> Tensor:
@@ -405,22 +473,6 @@ def _kth_largest(keys_by_group: Sequence[Tensor], ranks: Sequence[int]) -> Tenso
         else:
             found.append(torch.kthvalue(keys, keys.numel() - rank + 1).values)
     return key_to_float(torch.stack(found))
-
-
-def _band_positions(band: Tensor, flags_buffer: Tensor) -> Tensor:
-    """Positions whose ``band`` flag (int32, -1 or 0) is set, without scanning entry by entry.
-
-    ``nonzero`` over the flags costs ~1 ns per entry on CPU as soon as any is set; over the flags
-    read as int64 words (8 entries each) it scans 8x fewer, and only the few words with a flag are
-    opened."""
-    size = band.numel()
-    padded = -(-size // 8) * 8
-    flags = flags_buffer[:padded]
-    flags[:size].copy_(band)  # int32 -> int8: -1 stays -1
-    flags[size:].zero_()
-    words = flags.view(torch.int64).nonzero().squeeze(1)
-    positions = (words.unsqueeze(1) * 8 + torch.arange(8, device=band.device)).view(-1)
-    return positions[flags[positions] != 0]
 
 
 def _chunks(flats: Sequence[Tensor], groups: Sequence[int], chunk_entries: int):
