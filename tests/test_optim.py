@@ -45,7 +45,8 @@ def test_without_masks_it_is_adamw_bitwise():
     [{}, {"fused": True}, {"foreach": False}, {"chunk_entries": 4}],
     ids=["default", "fused", "single-tensor", "sliced"],  # sliced: 4-entry slices, stepped in batches
 )
-def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept(options):
+@pytest.mark.parametrize("mask_from", ["bool", "nonzero_grad", "mixed"])
+def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept(options, mask_from):
     # Two unmasked steps build up moments, then one masked step.
     reference, opt_reference, masked, opt_masked = adamw_and_masked_adamw(unmasked_steps=2, **options)
     before = [p.detach().clone() for p in masked]
@@ -55,7 +56,13 @@ def test_masked_step_freezes_dropped_entries_and_matches_adamw_on_kept(options):
     set_grads(reference, 2)
     set_grads(masked, 2)
     keeps = [torch.rand(p.shape, generator=torch.Generator().manual_seed(9)) < 0.3 for p in masked]
-    opt_masked.set_update_masks({p: keep for p, keep in zip(masked, keeps)})
+    if mask_from == "bool":
+        opt_masked.set_update_masks({p: keep for p, keep in zip(masked, keeps)})
+    else:  # a gradient masked by magnitude: zero where dropped, the mask is its nonzero entries
+        from_grad = masked if mask_from == "nonzero_grad" else masked[:1]
+        for p, keep in zip(from_grad, keeps):
+            p.grad.mul_(keep)
+        opt_masked.set_update_masks(dict(zip(masked[len(from_grad) :], keeps[len(from_grad) :])), from_grad)
     opt_masked.step()
     opt_reference.step()
     for p, p_ref, keep, old, (m_old, v_old) in zip(masked, reference, keeps, before, moments_before):

@@ -24,6 +24,9 @@ class GradientAccess:
     layout: ParamLayout
     params: list[Tensor]  # the model's trainable parameters, aligned with ``layout``
     all_reduce: AllReduce | None = None  # None: every rank already holds the whole Γ
+    # The optimizer steps ``params`` themselves with ``grads()`` as their gradients (not flat
+    # partitions of its own, as DeepSpeed does).
+    steps_grads = False
 
     def grads(self) -> list[Tensor | None]:
         """The local gradient of each parameter, writable in place (None if it got none)."""
@@ -67,6 +70,8 @@ def trainable_layout(
 class LocalGradientAccess(GradientAccess):
     """Single process and DDP: after the step's last backward every rank holds the whole,
     already averaged Γ in ``param.grad``, so no collective is needed."""
+
+    steps_grads = True
 
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         self.params, self.layout = trainable_layout(named_parameters)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from gmt.masking.engines import GradientAccess
 from gmt.masking.optim import MaskedAdamW
@@ -79,27 +78,20 @@ class GradientMasker:
             return
 
         new_fixed_masks = getattr(selection, "changed", False)
-        want_keep = update_masks or new_fixed_masks
-        keeps: dict[int, Tensor] = {}
-        counted, counts = [], []
-        for index, grad in enumerate(grads):
-            if grad is None:
-                continue
-            kept, keep = selection.apply(index, grad, want_keep)
-            if isinstance(kept, int):
-                self._kept_on_host[index] += kept
-            else:
-                counted.append(index)
-                counts.append(kept)
-            if keep is None and new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
-                keep = torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
-            if keep is not None:
-                keeps[index] = keep
-        if counts:  # one add for all parameters, no host sync
-            index = torch.as_tensor(counted, device=self._device)
-            self._kept.index_add_(0, index, torch.stack(counts).to(self._kept.dtype))
+        # Where the optimizer steps the same tensors as ``grads`` and the masks are the masked
+        # gradient's nonzero entries, it reads them off the gradient: no mask tensors to build.
+        nonzero_grad = selection.nonzero_grad_masks(grads) if update_masks and self.access.steps_grads else None
+        want_keep = (update_masks and nonzero_grad is None) or new_fixed_masks
+        kept, keeps = selection.apply_all(grads, want_keep)
+        self._kept += kept  # one add for all parameters, no host sync
+        if new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
+            for index, grad in enumerate(grads):
+                if grad is not None and index not in keeps:
+                    keeps[index] = torch.ones(grad.shape, dtype=torch.bool, device=grad.device)
         self.access.commit()
-        if update_masks:
+        if update_masks and nonzero_grad is not None:
+            optimizer.set_update_masks({}, nonzero_grad=[self.access.params[index] for index in nonzero_grad])
+        elif update_masks:
             optimizer.set_update_masks(self.access.optimizer_masks(keeps))
         elif new_fixed_masks:
             optimizer.set_fixed_masks(self.access.optimizer_masks(keeps, fill=False))
@@ -115,7 +107,7 @@ class GradientMasker:
         """
         if self._steps == 0:
             return {}
-        kept = self._kept + torch.tensor(self._kept_on_host, dtype=self._kept.dtype, device=self._device)
+        kept = self._kept.clone()
         # one all-reduce per logging step, never per optimizer step
         if self.access.all_reduce is not None:
             self.access.all_reduce(kept)
@@ -138,7 +130,6 @@ class GradientMasker:
     def _reset_telemetry(self) -> None:
         self._steps = self._unmasked_steps = 0
         self._kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
-        self._kept_on_host = [0.0] * len(self._numels)  # counts known without looking (all or nothing kept)
         self._last_thresholds: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:

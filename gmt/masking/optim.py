@@ -20,13 +20,15 @@ unmasked run is bitwise the run a plain ``AdamW`` gives.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 from torch.optim.adamw import adamw
 
 CHUNK_ENTRIES = 1 << 18  # entries stepped per kernel call on the masked path: its copies (6 MiB) stay in cache
+NONZERO_GRAD = object()  # a mask that is the gradient's nonzero entries (``set_update_masks``)
+_MAGNITUDE_BITS = {16: 0x7FFF, 32: 0x7FFFFFFF, 64: 0x7FFFFFFFFFFFFFFF}  # all bits but the sign
 _INTEGER_OF = {  # a float dtype's bits as an integer dtype of the same width
     torch.float32: torch.int32,
     torch.bfloat16: torch.int16,
@@ -45,16 +47,23 @@ class MaskedAdamW(torch.optim.AdamW):
                 raise ValueError("MaskedAdamW supports neither amsgrad nor maximize")
         self._update_masks: dict[Tensor, Tensor] = {}
         self.chunk_entries = chunk_entries
-        self._saved: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._saved: dict[tuple, Tensor] = {}
 
-    def set_update_masks(self, masks: dict[Tensor, Tensor]) -> None:
-        """Restrict the next update of each ``param`` to ``masks[param]`` (bool, its shape).
+    def set_update_masks(self, masks: dict[Tensor, Tensor], nonzero_grad: Iterable[Tensor] = ()) -> None:
+        """Restrict the next update of each ``param`` to ``masks[param]`` (bool, its shape), and of
+        each parameter in ``nonzero_grad`` to the entries whose gradient is not zero.
 
-        Parameters absent from ``masks`` get the ordinary update. Each mask is used once, by the
-        next step that updates its parameter (DeepSpeed steps its flat partitions one sub-group
-        per ``step()`` call); setting new masks drops any unused ones.
+        ``nonzero_grad`` is for a gradient masked by magnitude (kept: ``|g| >= T > 0``, dropped:
+        zeroed): its nonzero entries are the mask, and reading them off the gradient inside the
+        step costs less than building and passing a boolean mask per tensor.
+
+        Parameters absent from both get the ordinary update. Each mask is used once, by the next
+        step that updates its parameter (DeepSpeed steps its flat partitions one sub-group per
+        ``step()`` call); setting new masks drops any unused ones.
         """
         self._update_masks = dict(masks)
+        for param in nonzero_grad:
+            self._update_masks[param] = NONZERO_GRAD
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):  # type: ignore[override]
@@ -80,7 +89,8 @@ class MaskedAdamW(torch.optim.AdamW):
             for index, keep in masked:
                 step_count = state_steps[index]
                 flats = [local_shard(values[index]).view(-1) for values in lists[:4]]
-                numel, flat_keep = flats[0].numel(), keep.view(-1)
+                numel = flats[0].numel()
+                flat_keep = keep if keep is NONZERO_GRAD else keep.view(-1)
                 if numel <= self.chunk_entries:  # whole: the kernel counts its step
                     pieces = [(*flats, step_count, flat_keep)]
                 else:  # each slice steps a copy of the count (the kernel adds one to each tensor it gets)
@@ -89,7 +99,7 @@ class MaskedAdamW(torch.optim.AdamW):
                         (
                             *(flat[start : start + chunk] for flat in flats),
                             step_count.clone(),
-                            flat_keep[start : start + chunk],
+                            flat_keep if flat_keep is NONZERO_GRAD else flat_keep[start : start + chunk],
                         )
                         for start in range(0, numel, chunk)
                     ]
@@ -118,17 +128,47 @@ class MaskedAdamW(torch.optim.AdamW):
         total = sum(sizes)
         changed = [entry[i] for i in (0, 2, 3) for entry in batch]  # params, then exp_avgs, then exp_avg_sqs
         saved = self._saved_buffer(batch[0][0], 3 * total)
+        dropped = self._dropped(batch, total)  # before the kernel: it reads the gradients
         torch._foreach_copy_(list(saved.split(sizes * 3)), changed)
         self._adamw(group, has_complex, *([entry[i] for entry in batch] for i in range(5)))
-        # Integer arithmetic on the bit patterns, exact: x + (old - x) * dropped is old where dropped
-        # (1) and x where kept (0); the subtraction may wrap, the addition wraps back.
+        # Integer arithmetic on the bit patterns, exact: x - (old - x) * dropped is old where dropped
+        # (-1) and x where kept (0); the subtraction may wrap, the addition wraps back.
         bits = _INTEGER_OF[batch[0][0].dtype]
-        keep = torch.cat([entry[5] for entry in batch]) if len(batch) > 1 else batch[0][5]
-        dropped = keep.logical_not().to(bits).split(sizes) * 3
         difference = list(saved.view(bits).split(sizes * 3))
         current = [tensor.view(bits) for tensor in changed]
         torch._foreach_sub_(difference, current)
-        torch._foreach_addcmul_(current, difference, dropped)
+        torch._foreach_addcmul_(current, difference, dropped.split(sizes) * 3, value=-1)
+
+    def _dropped(self, batch: list[tuple[Tensor, ...]], total: int) -> Tensor:
+        """-1 where an entry of the batch is dropped, 0 where kept, as integers of the batch's width."""
+        dtype = batch[0][0].dtype
+        bits = _INTEGER_OF[dtype]
+        if any(entry[5] is NONZERO_GRAD for entry in batch):
+            grads = [entry[1] for entry in batch]
+            spell_out = not all(entry[5] is NONZERO_GRAD for entry in batch) or grads[0].dtype != dtype
+            if spell_out:  # mixed masks, or gradients of another width than the weights
+                keeps = [grad != 0 if entry[5] is NONZERO_GRAD else entry[5] for grad, entry in zip(grads, batch)]
+                return torch.cat(keeps).to(bits).sub_(1)
+            # Dropped iff the gradient's magnitude bits are all zero (+0.0 or -0.0): x - 1 < 0 only
+            # for x = 0, and an arithmetic shift spreads that sign over the word.
+            dropped = self._dropped_buffer(batch[0][1], total)
+            if len(grads) > 1:
+                torch.cat(grads, out=dropped)
+            else:
+                dropped.copy_(grads[0])
+            width = torch.finfo(dtype).bits
+            return dropped.view(bits).bitwise_and_(_MAGNITUDE_BITS[width]).sub_(1).bitwise_right_shift_(width - 1)
+        keep = torch.cat([entry[5] for entry in batch]) if len(batch) > 1 else batch[0][5]
+        return keep.to(bits).sub_(1)
+
+    def _dropped_buffer(self, like: Tensor, entries: int) -> Tensor:
+        """A flat buffer of ``entries`` of ``like``'s dtype (the gradients'), reused from step to step."""
+        key = ("dropped", like.device, like.dtype)
+        buffer = self._saved.get(key)
+        if buffer is None or buffer.numel() < entries:
+            buffer = torch.empty(max(entries, self.chunk_entries), dtype=like.dtype, device=like.device)
+            self._saved[key] = buffer
+        return buffer[:entries]
 
     def _saved_buffer(self, like: Tensor, entries: int) -> Tensor:
         """A flat buffer of ``entries`` of ``like``'s dtype, reused from step to step."""

@@ -51,9 +51,48 @@ class MaskSelection(ABC):
         grad.mul_(keep)
         return keep.sum(), keep if want_keep else None
 
+    def apply_all(self, grads: Sequence[Tensor | None], want_keep: bool) -> tuple[Tensor, dict[int, Tensor]]:
+        """``apply`` to every gradient (None: a parameter without one).
+
+        Returns the kept entries per parameter (float64, on the gradients' device; 0 for a missing
+        gradient) and, when ``want_keep``, the keep-masks of the parameters that have one.
+        """
+        on_host = [0.0] * len(grads)
+        counted, counts = [], []
+        keeps: dict[int, Tensor] = {}
+        for index, grad in enumerate(grads):
+            if grad is None:
+                continue
+            kept, keep = self.apply(index, grad, want_keep)
+            if isinstance(kept, int):
+                on_host[index] = float(kept)
+            else:
+                counted.append(index)
+                counts.append(kept)
+            if keep is not None:
+                keeps[index] = keep
+        return _merge_counts(on_host, counted, counts, grads), keeps
+
+    def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
+        """The parameters whose keep-mask is exactly the nonzero entries of their gradient after
+        ``apply`` (the others are kept whole), or None where the selection can't promise that."""
+        return None
+
     def thresholds(self) -> Tensor | None:
         """Per-scope thresholds, for telemetry; None when the strategy has none."""
         return None
+
+
+def _merge_counts(
+    on_host: list[float], counted: list[int], counts: list[Tensor], grads: Sequence[Tensor | None]
+) -> Tensor:
+    """One float64 tensor of kept counts: ``on_host`` with the device-side ``counts`` of the
+    ``counted`` indices written in (one copy, no host sync)."""
+    device = next((grad.device for grad in grads if grad is not None), torch.device("cpu"))
+    merged = torch.tensor(on_host, dtype=torch.float64, device=device)
+    if counts:
+        merged[torch.tensor(counted, device=device)] = torch.stack(counts).to(torch.float64)
+    return merged
 
 
 ScoreOf = Callable[[int, Tensor], Tensor]  # (parameter index, its local gradient) -> its local scores
@@ -68,10 +107,11 @@ class ThresholdSelection(MaskSelection):
         group_of_param: Sequence[int],
         score_of: ScoreOf | None = None,
         dense: Sequence[bool] | None = None,
-        kept_counts: dict[int, Tensor] | None = None,
+        kept_counts: tuple[list[int], Tensor] | None = None,
     ) -> None:
         self.dense = dense
-        self.kept_counts = kept_counts or {}  # known kept counts per parameter index (from the search)
+        # Kept counts the search found on its way: (parameter indices, their counts; -1: not counted).
+        self.kept_counts = kept_counts
         self.group_thresholds = group_thresholds
         # Compare integer keys, not floats: exact for bf16/fp16 grads against an fp32 threshold.
         self._threshold_keys = magnitude_keys(group_thresholds).tolist()
@@ -103,12 +143,58 @@ class ThresholdSelection(MaskSelection):
             grad.zero_()
             return 0, torch.zeros(grad.shape, dtype=torch.bool, device=grad.device) if want_keep else None
         torch.ops.aten.hardshrink.out(grad, self._below[group], out=grad)
-        kept = self.kept_counts.get(index)
-        if kept is None:
-            # T > 0, so the kept entries are exactly the nonzero ones (dropped ones are +0.0: all
-            # bits zero, so counting on the int32 view is exact, and ~10x faster than on floats).
-            kept = torch.count_nonzero(grad.view(torch.int32))
-        return kept, (grad != 0) if want_keep else None
+        # T > 0, so the kept entries are exactly the nonzero ones (dropped ones are +0.0: all bits
+        # zero, so counting on the int32 view is exact, and ~10x faster than on floats).
+        return torch.count_nonzero(grad.view(torch.int32)), (grad != 0) if want_keep else None
+
+    def apply_all(self, grads: Sequence[Tensor | None], want_keep: bool) -> tuple[Tensor, dict[int, Tensor]]:
+        if not self._by_magnitude or self.kept_counts is None:
+            return super().apply_all(grads, want_keep)
+        # The usual gmt step: a hardshrink per tensor and the kept counts the search has already,
+        # in one loop (a model has hundreds of tensors: per-tensor calls add up).
+        indices, search_counts = self.kept_counts
+        from_search = dict(zip(indices, search_counts.tolist(), strict=True))  # -1: not counted
+        on_host = [0.0] * len(grads)
+        counted, counts = [], []
+        keeps: dict[int, Tensor] = {}
+        for index, grad in enumerate(grads):
+            if grad is None:
+                continue
+            threshold = self._threshold_values[self.group_of_param[index]]
+            fast = grad.dtype == torch.float32 and 0 < threshold < float("inf")
+            if not fast or (self.dense is not None and self.dense[index]):
+                kept, keep = self.apply(index, grad, want_keep)
+                if isinstance(kept, int):
+                    on_host[index] = float(kept)
+                else:
+                    counted.append(index)
+                    counts.append(kept)
+                if keep is not None:
+                    keeps[index] = keep
+                continue
+            torch.ops.aten.hardshrink.out(grad, self._below[self.group_of_param[index]], out=grad)
+            count = from_search.get(index, -1)
+            if count >= 0:
+                on_host[index] = float(count)
+            else:  # a group whose bracket missed: the nonzero entries are the kept ones (T > 0)
+                counted.append(index)
+                counts.append(torch.count_nonzero(grad.view(torch.int32)))
+            if want_keep:
+                keeps[index] = grad != 0
+        return _merge_counts(on_host, counted, counts, grads), keeps
+
+    def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
+        if not self._by_magnitude:
+            return None  # a kept entry (by its score) may have a zero gradient
+        # Kept iff |g| >= T > 0, so kept entries are nonzero and dropped ones are zeroed; with T = 0
+        # (or a dense parameter) everything is kept and the parameter gets a plain update.
+        return [
+            index
+            for index, grad in enumerate(grads)
+            if grad is not None
+            and not (self.dense is not None and self.dense[index])
+            and self._threshold_values[self.group_of_param[index]] > 0
+        ]
 
     def thresholds(self) -> Tensor:
         return self.group_thresholds
@@ -197,9 +283,8 @@ class TopKStrategy(MaskStrategy):
             search=self.search,
             total_entries=self.total_entries,
         )
-        kept_counts = {}
-        if score_of is None:  # the search counted |Γ| >= T per tensor on its way
-            kept_counts = {i: c for i, c in zip(present, self.search.kept_counts, strict=True) if c is not None}
+        # Scored by |Γ| itself: the search counted |Γ| >= T per tensor on its way.
+        kept_counts = (present, self.search.kept_counts) if score_of is None else None
         return ThresholdSelection(thresholds, self.group_of_param, score_of, self.dense, kept_counts)
 
 

@@ -141,9 +141,9 @@ class ThresholdSearch:
         self.small_entries = min(small_entries, chunk_entries)
         self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
-        # After a search: the kept entries (|x| >= T) of each input tensor, as a 0-dim tensor, or
-        # None where the search did not count them (a group that missed its bracket, T = 0 or inf).
-        self.kept_counts: list[Tensor | None] = []
+        # After a search: the kept entries (|x| >= T) of each input tensor (int64), -1 where the
+        # search did not count them (a group that missed its bracket, T = 0 or inf).
+        self.kept_counts = torch.empty(0, dtype=torch.int64)
 
     def __call__(
         self,
@@ -160,7 +160,7 @@ class ThresholdSearch:
         num_groups = len(keep_counts)
         device = tensors[0].device if tensors else torch.device("cpu")
         flats = [t.reshape(-1) for t in tensors]
-        self.kept_counts = [None] * len(flats)
+        self.kept_counts = torch.full((len(flats),), -1, dtype=torch.int64, device=device)
         if total_entries is None and all_reduce is None:
             total_entries = sum(flat.numel() for flat in flats)
         # Across ranks every collective costs a round trip and the bracket's sample table is the
@@ -209,8 +209,7 @@ class ThresholdSearch:
                 found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
             thresholds = torch.where(bracketed, found, thresholds)
             kept = band.above_per_tensor + band.kept_per_tensor(magnitude_keys(thresholds), flats)
-            known = bracketed[group_of_tensor].tolist()
-            self.kept_counts = [count if ok else None for count, ok in zip(kept, known, strict=True)]
+            self.kept_counts = torch.where(bracketed[group_of_tensor], kept, -1)
         if bool(missed.any()):
             self.fallback_groups += int(missed.sum())
             fallback_counts = torch.where(missed, keep, 0).tolist()
