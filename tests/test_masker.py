@@ -12,6 +12,7 @@ from gmt.masking import (
     build_strategy,
     keep_count,
 )
+from gmt.masking.threshold import ThresholdSearch
 
 
 def model_with_grads(seed: int = 0) -> torch.nn.Module:
@@ -26,10 +27,14 @@ def total_entries(model) -> int:
 
 
 @pytest.mark.parametrize("scope", ["global", "tensor", "layer"])
-def test_grad_mode_zeroes_exactly_the_entries_below_threshold(scope):
+@pytest.mark.parametrize("search", ["radix", "bracket"])
+def test_grad_mode_zeroes_exactly_the_entries_below_threshold(scope, search):
     model = model_with_grads()
     original = [p.grad.clone() for p in model.parameters()]
-    masker = GradientMasker(GMTStrategy(0.75, scope), LocalGradientAccess(model.named_parameters()))
+    strategy = GMTStrategy(0.75, scope)
+    if search == "bracket":  # sampled brackets and kept counts found by the search, as on big models
+        strategy.search = ThresholdSearch(sample_entries=64, chunk_entries=256, small_entries=16)
+    masker = GradientMasker(strategy, LocalGradientAccess(model.named_parameters()))
     masker.apply(step=0)
     kept = sum(int((p.grad != 0).sum()) for p in model.parameters())
     if scope == "global":

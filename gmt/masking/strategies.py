@@ -57,21 +57,19 @@ class MaskSelection(ABC):
         Returns the kept entries per parameter (float64, on the gradients' device; 0 for a missing
         gradient) and, when ``want_keep``, the keep-masks of the parameters that have one.
         """
-        on_host = [0.0] * len(grads)
-        counted, counts = [], []
-        keeps: dict[int, Tensor] = {}
+        counts, keeps = _KeptCounts(len(grads)), {}
         for index, grad in enumerate(grads):
-            if grad is None:
-                continue
-            kept, keep = self.apply(index, grad, want_keep)
-            if isinstance(kept, int):
-                on_host[index] = float(kept)
-            else:
-                counted.append(index)
-                counts.append(kept)
-            if keep is not None:
-                keeps[index] = keep
-        return _merge_counts(on_host, counted, counts, grads), keeps
+            if grad is not None:
+                self._apply_into(index, grad, want_keep, counts, keeps)
+        return counts.merged(grads), keeps
+
+    def _apply_into(
+        self, index: int, grad: Tensor, want_keep: bool, counts: _KeptCounts, keeps: dict[int, Tensor]
+    ) -> None:
+        kept, keep = self.apply(index, grad, want_keep)
+        counts.add(index, kept)
+        if keep is not None:
+            keeps[index] = keep
 
     def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
         """The parameters whose keep-mask is exactly the nonzero entries of their gradient after
@@ -83,16 +81,29 @@ class MaskSelection(ABC):
         return None
 
 
-def _merge_counts(
-    on_host: list[float], counted: list[int], counts: list[Tensor], grads: Sequence[Tensor | None]
-) -> Tensor:
-    """One float64 tensor of kept counts: ``on_host`` with the device-side ``counts`` of the
-    ``counted`` indices written in (one copy, no host sync)."""
-    device = next((grad.device for grad in grads if grad is not None), torch.device("cpu"))
-    merged = torch.tensor(on_host, dtype=torch.float64, device=device)
-    if counts:
-        merged[torch.tensor(counted, device=device)] = torch.stack(counts).to(torch.float64)
-    return merged
+class _KeptCounts:
+    """Kept entries per parameter over one step: counts known on the host, and device counts
+    merged in at the end with one copy (no host sync)."""
+
+    def __init__(self, size: int) -> None:
+        self.on_host = [0.0] * size
+        self.indices: list[int] = []
+        self.tensors: list[Tensor] = []
+
+    def add(self, index: int, kept: Tensor | int) -> None:
+        if isinstance(kept, Tensor):
+            self.indices.append(index)
+            self.tensors.append(kept)
+        else:
+            self.on_host[index] = float(kept)
+
+    def merged(self, grads: Sequence[Tensor | None]) -> Tensor:
+        """One float64 tensor, on the gradients' device."""
+        device = next((grad.device for grad in grads if grad is not None), torch.device("cpu"))
+        merged = torch.tensor(self.on_host, dtype=torch.float64, device=device)
+        if self.tensors:
+            merged[torch.tensor(self.indices, device=device)] = torch.stack(self.tensors).to(torch.float64)
+        return merged
 
 
 ScoreOf = Callable[[int, Tensor], Tensor]  # (parameter index, its local gradient) -> its local scores
@@ -154,34 +165,22 @@ class ThresholdSelection(MaskSelection):
         # in one loop (a model has hundreds of tensors: per-tensor calls add up).
         indices, search_counts = self.kept_counts
         from_search = dict(zip(indices, search_counts.tolist(), strict=True))  # -1: not counted
-        on_host = [0.0] * len(grads)
-        counted, counts = [], []
-        keeps: dict[int, Tensor] = {}
+        counts, keeps = _KeptCounts(len(grads)), {}
         for index, grad in enumerate(grads):
             if grad is None:
                 continue
             threshold = self._threshold_values[self.group_of_param[index]]
             fast = grad.dtype == torch.float32 and 0 < threshold < float("inf")
             if not fast or (self.dense is not None and self.dense[index]):
-                kept, keep = self.apply(index, grad, want_keep)
-                if isinstance(kept, int):
-                    on_host[index] = float(kept)
-                else:
-                    counted.append(index)
-                    counts.append(kept)
-                if keep is not None:
-                    keeps[index] = keep
+                self._apply_into(index, grad, want_keep, counts, keeps)
                 continue
             torch.ops.aten.hardshrink.out(grad, self._below[self.group_of_param[index]], out=grad)
             count = from_search.get(index, -1)
-            if count >= 0:
-                on_host[index] = float(count)
-            else:  # a group whose bracket missed: the nonzero entries are the kept ones (T > 0)
-                counted.append(index)
-                counts.append(torch.count_nonzero(grad.view(torch.int32)))
+            # A group whose bracket missed has no count: its nonzero entries are the kept ones (T > 0).
+            counts.add(index, count if count >= 0 else torch.count_nonzero(grad.view(torch.int32)))
             if want_keep:
                 keeps[index] = grad != 0
-        return _merge_counts(on_host, counted, counts, grads), keeps
+        return counts.merged(grads), keeps
 
     def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
         if not self._by_magnitude:
