@@ -139,7 +139,7 @@ class ThresholdSearch:
         self.sample_entries = sample_entries
         self.chunk_entries = chunk_entries
         self.small_entries = min(small_entries, chunk_entries)
-        self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
         # After a search: the kept entries (|x| >= T) of each input tensor (int64), -1 where the
         # search did not count them (a group that missed its bracket, T = 0 or inf).
@@ -324,7 +324,7 @@ class ThresholdSearch:
         and the band (``_Band``: its keys, where they are, and the count above it per tensor).
         """
         device = group_of_tensor.device
-        keys_buffer, in_band_buffer, from_hi_buffer, flags_buffer = self._buffers_for(device)
+        keys_buffer, from_hi_buffer, flags_buffer = self._buffers_for(device)
         above_parts: list[Tensor] = []  # per chunk: minus the number of its keys <= hi, per piece
         above_owners: list[int] = []
         above_sizes: list[int] = []
@@ -355,24 +355,28 @@ class ThresholdSearch:
                 key_rows = keys_buffer[offset : offset + padded]
             if check_finite:
                 largest.append(keys.max())
-            from_hi, in_band = from_hi_buffer[:size], in_band_buffer[:padded]
-            torch.sub(keys, hi_keys[group] + 1, out=from_hi)  # < 0 iff key <= hi
-            torch.sub(keys, lo_keys[group], out=in_band[:size])  # >= 0 iff key >= lo
+            hi_plus_one = hi_keys[group] + 1
+            from_hi = from_hi_buffer[:padded]
+            torch.sub(keys, hi_plus_one, out=from_hi[:size])  # < 0 iff key <= hi
+            from_hi[size:].zero_()
             # In the band iff key - lo >= 0 > key - hi - 1: the only case where their signs differ.
-            in_band[:size].bitwise_xor_(from_hi).bitwise_right_shift_(31)  # -1 in the band, else 0
+            # The band flags (-1 in the band, else 0) overwrite the keys: the band's keys come back
+            # from key - hi - 1, and one buffer less stays in cache.
+            keys.sub_(lo_keys[group]).bitwise_xor_(from_hi[:size]).bitwise_right_shift_(31)
+            in_band = key_rows
             in_band[size:].zero_()
-            from_hi.bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
-            above_parts.append(_piece_sums(from_hi, sizes))
-            above_owners += [owner for owner, _ in pieces]
-            above_sizes += sizes
             # The band is ~1% of the entries. Find the 8-entry rows that hold any of it (one scan of
             # the flags read as int64 words, 8x fewer than the entries) and keep those rows whole,
             # with the keys outside the band zeroed: no per-entry positions needed.
             flags = flags_buffer[:padded]
             flags.copy_(in_band)  # int32 -> int8: -1 stays -1
             words = flags.view(torch.int64).nonzero().squeeze(1)
-            rows = key_rows.view(-1, 8).index_select(0, words)
+            rows = from_hi.view(-1, 8).index_select(0, words).add_(hi_plus_one)
             rows.bitwise_and_(in_band.view(-1, 8).index_select(0, words))
+            from_hi = from_hi[:size].bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
+            above_parts.append(_piece_sums(from_hi, sizes))
+            above_owners += [owner for owner, _ in pieces]
+            above_sizes += sizes
             row_parts.append(rows)
             row_start_parts.append(words * 8 + position)
             if num_groups > 1:
@@ -392,14 +396,13 @@ class ThresholdSearch:
             counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
         return counts, band
 
-    def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device not in self._buffers:
             # Room for the resident chunks' padding to multiples of 8 (one chunk per parameter, at most).
             entries = self.chunk_entries + 8 * 4096
             self._buffers[device] = (
-                torch.zeros(entries, dtype=torch.int32, device=device),  # keys
-                torch.empty(entries, dtype=torch.int32, device=device),  # key - lo, then the band flags
-                torch.empty(entries, dtype=torch.int32, device=device),  # key - hi - 1
+                torch.zeros(entries, dtype=torch.int32, device=device),  # keys, then the band flags
+                torch.zeros(entries, dtype=torch.int32, device=device),  # key - hi - 1
                 torch.zeros(entries, dtype=torch.int8, device=device),  # band flags, 8 per word
             )
         return self._buffers[device]
