@@ -45,7 +45,7 @@ METHODS = {
 # Random-initialized Llamas on the tiny tokenizer (a 463-token vocabulary: the blocks hold nearly
 # every entry). Batch: micro-batch x accumulation (the tiny recipe's 16 x 2), sequences of about 50 tokens.
 MODELS = {
-    "tiny": {"size": None, "batch": (16, 2)},
+    "tiny": {"size": None, "batch": (16, 2), "steps": 30},
     "100m": {
         "size": {
             "hidden_size": 768,
@@ -56,6 +56,7 @@ MODELS = {
             "head_dim": 64,
         },
         "batch": (16, 2),
+        "steps": 6,
     },
     "1b": {
         "size": {
@@ -67,6 +68,7 @@ MODELS = {
             "head_dim": 128,
         },
         "batch": (8, 2),
+        "steps": 10,
     },
 }
 ENGINES = {
@@ -181,7 +183,7 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
         "--output_dir",
         str(out_dir / "trainer"),
         "--max_steps",
-        str(args.warmup_steps + args.steps),
+        str(args.warmup_steps + timed_steps(model, args)),
         "--per_device_train_batch_size",
         str(micro_batch),
         "--gradient_accumulation_steps",
@@ -220,6 +222,12 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
     return record
 
 
+def timed_steps(model: str, args: argparse.Namespace) -> int:
+    """Timed steps per process: ``--steps``, or the model's default (more for the cheap tiny steps,
+    whose medians the machine's noise moves most)."""
+    return args.steps or MODELS[model]["steps"]
+
+
 def batch_words(model: str, engine: str) -> str:
     micro_batch, accumulation = MODELS[model]["batch"]
     if engine == "zero3":
@@ -229,7 +237,7 @@ def batch_words(model: str, engine: str) -> str:
 
 def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
     lines = [
-        f"Machine: {machine}. Median optimizer-step time over {args.rounds} rounds x {args.steps} steps "
+        f"Machine: {machine}. Median optimizer-step time over {args.rounds} rounds x the steps column "
         f"(after {args.warmup_steps} warm-up steps per process); gmt at mask ratio 0.5, global scope.",
         "",
         "Command: `" + " ".join(["python scripts/bench_step.py", *sys.argv[1:]]) + "`",
@@ -239,15 +247,16 @@ def markdown(results: dict, args: argparse.Namespace, machine: str) -> str:
         "optimizer step beyond plain AdamW's, over the full SFT step (under DeepSpeed the optimizer runs",
         "inside the backward, so only the mask step is timed).",
         "",
-        "| model | engine | parameters | batch | full SFT step | gmt grad step | gmt update step | mask step "
+        "| model | engine | parameters | batch | steps | full SFT step | gmt grad step | gmt update step | mask step "
         "| grad: timed overhead | update: timed overhead | grad / full | update / full |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run, by_method in results.items():
         model, engine = run.split("/")
         full, grad, update = (by_method[m] for m in ("full", "gmt-grad", "gmt-update"))
         lines.append(
             f"| {model} | {engine} | {full['parameters'] / 1e6:.1f}M | {batch_words(model, engine)} "
+            f"| {timed_steps(model, args)} "
             f"| {full['median_seconds']:.3f} s "
             f"| {grad['median_seconds']:.3f} s | {update['median_seconds']:.3f} s "
             f"| {1000 * grad['median_mask_seconds']:.1f} ms "
@@ -261,7 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated model/engine pairs")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per process")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per process (default: per model)")
     parser.add_argument("--warmup_steps", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "step.json")
@@ -317,7 +326,8 @@ def main() -> None:
                 optimizer_extra = this["median_optimizer_seconds"] - full["median_optimizer_seconds"]
                 added = this["median_mask_seconds"] + optimizer_extra
                 this["timed_overhead_vs_full"] = added / full["median_seconds"]
-    result = {"machine": machine, "device": args.device, "rounds": args.rounds, "steps": args.steps, "runs": results}
+    steps = {run: timed_steps(run.split("/")[0], args) for run in runs}
+    result = {"machine": machine, "device": args.device, "rounds": args.rounds, "steps": steps, "runs": results}
     from readme_section import write_benchmark
 
     section = ("step" if args.device == "cpu" else "step-gpu") if args.docs else None

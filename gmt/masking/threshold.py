@@ -442,7 +442,7 @@ class _Band:
         ends = torch.tensor(list(accumulate(flat.numel() for flat in flats)), dtype=torch.int64, device=kept.device)
         if self.rows_within_tensors:  # count per row, then add the rows up per tensor
             owners = torch.searchsorted(ends, self.row_starts, right=True)
-            return torch.bincount(owners, weights=kept.sum(1), minlength=len(flats)).long()
+            return torch.zeros(len(flats), dtype=torch.int64, device=kept.device).index_add_(0, owners, kept.sum(1))
         rows, columns = kept.nonzero().unbind(1)
         positions = self.row_starts[rows] + columns
         return torch.bincount(torch.searchsorted(ends, positions, right=True), minlength=len(flats))
