@@ -27,6 +27,9 @@ from torch import Tensor
 from torch.optim.adamw import adamw
 
 CHUNK_ENTRIES = 1 << 18  # entries stepped per kernel call on the masked path: its copies (6 MiB) stay in cache
+# On a GPU each batch costs a handful of kernel launches: batches of 16M entries (192 MiB of copies)
+# keep a 1B-parameter step to ~60 of them.
+CUDA_CHUNK_ENTRIES = 1 << 24
 NONZERO_GRAD = object()  # a mask that is the gradient's nonzero entries (``set_update_masks``)
 _MAGNITUDE_BITS = {16: 0x7FFF, 32: 0x7FFFFFFF, 64: 0x7FFFFFFFFFFFFFFF}  # all bits but the sign
 _INTEGER_OF = {  # a float dtype's bits as an integer dtype of the same width
@@ -40,13 +43,16 @@ _INTEGER_OF = {  # a float dtype's bits as an integer dtype of the same width
 class MaskedAdamW(torch.optim.AdamW):
     """``torch.optim.AdamW`` that can restrict its next step to masked entries."""
 
-    def __init__(self, params, *args, chunk_entries: int = CHUNK_ENTRIES, **kwargs) -> None:
+    def __init__(self, params, *args, chunk_entries: int | None = None, **kwargs) -> None:
+        """``chunk_entries``: entries per masked batch; None takes ``CHUNK_ENTRIES`` on CPU and
+        ``CUDA_CHUNK_ENTRIES`` for parameters on a GPU."""
         super().__init__(params, *args, **kwargs)
         for group in self.param_groups:
             if group.get("amsgrad") or group.get("maximize"):
                 raise ValueError("MaskedAdamW supports neither amsgrad nor maximize")
         self._update_masks: dict[Tensor, Tensor] = {}
-        self.chunk_entries = chunk_entries
+        self._chunk_setting = chunk_entries
+        self.chunk_entries = chunk_entries or CHUNK_ENTRIES
         self._saved: dict[tuple, Tensor] = {}
 
     def set_update_masks(self, masks: dict[Tensor, Tensor], nonzero_grad: Iterable[Tensor] = ()) -> None:
@@ -77,6 +83,8 @@ class MaskedAdamW(torch.optim.AdamW):
         for group in self.param_groups:
             params, grads, exp_avgs, exp_avg_sqs, state_steps = [], [], [], [], []
             has_complex = self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, [], state_steps)
+            on_gpu = bool(params) and params[0].device.type == "cuda"
+            self.chunk_entries = self._chunk_setting or (CUDA_CHUNK_ENTRIES if on_gpu else CHUNK_ENTRIES)
             plain, masked = [], []
             for index, param in enumerate(params):
                 keep = masks.pop(param, None)

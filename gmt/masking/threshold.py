@@ -38,7 +38,10 @@ SAMPLE_ENTRIES = 1 << 20
 SAMPLE_FRACTION = 8  # smaller problems sample 1 entry in 8: enough for a band of ~1% of the entries
 MIN_GROUP_SAMPLE = 1 << 12
 BRACKET_SIGMAS = 4.0  # a bracket misses about once in 10^4 searches; a miss costs time, not exactness
-CHUNK_ENTRIES = 1 << 20  # entries per pass chunk: 12 MiB of int32 buffers, mostly in cache
+CHUNK_ENTRIES = 1 << 20  # entries per pass chunk on CPU: 9 MiB of buffers, in the last-level cache
+# On a GPU every op is a kernel launch of a few microseconds: chunks as large as memory allows
+# cheaply (144 MiB of buffers) keep a 1B-entry gradient to ~60 chunks, not ~1000.
+CUDA_CHUNK_ENTRIES = 1 << 24
 # At most this many entries on one process: radix select over everything. Its first digit costs a
 # bincount over every entry and a candidate set of ~5% of them; beyond ~2^16 entries the sample,
 # one integer pass and a ~1% band cost less. (Across ranks the limit is a chunk: see __call__.)
@@ -133,12 +136,15 @@ class ThresholdSearch:
     def __init__(
         self,
         sample_entries: int = SAMPLE_ENTRIES,
-        chunk_entries: int = CHUNK_ENTRIES,
+        chunk_entries: int | None = None,
         small_entries: int = SMALL_ENTRIES,
     ) -> None:
+        """``chunk_entries``: entries per pass chunk; None takes ``CHUNK_ENTRIES`` on CPU and
+        ``CUDA_CHUNK_ENTRIES`` on a GPU (set at the first search, from the tensors' device)."""
         self.sample_entries = sample_entries
-        self.chunk_entries = chunk_entries
-        self.small_entries = min(small_entries, chunk_entries)
+        self._chunk_setting = chunk_entries
+        self._small_setting = small_entries
+        self._use_device(torch.device("cpu"))
         self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
         # After a search: the kept entries (|x| >= T) of each input tensor (int64), -1 where the
@@ -159,6 +165,7 @@ class ThresholdSearch:
         sizes the sample histogram."""
         num_groups = len(keep_counts)
         device = tensors[0].device if tensors else torch.device("cpu")
+        self._use_device(device)
         flats = [t.reshape(-1) for t in tensors]
         self.kept_counts = torch.full((len(flats),), -1, dtype=torch.int64, device=device)
         if total_entries is None and all_reduce is None:
@@ -216,6 +223,12 @@ class ThresholdSearch:
             found = radix_thresholds(flats, groups, fallback_counts, all_reduce, check_finite=False)
             thresholds = torch.where(missed, found, thresholds)
         return thresholds
+
+    def _use_device(self, device: torch.device) -> None:
+        """Chunk sizes for where the tensors are (the same on every rank: one device type)."""
+        default = CUDA_CHUNK_ENTRIES if device.type == "cuda" else CHUNK_ENTRIES
+        self.chunk_entries = self._chunk_setting or default
+        self.small_entries = min(self._small_setting, self.chunk_entries)
 
     def _small(
         self,
