@@ -191,37 +191,39 @@ class ThresholdSearch:
         )
         if all_reduce is not None:
             all_reduce(counts)
-        count_lo, count_hi, nonfinite = counts[:num_groups], counts[num_groups:-1], int(counts[-1])
+        # A few numbers per group: decided on the host, from all-reduced counts, so every rank
+        # takes the same branch.
+        counts_list = counts.tolist()
+        count_lo, count_hi, nonfinite = counts_list[:num_groups], counts_list[num_groups:-1], counts_list[-1]
         if check_finite:
             _raise_if_nonfinite(nonfinite)
-
-        thresholds = torch.full((num_groups,), float("inf"), dtype=torch.float32, device=device)
-        keep = torch.as_tensor(list(keep_counts), dtype=torch.int64, device=device)
-        lo = torch.as_tensor(lo_keys, dtype=torch.int64, device=device)
-        wanted = keep > 0
-        bracketed = wanted & (count_hi < keep) & (keep <= count_lo)
-        # Fewer nonzero entries than k (lo is never below key 1): T = 0, keep everything.
-        short = wanted & (lo == 1) & (count_lo < keep)
-        missed = wanted & ~bracketed & ~short
-        thresholds.masked_fill_(short, 0.0)
+        bracketed, missed, base = [], [], []
+        for k, lo, above_lo, above_hi in zip(keep_counts, lo_keys, count_lo, count_hi, strict=True):
+            inside = 0 < k and above_hi < k <= above_lo
+            # Fewer nonzero entries than k (lo is never below key 1): T = 0, keep everything.
+            short = 0 < k and lo == 1 and above_lo < k
+            bracketed.append(inside)
+            missed.append(0 < k and not inside and not short)
+            base.append(0.0 if short else float("inf"))
+        thresholds = torch.tensor(base, dtype=torch.float32, device=device)
         band = pass_result
 
-        # The branch depends only on all-reduced counts: the same on every rank.
-        if bool(bracketed.any()):
-            remaining = torch.where(bracketed, keep - count_hi, 0).tolist()
+        if any(bracketed):
+            remaining = [k - above_hi if inside else 0 for k, above_hi, inside in zip(keep_counts, count_hi, bracketed)]
             if all_reduce is None:  # the whole band is here: select in it directly
                 found = _kth_largest(band.keys_by_group, remaining)
             else:
                 by_group = band.keys_by_group
                 found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
-            thresholds = torch.where(bracketed, found, thresholds)
+            inside_mask = torch.tensor(bracketed, device=device)
+            thresholds = torch.where(inside_mask, found, thresholds)
             kept = band.above_per_tensor + band.kept_per_tensor(magnitude_keys(thresholds), flats)
-            self.kept_counts = torch.where(bracketed[group_of_tensor], kept, -1)
-        if bool(missed.any()):
-            self.fallback_groups += int(missed.sum())
-            fallback_counts = torch.where(missed, keep, 0).tolist()
+            self.kept_counts = torch.where(inside_mask[group_of_tensor], kept, -1)
+        if any(missed):
+            self.fallback_groups += sum(missed)
+            fallback_counts = [k if miss else 0 for k, miss in zip(keep_counts, missed, strict=True)]
             found = radix_thresholds(flats, groups, fallback_counts, all_reduce, check_finite=False)
-            thresholds = torch.where(missed, found, thresholds)
+            thresholds = torch.where(torch.tensor(missed, device=device), found, thresholds)
         return thresholds
 
     def _use_device(self, device: torch.device) -> None:
