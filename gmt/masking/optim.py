@@ -159,13 +159,14 @@ class MaskedAdamW(torch.optim.AdamW):
                 return torch.cat(keeps).to(bits).sub_(1)
             # Dropped iff the gradient's magnitude bits are all zero (+0.0 or -0.0): x - 1 < 0 only
             # for x = 0, and an arithmetic shift spreads that sign over the word.
-            dropped = self._dropped_buffer(batch[0][1], total)
-            if len(grads) > 1:
-                torch.cat(grads, out=dropped)
-            else:
-                dropped.copy_(grads[0])
+            dropped = self._dropped_buffer(batch[0][1], total).view(bits)
             width = torch.finfo(dtype).bits
-            return dropped.view(bits).bitwise_and_(_MAGNITUDE_BITS[width]).sub_(1).bitwise_right_shift_(width - 1)
+            if len(grads) > 1:
+                torch.cat(grads, out=dropped.view(dtype))
+                dropped.bitwise_and_(_MAGNITUDE_BITS[width])
+            else:  # one slice: read it straight into the buffer
+                torch.bitwise_and(grads[0].view(bits), _MAGNITUDE_BITS[width], out=dropped)
+            return dropped.sub_(1).bitwise_right_shift_(width - 1)
         keep = torch.cat([entry[5] for entry in batch]) if len(batch) > 1 else batch[0][5]
         return keep.to(bits).sub_(1)
 
