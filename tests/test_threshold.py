@@ -122,6 +122,15 @@ def test_a_missed_bracket_falls_back_to_the_exact_search():
     assert search.fallback_groups == 1
 
 
+@pytest.mark.parametrize("total_entries", [None, 10_000])  # None: the bracket path; 10_000: the small path
+def test_many_tiny_tensors_that_fill_the_buffer_only_unpadded(total_entries):
+    # 1000 tensors of 3 entries: 3000 entries fit a 4096-entry buffer, but not padded to 8 each.
+    tensors = random_tensors([3] * 1000, torch.float32, seed=2)
+    search = ThresholdSearch(chunk_entries=4096, small_entries=16 if total_entries is None else 10_000)
+    (threshold,) = search(tensors, [0] * 1000, [1200], total_entries=total_entries).tolist()
+    assert threshold == reference_threshold(tensors, 1200)
+
+
 def test_buffers_are_reused_between_searches():
     search = ThresholdSearch(chunk_entries=4096)
     search([torch.randn(10_000)], [0], [10])

@@ -195,7 +195,7 @@ class ThresholdSearch:
             sampled = min(self.sample_entries, total_entries // SAMPLE_FRACTION)
             bits = min(bits, max(10, sampled.bit_length() - 2))
         resident = None
-        if sum(flat.numel() for flat in flats) <= self.chunk_entries:
+        if self._fits_buffer(flats):
             # This rank's keys fit the buffer: load them once, then sample and count from there.
             resident = self._load_resident(flats, groups, device)
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device, resident)
@@ -258,10 +258,17 @@ class ThresholdSearch:
     ) -> Tensor:
         """A few entries over all ranks: radix select over the keys, no sample (the bracket's fixed
         costs would outweigh the pass it saves)."""
+        if not self._fits_buffer(flats):  # only with very many tiny tensors: select on them as they are
+            return radix_thresholds(flats, groups, keep_counts, all_reduce, check_finite)
         resident = self._load_resident(flats, groups, device)
         keys = [chunk_keys for _, _, chunk_keys in resident]
         key_groups = [group for group, _, _ in resident]
         return radix_thresholds(keys, key_groups, keep_counts, all_reduce, check_finite)
+
+    def _fits_buffer(self, flats: Sequence[Tensor]) -> bool:
+        """Whether this rank's keys fit the key buffer side by side, each chunk padded to a
+        multiple of 8 entries (a bound: every tensor padded)."""
+        return sum(_round_up(flat.numel(), 8) for flat in flats) <= self.chunk_entries
 
     def _load_resident(
         self, flats: Sequence[Tensor], groups: Sequence[int], device: torch.device
@@ -428,8 +435,7 @@ class ThresholdSearch:
 
     def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device not in self._buffers:
-            # Room for the resident chunks' padding to multiples of 8 (one chunk per parameter, at most).
-            entries = self.chunk_entries + 8 * 4096
+            entries = self.chunk_entries
             self._buffers[device] = (
                 torch.zeros(entries, dtype=torch.int32, device=device),  # keys, then the band flags
                 torch.zeros(entries, dtype=torch.int32, device=device),  # key - hi - 1
