@@ -459,7 +459,9 @@ class _Band:
         device: torch.device,
     ) -> None:
         self.rows = torch.cat(row_parts) if row_parts else torch.empty(0, 8, dtype=torch.int32, device=device)
-        self.row_starts = torch.cat(row_start_parts) if row_start_parts else torch.empty(0, dtype=torch.int64)
+        self.row_starts = (
+            torch.cat(row_start_parts) if row_start_parts else torch.empty(0, dtype=torch.int64, device=device)
+        )
         self.row_groups = torch.cat(row_group_parts) if row_group_parts else None
         self.above_per_tensor = above_per_tensor  # keys above the band, per tensor
         self.rows_within_tensors = rows_within_tensors  # no row holds entries of two tensors
