@@ -53,7 +53,7 @@ class MaskedAdamW(torch.optim.AdamW):
         self._update_masks: dict[Tensor, Tensor] = {}
         self._chunk_setting = chunk_entries
         self.chunk_entries = chunk_entries or CHUNK_ENTRIES
-        self._saved: dict[tuple, Tensor] = {}
+        self._buffers: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
     def set_update_masks(self, masks: dict[Tensor, Tensor], nonzero_grad: Iterable[Tensor] = ()) -> None:
         """Restrict the next update of each ``param`` to ``masks[param]`` (bool, its shape), and of
@@ -135,7 +135,7 @@ class MaskedAdamW(torch.optim.AdamW):
         sizes = [entry[0].numel() for entry in batch]
         total = sum(sizes)
         changed = [entry[i] for i in (0, 2, 3) for entry in batch]  # params, then exp_avgs, then exp_avg_sqs
-        saved = self._saved_buffer(batch[0][0], 3 * total)
+        saved = self._buffer("saved", batch[0][0], 3 * total)
         dropped = self._dropped(batch, total)  # before the kernel: it reads the gradients
         torch._foreach_copy_(list(saved.split(sizes * 3)), changed)
         self._adamw(group, has_complex, *([entry[i] for entry in batch] for i in range(5)))
@@ -159,7 +159,7 @@ class MaskedAdamW(torch.optim.AdamW):
                 return torch.cat(keeps).to(bits).sub_(1)
             # Dropped iff the gradient's magnitude bits are all zero (+0.0 or -0.0): x - 1 < 0 only
             # for x = 0, and an arithmetic shift spreads that sign over the word.
-            dropped = self._dropped_buffer(batch[0][1], total).view(bits)
+            dropped = self._buffer("dropped", batch[0][1], total).view(bits)
             width = torch.finfo(dtype).bits
             if len(grads) > 1:
                 torch.cat(grads, out=dropped.view(dtype))
@@ -170,22 +170,15 @@ class MaskedAdamW(torch.optim.AdamW):
         keep = torch.cat([entry[5] for entry in batch]) if len(batch) > 1 else batch[0][5]
         return keep.to(bits).sub_(1)
 
-    def _dropped_buffer(self, like: Tensor, entries: int) -> Tensor:
-        """A flat buffer of ``entries`` of ``like``'s dtype (the gradients'), reused from step to step."""
-        key = ("dropped", like.device, like.dtype)
-        buffer = self._saved.get(key)
+    def _buffer(self, use: str, like: Tensor, entries: int) -> Tensor:
+        """A flat buffer of ``entries`` of ``like``'s dtype for ``use`` ("saved": the weights and
+        moments copied aside, 3 per entry; "dropped": the dropped flags), reused from step to step."""
+        key = (use, like.device, like.dtype)
+        buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < entries:
-            buffer = torch.empty(max(entries, self.chunk_entries), dtype=like.dtype, device=like.device)
-            self._saved[key] = buffer
-        return buffer[:entries]
-
-    def _saved_buffer(self, like: Tensor, entries: int) -> Tensor:
-        """A flat buffer of ``entries`` of ``like``'s dtype, reused from step to step."""
-        key = (like.device, like.dtype)
-        buffer = self._saved.get(key)
-        if buffer is None or buffer.numel() < entries:
-            buffer = torch.empty(max(entries, 3 * self.chunk_entries), dtype=like.dtype, device=like.device)
-            self._saved[key] = buffer
+            per_entry = 3 if use == "saved" else 1
+            buffer = torch.empty(max(entries, per_entry * self.chunk_entries), dtype=like.dtype, device=like.device)
+            self._buffers[key] = buffer
         return buffer[:entries]
 
     def _adamw(self, group: dict, has_complex: bool, params, grads, exp_avgs, exp_avg_sqs, state_steps) -> None:

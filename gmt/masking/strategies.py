@@ -59,17 +59,13 @@ class MaskSelection(ABC):
         """
         counts, keeps = _KeptCounts(len(grads)), {}
         for index, grad in enumerate(grads):
-            if grad is not None:
-                self._apply_into(index, grad, want_keep, counts, keeps)
+            if grad is None:
+                continue
+            kept, keep = self.apply(index, grad, want_keep)
+            counts.add(index, kept)
+            if keep is not None:
+                keeps[index] = keep
         return counts.merged(grads), keeps
-
-    def _apply_into(
-        self, index: int, grad: Tensor, want_keep: bool, counts: _KeptCounts, keeps: dict[int, Tensor]
-    ) -> None:
-        kept, keep = self.apply(index, grad, want_keep)
-        counts.add(index, kept)
-        if keep is not None:
-            keeps[index] = keep
 
     def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
         """The parameters whose keep-mask is exactly the nonzero entries of their gradient after
@@ -121,8 +117,10 @@ class ThresholdSelection(MaskSelection):
         kept_counts: tuple[list[int], Tensor] | None = None,
     ) -> None:
         self.dense = dense
-        # Kept counts the search found on its way: (parameter indices, their counts; -1: not counted).
+        # Kept counts the search found on its way, by parameter index (-1: not counted); read to the
+        # host once, at the first ``apply``.
         self.kept_counts = kept_counts
+        self._counted: dict[int, int] | None = None
         self.group_thresholds = group_thresholds
         # Compare integer keys, not floats: exact for bf16/fp16 grads against an fp32 threshold.
         self._threshold_keys = magnitude_keys(group_thresholds).tolist()
@@ -154,33 +152,20 @@ class ThresholdSelection(MaskSelection):
             grad.zero_()
             return 0, torch.zeros(grad.shape, dtype=torch.bool, device=grad.device) if want_keep else None
         torch.ops.aten.hardshrink.out(grad, self._below[group], out=grad)
-        # T > 0, so the kept entries are exactly the nonzero ones (dropped ones are +0.0: all bits
-        # zero, so counting on the int32 view is exact, and ~10x faster than on floats).
-        return torch.count_nonzero(grad.view(torch.int32)), (grad != 0) if want_keep else None
+        kept = self._search_count(index)
+        if kept < 0:
+            # Not counted by the search (its bracket missed). T > 0, so the kept entries are exactly
+            # the nonzero ones (dropped ones are +0.0: all bits zero, so counting on the int32 view
+            # is exact, and ~10x faster than on floats).
+            kept = torch.count_nonzero(grad.view(torch.int32))
+        return kept, (grad != 0) if want_keep else None
 
-    def apply_all(self, grads: Sequence[Tensor | None], want_keep: bool) -> tuple[Tensor, dict[int, Tensor]]:
-        if not self._by_magnitude or self.kept_counts is None:
-            return super().apply_all(grads, want_keep)
-        # The usual gmt step: a hardshrink per tensor and the kept counts the search has already,
-        # in one loop (a model has hundreds of tensors: per-tensor calls add up).
-        indices, search_counts = self.kept_counts
-        from_search = dict(zip(indices, search_counts.tolist(), strict=True))  # -1: not counted
-        counts, keeps = _KeptCounts(len(grads)), {}
-        for index, grad in enumerate(grads):
-            if grad is None:
-                continue
-            threshold = self._threshold_values[self.group_of_param[index]]
-            fast = grad.dtype == torch.float32 and 0 < threshold < float("inf")
-            if not fast or (self.dense is not None and self.dense[index]):
-                self._apply_into(index, grad, want_keep, counts, keeps)
-                continue
-            torch.ops.aten.hardshrink.out(grad, self._below[self.group_of_param[index]], out=grad)
-            count = from_search.get(index, -1)
-            # A group whose bracket missed has no count: its nonzero entries are the kept ones (T > 0).
-            counts.add(index, count if count >= 0 else torch.count_nonzero(grad.view(torch.int32)))
-            if want_keep:
-                keeps[index] = grad != 0
-        return counts.merged(grads), keeps
+    def _search_count(self, index: int) -> int:
+        """The search's count of parameter ``index``'s kept entries, -1 where it has none."""
+        if self._counted is None:
+            indices, counts = self.kept_counts if self.kept_counts is not None else ([], None)
+            self._counted = dict(zip(indices, counts.tolist(), strict=True)) if indices else {}
+        return self._counted.get(index, -1)
 
     def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
         if not self._by_magnitude:
