@@ -10,6 +10,7 @@ from trl import ModelConfig, get_peft_config
 from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
 from gmt.data import check_columns, load_training_dataset, rename_columns
+from gmt.shutdown import exit_without_finalizing
 
 
 def set_model_init_kwargs(model_args: ModelConfig, training_args) -> None:
@@ -81,13 +82,15 @@ def train_and_save(
 
 
 def finish(trainer) -> None:
-    """End a launched run: every rank reaches here, then the process group is destroyed.
+    """End a launched run: every rank reaches here, trackers end, the process group is destroyed, and a
+    distributed rank then exits without interpreter finalization (see gmt.shutdown for why)."""
+    import torch.distributed
 
-    A gloo group still alive at interpreter exit can abort the process (SIGABRT, "terminate called
-    without an active exception") after a run that otherwise succeeded.
-    """
     trainer.accelerator.wait_for_everyone()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     trainer.accelerator.end_training()
+    if distributed:
+        exit_without_finalizing(0)
 
 
 def check_eval_settings(script_args: GMTScriptArguments) -> None:
