@@ -84,10 +84,8 @@ def train_and_save(
 def finish(trainer) -> None:
     """End a launched run: every rank reaches here, trackers end, the process group is destroyed, and a
     distributed rank then exits without interpreter finalization (see gmt.shutdown for why)."""
-    import torch.distributed
-
     trainer.accelerator.wait_for_everyone()
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = trainer.accelerator.use_distributed
     trainer.accelerator.end_training()
     if distributed:
         exit_without_finalizing(0)

@@ -21,8 +21,15 @@ dist.init_process_group("gloo")
 rank = dist.get_rank()
 held_group = dist.group.WORLD
 atexit.register(lambda: (markers / f"atexit-{rank}").write_text("ran"))
+
+
+def late_work() -> None:
+    time.sleep(0.3)
+    (markers / f"thread-{rank}").write_text("ran")
+
+
 # A non-daemon thread still working at exit: the interpreter would wait for it, so must the exit.
-threading.Thread(target=lambda: (time.sleep(0.3), (markers / f"thread-{rank}").write_text("ran"))).start()
+threading.Thread(target=late_work).start()
 if rank == 1:
     time.sleep(0.5)  # rank 0 reaches the exit with its all-reduce still waiting for rank 1
 dist.all_reduce(torch.ones(1000), async_op=True)

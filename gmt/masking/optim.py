@@ -135,7 +135,7 @@ class MaskedAdamW(torch.optim.AdamW):
         sizes = [entry[0].numel() for entry in batch]
         total = sum(sizes)
         changed = [entry[i] for i in (0, 2, 3) for entry in batch]  # params, then exp_avgs, then exp_avg_sqs
-        saved = self._buffer("saved", batch[0][0], 3 * total)
+        saved = self._buffer("saved", batch[0][0], 3 * total, 3 * self.chunk_entries)
         dropped = self._dropped(batch, total)  # before the kernel: it reads the gradients
         torch._foreach_copy_(list(saved.split(sizes * 3)), changed)
         self._adamw(group, has_complex, *([entry[i] for entry in batch] for i in range(5)))
@@ -159,7 +159,7 @@ class MaskedAdamW(torch.optim.AdamW):
                 return torch.cat(keeps).to(bits).sub_(1)
             # Dropped iff the gradient's magnitude bits are all zero (+0.0 or -0.0): x - 1 < 0 only
             # for x = 0, and an arithmetic shift spreads that sign over the word.
-            dropped = self._buffer("dropped", batch[0][1], total).view(bits)
+            dropped = self._buffer("dropped", batch[0][1], total, self.chunk_entries).view(bits)
             width = torch.finfo(dtype).bits
             if len(grads) > 1:
                 torch.cat(grads, out=dropped.view(dtype))
@@ -170,14 +170,13 @@ class MaskedAdamW(torch.optim.AdamW):
         keep = torch.cat([entry[5] for entry in batch]) if len(batch) > 1 else batch[0][5]
         return keep.to(bits).sub_(1)
 
-    def _buffer(self, use: str, like: Tensor, entries: int) -> Tensor:
-        """A flat buffer of ``entries`` of ``like``'s dtype for ``use`` ("saved": the weights and
-        moments copied aside, 3 per entry; "dropped": the dropped flags), reused from step to step."""
+    def _buffer(self, use: str, like: Tensor, entries: int, reserve: int) -> Tensor:
+        """A flat buffer of ``entries`` of ``like``'s dtype for ``use``, reused from step to step;
+        allocated at ``reserve`` entries at least, so that a larger batch later need not reallocate."""
         key = (use, like.device, like.dtype)
         buffer = self._buffers.get(key)
         if buffer is None or buffer.numel() < entries:
-            per_entry = 3 if use == "saved" else 1
-            buffer = torch.empty(max(entries, per_entry * self.chunk_entries), dtype=like.dtype, device=like.device)
+            buffer = torch.empty(max(entries, reserve), dtype=like.dtype, device=like.device)
             self._buffers[key] = buffer
         return buffer[:entries]
 

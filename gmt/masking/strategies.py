@@ -117,10 +117,9 @@ class ThresholdSelection(MaskSelection):
         kept_counts: tuple[list[int], Tensor] | None = None,
     ) -> None:
         self.dense = dense
-        # Kept counts the search found on its way, by parameter index (-1: not counted); read to the
-        # host once, at the first ``apply``.
-        self.kept_counts = kept_counts
-        self._counted: dict[int, int] | None = None
+        # Kept counts the search found on its way, by parameter index (-1: not counted): one read to the host.
+        indices, counts = kept_counts if kept_counts is not None else ([], None)
+        self.search_counts: dict[int, int] = dict(zip(indices, counts.tolist(), strict=True)) if indices else {}
         self.group_thresholds = group_thresholds
         # Compare integer keys, not floats: exact for bf16/fp16 grads against an fp32 threshold.
         self._threshold_keys = magnitude_keys(group_thresholds).tolist()
@@ -152,20 +151,13 @@ class ThresholdSelection(MaskSelection):
             grad.zero_()
             return 0, torch.zeros(grad.shape, dtype=torch.bool, device=grad.device) if want_keep else None
         torch.ops.aten.hardshrink.out(grad, self._below[group], out=grad)
-        kept = self._search_count(index)
+        kept = self.search_counts.get(index, -1)
         if kept < 0:
             # Not counted by the search (its bracket missed). T > 0, so the kept entries are exactly
             # the nonzero ones (dropped ones are +0.0: all bits zero, so counting on the int32 view
             # is exact, and ~10x faster than on floats).
             kept = torch.count_nonzero(grad.view(torch.int32))
         return kept, (grad != 0) if want_keep else None
-
-    def _search_count(self, index: int) -> int:
-        """The search's count of parameter ``index``'s kept entries, -1 where it has none."""
-        if self._counted is None:
-            indices, counts = self.kept_counts if self.kept_counts is not None else ([], None)
-            self._counted = dict(zip(indices, counts.tolist(), strict=True)) if indices else {}
-        return self._counted.get(index, -1)
 
     def nonzero_grad_masks(self, grads: Sequence[Tensor | None]) -> list[int] | None:
         if not self._by_magnitude:
