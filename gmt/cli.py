@@ -27,7 +27,8 @@ def set_model_init_kwargs(model_args: ModelConfig, training_args) -> None:
 def load_splits(
     script_args: GMTScriptArguments, training_args, column_sets: tuple[tuple[str, ...], ...], purpose: str
 ) -> tuple[Dataset, Dataset | None]:
-    """The train split (checked for ``column_sets``) and, when evaluation is on, the test split."""
+    """The train split (checked for ``column_sets``, named ``purpose`` in errors) and, when
+    evaluation is on, the test split."""
     if not script_args.dataset_name:
         raise ValueError("dataset_name is required: a hub data set, a local folder or a local data file")
     dataset = load_training_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
@@ -39,17 +40,13 @@ def load_splits(
     return train_dataset, eval_dataset
 
 
-def build_trainer(
-    trainer_cls,
-    script_args: GMTScriptArguments,
-    training_args,
-    model_args: ModelConfig,
-    column_sets: tuple[tuple[str, ...], ...],
-    purpose: str,
-):
-    """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it."""
+def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
+    """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
+    data must have one of the trainer's ``data_columns`` (see ``gmt.trainer``)."""
     set_model_init_kwargs(model_args, training_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args, column_sets, purpose)
+    train_dataset, eval_dataset = load_splits(
+        script_args, training_args, trainer_cls.data_columns, trainer_cls.data_purpose
+    )
     return trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -59,18 +56,11 @@ def build_trainer(
     )
 
 
-def train_and_save(
-    trainer_cls,
-    script_args: GMTScriptArguments,
-    training_args,
-    model_args: ModelConfig,
-    column_sets: tuple[tuple[str, ...], ...],
-    purpose: str,
-):
+def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args)
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    trainer = build_trainer(trainer_cls, script_args, training_args, model_args, column_sets, purpose)
+    trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:  # the logs (mask telemetry included) beside the model

@@ -1,224 +1,93 @@
-"""Training configs: TRL's ``SFTConfig`` plus the mask settings, read from YAML and the CLI.
+"""Training configs: TRL's ``SFTConfig`` / ``DPOConfig`` plus the mask settings, from YAML and the CLI.
 
 The mask fields live in one mixin, ``MaskArguments``, shared by every gmt trainer config, so a
-setting means the same thing in SFT and DPO and is checked in one place.
+setting means the same thing in SFT and DPO and is checked in one place. Its fields are built from
+the settings' declarations (``gmt.masking.options`` and each registered strategy's ``options``)
+when this module is imported: register extra strategies before that.
 """
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import MISSING, dataclass, field, fields
-from numbers import Real
+from dataclasses import MISSING, dataclass, field, make_dataclass
+from typing import Optional
 
 from trl import DPOConfig, ScriptArguments, SFTConfig
 
-from gmt.masking import GMT_MODES, SCOPES, STRATEGIES
+from gmt.masking import COMMON_OPTIONS, STRATEGIES, MaskStrategy, Option, resolve_strategy_options, strategy_class
+from gmt.masking.prepare import optimizer_requirement
+from gmt.masking.registry import seal_registry, strategies_taking, strategy_options
 
-MASKED_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # what gmt_mode 'update' can mask
-FIXED_MASK_STRATEGIES = ("gps", "grft", "gspf")
-TOP_K_STRATEGIES = ("gmt", "random", "magnitude")
-
-# Options that belong to some strategies only: giving one to another strategy is a mistake.
-STRATEGY_OPTIONS = {
-    "mask_ratio": TOP_K_STRATEGIES,
-    "mask_scope": TOP_K_STRATEGIES,
-    "gmt_mode": TOP_K_STRATEGIES,
-    "random_fixed": ("random",),
-    "selection_steps": ("gps", "grft"),
-    "gps_k": ("gps",),
-    "grft_k": ("grft",),
-    "grft_axis": ("grft",),
-    "grft_lambda": ("grft",),
-    "gspf_keep_ratio": ("gspf",),
-    "gspf_warmup_steps": ("gspf",),
-    "gspf_reselect_every": ("gspf",),
-    "gspf_alpha": ("gspf",),
-}
+MASKED_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # the optim names whose AdamW gmt can replace
 
 
-@dataclass
-class MaskArguments:
-    """Parameters that control which gradient entries are updated at each optimizer step."""
+def _strategy_help() -> str:
+    summaries = "; ".join(f"'{name}': {cls.summary}" for name, cls in STRATEGIES.items())
+    return f"How the entries to update are chosen. {summaries}."
 
-    mask_strategy: str = field(
-        default="gmt",
-        metadata={
-            "help": "How the entries to update are chosen. 'gmt': Gradient-Mask Tuning, the top-k |gradient| "
-            "of the accumulated gradient at every step; baselines at the same ratio: 'random' (entries drawn at "
-            "random) and 'magnitude' (largest |weight|); fixed masks chosen from gradient statistics: 'gps' "
-            "(top gps_k inputs per neuron), 'grft' (top grft_k rows/columns per matrix, pulled to the pretrained "
-            "weights), 'gspf' (global top gspf_keep_ratio by sensitivity); 'full': plain fine-tuning.",
-            "choices": sorted(STRATEGIES),
-        },
-    )
-    mask_ratio: float = field(
-        default=0.2,
-        metadata={
-            "help": "Fraction of entries DROPPED in each scope, in [0, 1) (the GMT paper's meaning): a scope of n "
-            "entries keeps n - floor(mask_ratio * n). 0 is plain fine-tuning, exactly."
-        },
-    )
-    mask_scope: str = field(
-        default="global",
-        metadata={
-            "help": "What one top-k runs over: 'global' (all trainable entries), 'tensor' (each parameter on "
-            "its own) or 'layer' (each transformer block; embedding and head are blocks of their own).",
-            "choices": list(SCOPES),
-        },
-    )
-    gmt_mode: str = field(
-        default="grad",
-        metadata={
-            "help": "'grad' (the paper): dropped gradient entries are zeroed, AdamW runs as usual, so momentum "
-            "and weight decay still move them. 'update': a dropped entry does not change at all in that step "
-            "(no update, no decay, Adam moments untouched); needs optim adamw_torch or adamw_torch_fused.",
-            "choices": list(GMT_MODES),
-        },
-    )
-    random_fixed: bool = field(
-        default=False,
-        metadata={
-            "help": "mask_strategy 'random' only: draw the mask once and keep it (default: a fresh one every step)."
-        },
-    )
-    mask_start_step: int = field(
-        default=0,
-        metadata={"help": "Optimizer steps of full updates before masking starts (0: mask from the first step)."},
-    )
-    max_nonfinite_steps: int = field(
-        default=3,
-        metadata={
-            "help": "Optimizer steps in a row whose accumulated gradient holds NaN or inf that are skipped (no "
-            "update, mask state unchanged; counted in the logs as nonfinite_skipped_steps); one more stops the "
-            "run with NonFiniteGradientError. 0: stop at the first."
-        },
-    )
-    frozen_params: str | None = field(
-        default=None,
-        metadata={
-            "help": "Regular expression (searched in parameter names) of parameters never trained, e.g. "
-            "'embed_tokens|lm_head'. Default: the strategy's ('norm' for gps, 'norm|bias' for grft, none "
-            "otherwise); '' freezes nothing."
-        },
-    )
-    dense_params: str | None = field(
-        default=None,
-        metadata={
-            "help": "Regular expression of parameters trained fully, never masked, e.g. 'lm_head'. Default: the "
-            "strategy's ('bias' for gps, none otherwise); '' makes every parameter selectable. gps and grft "
-            "also train every parameter that is not 2-D fully, unless frozen."
-        },
-    )
-    selection_steps: int = field(
-        default=1,
-        metadata={
-            "help": "gps/grft: optimizer steps at the start of training that only gather gradients (nothing is "
-            "updated) to choose the mask; each sees gradient_accumulation_steps x processes batches. They count "
-            "toward max_steps."
-        },
-    )
-    gps_k: int = field(default=4, metadata={"help": "gps: input connections kept per output neuron (row)."})
-    grft_k: int = field(default=2, metadata={"help": "grft: rows (or columns) kept per weight matrix."})
-    grft_axis: str = field(
-        default="row",
-        metadata={"help": "grft: keep whole rows (output neurons) or columns (inputs).", "choices": ("row", "column")},
-    )
-    grft_lambda: float = field(
-        default=1e-4,
-        metadata={"help": "grft: strength of the lambda * sum ||W - W_pre||^2 pull to the pretrained weights (0 off)."},
-    )
-    gspf_keep_ratio: float = field(
-        default=0.003, metadata={"help": "gspf: fraction of selectable entries kept (trained), in (0, 1]."}
-    )
-    gspf_warmup_steps: int = field(
-        default=100,
-        metadata={"help": "gspf: optimizer steps of full updates, recording |gradient|, before the first selection."},
-    )
-    gspf_reselect_every: int = field(
-        default=0,
-        metadata={
-            "help": "gspf: reselect every this many steps after the first selection, while progress < 80% "
-            "(0: never). Newly selected entries start with zero Adam moments."
-        },
-    )
-    gspf_alpha: float = field(
-        default=0.5, metadata={"help": "gspf: reselection EMA, scores = alpha * previous + (1 - alpha) * new."}
-    )
+
+def _defaults_help(attribute: str) -> str:
+    defaults = [f"{name}: {getattr(cls, attribute)!r}" for name, cls in STRATEGIES.items() if getattr(cls, attribute)]
+    return f" Strategy defaults: {', '.join(defaults)}; none otherwise." if defaults else ""
+
+
+def _field(option: Option, help_text: str, default=MISSING) -> tuple[str, object, object]:
+    """A dataclass field for ``option``; HfArgumentParser makes it a ``--name`` flag with this help."""
+    default = option.default if default is MISSING else default
+    metadata = {"help": help_text.replace("%", "%%")}  # argparse formats help strings with %
+    if option.choices is not None:
+        metadata["choices"] = list(option.choices)
+    field_type = Optional[option.type] if default is None else option.type  # noqa: UP045 (HfArgumentParser)
+    return option.name, field_type, field(default=default, metadata=metadata)
+
+
+def _mask_fields() -> list[tuple[str, object, object]]:
+    """The config fields of every mask setting, derived from the declarations (gmt.masking.options
+    and each strategy's ``options``). A strategy's option defaults to None ("unset"): the strategy
+    that takes it fills in its declared default, and setting it for another strategy is refused."""
+    strategy = Option("mask_strategy", str, "gmt", _strategy_help(), choices=tuple(sorted(STRATEGIES)))
+    fields_ = [_field(strategy, strategy.help)]
+    extra_help = {"frozen_params": _defaults_help("default_frozen_params"),
+                  "dense_params": _defaults_help("default_dense_params")}  # fmt: skip
+    matrices_only = [name for name, cls in STRATEGIES.items() if cls.matrices_only]
+    if matrices_only:
+        extra_help["dense_params"] += (
+            f" {' and '.join(matrices_only)} also train every parameter that is not 2-D fully, unless frozen."
+        )
+    for option in COMMON_OPTIONS:
+        fields_.append(_field(option, option.help + extra_help.get(option.name, "")))
+    for option in strategy_options():
+        takers = ", ".join(strategies_taking(option.name))
+        fields_.append(_field(option, f"{takers} only: {option.help} Unset: {option.default!r}.", default=None))
+    return fields_
+
+
+class _CheckedMaskArguments:
+    """Checks the mask settings before the rest of the config (``check_mask_arguments``)."""
 
     def __post_init__(self) -> None:
-        validate_mask_arguments(self)
+        strategy = check_mask_arguments(self)
         super().__post_init__()  # type: ignore[misc]
         optim = getattr(self.optim, "value", self.optim)
-        if self.mask_strategy in FIXED_MASK_STRATEGIES and optim not in MASKED_OPTIMIZERS:
-            raise ValueError(
-                f"mask_strategy {self.mask_strategy!r} trains a fixed subset with a sparse-state AdamW; optim must be "
-                f"one of {MASKED_OPTIMIZERS}, got {optim!r}."
-            )
-        if self.gmt_mode == "update" and self.mask_strategy != "full" and optim not in MASKED_OPTIMIZERS:
-            raise ValueError(
-                f"gmt_mode 'update' needs a masked optimizer; optim must be one of {MASKED_OPTIMIZERS}, got "
-                f"{optim!r}. Use gmt_mode 'grad' to mask only the gradient with any optimizer."
-            )
+        need = optimizer_requirement(strategy)
+        if need is not None and optim not in MASKED_OPTIMIZERS:
+            advice = " Use gmt_mode 'grad' to mask only the gradient with any optimizer." if "gmt_mode" in need else ""
+            raise ValueError(f"{need}; optim must be one of {MASKED_OPTIMIZERS}, got {optim!r}.{advice}")
 
 
-def validate_mask_arguments(args: MaskArguments) -> None:
-    """Refuse bad mask settings before anything is built, naming the setting."""
-    if args.mask_strategy not in STRATEGIES:
-        raise ValueError(f"mask_strategy must be one of {sorted(STRATEGIES)}, got {args.mask_strategy!r}")
-    ratio = args.mask_ratio
-    if isinstance(ratio, bool) or not isinstance(ratio, Real):
-        raise ValueError(f"mask_ratio must be a number in [0, 1), got {ratio!r} ({type(ratio).__name__})")
-    if not 0 <= ratio < 1:
-        raise ValueError(f"mask_ratio must be in [0, 1) (the fraction of entries dropped), got {ratio!r}")
-    if args.mask_scope not in SCOPES:
-        raise ValueError(f"mask_scope must be one of {SCOPES}, got {args.mask_scope!r}")
-    if args.gmt_mode not in GMT_MODES:
-        raise ValueError(f"gmt_mode must be one of {GMT_MODES}, got {args.gmt_mode!r}")
-    defaults = {f.name: f.default for f in fields(MaskArguments) if f.default is not MISSING}
-    for option, strategies in STRATEGY_OPTIONS.items():
-        value = getattr(args, option)
-        if value != defaults[option] and args.mask_strategy not in strategies:
-            raise ValueError(
-                f"{option} applies to mask_strategy {' or '.join(map(repr, strategies))} only; mask_strategy is "
-                f"{args.mask_strategy!r}"
-            )
-    _check_int(args, "mask_start_step", 0)
-    _check_int(args, "max_nonfinite_steps", 0)
-    _check_int(args, "selection_steps", 1)
-    _check_int(args, "gps_k", 1)
-    _check_int(args, "grft_k", 1)
-    _check_int(args, "gspf_warmup_steps", 0)
-    _check_int(args, "gspf_reselect_every", 0)
-    if args.grft_axis not in ("row", "column"):
-        raise ValueError(f"grft_axis must be 'row' or 'column', got {args.grft_axis!r}")
-    _check_number(args, "grft_lambda", 0, math.inf, "[0, inf)")
-    _check_number(args, "gspf_keep_ratio", 0, 1, "(0, 1]", low_open=True)
-    _check_number(args, "gspf_alpha", 0, 1, "[0, 1]")
-    for option in ("frozen_params", "dense_params"):
-        pattern = getattr(args, option)
-        if pattern is None:
-            continue
-        try:
-            re.compile(pattern)
-        except (re.error, TypeError) as error:
-            raise ValueError(f"{option} must be a regular expression, got {pattern!r}: {error}") from None
+MaskArguments = make_dataclass("MaskArguments", _mask_fields(), bases=(_CheckedMaskArguments,))
+MaskArguments.__module__ = __name__
+MaskArguments.__doc__ = "Parameters that control which gradient entries are updated at each optimizer step."
+seal_registry(__name__)
 
 
-def _check_int(args: MaskArguments, option: str, minimum: int) -> None:
-    value = getattr(args, option)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{option} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(
-    args: MaskArguments, option: str, low: float, high: float, interval: str, low_open: bool = False
-) -> None:
-    value = getattr(args, option)
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{option} must be a finite number in {interval}, got {value!r}")
-    if value < low or value > high or (low_open and value == low):
-        raise ValueError(f"{option} must be in {interval}, got {value!r}")
+def check_mask_arguments(args) -> MaskStrategy:
+    """Refuse bad mask settings before anything is built, naming the setting; fill in the chosen
+    strategy's defaults; return the strategy the settings describe (built, not yet set up)."""
+    cls = strategy_class(args.mask_strategy)
+    for option in COMMON_OPTIONS:
+        option.check(getattr(args, option.name))
+    resolve_strategy_options(args)
+    return cls.from_args(args)
 
 
 @dataclass

@@ -18,13 +18,12 @@ from trl import ModelConfig, TrlParser
 
 from gmt.cli import finish, train_and_save
 from gmt.config import GMTDPOConfig, GMTScriptArguments
-from gmt.data import DPO_COLUMN_SETS
 from gmt.trainer import GMTDPOTrainer
 
 
 def main(script_args: GMTScriptArguments, training_args: GMTDPOConfig, model_args: ModelConfig) -> GMTDPOTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer."""
-    return train_and_save(GMTDPOTrainer, script_args, training_args, model_args, DPO_COLUMN_SETS, "DPO")
+    return train_and_save(GMTDPOTrainer, script_args, training_args, model_args)
 
 
 def make_parser() -> TrlParser:

@@ -20,13 +20,12 @@ from trl import ModelConfig, TrlParser
 
 from gmt.cli import finish, train_and_save
 from gmt.config import GMTScriptArguments, GMTSFTConfig
-from gmt.data import SFT_COLUMN_SETS
 from gmt.trainer import GMTSFTTrainer
 
 
 def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer."""
-    return train_and_save(GMTSFTTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT")
+    return train_and_save(GMTSFTTrainer, script_args, training_args, model_args)
 
 
 def make_parser() -> TrlParser:

@@ -7,7 +7,7 @@ Needs the ``peft`` and ``plots`` extras: ``pip install -e ".[peft,plots]"``.
 
 Every method runs in its own process (peak RSS only grows, so processes can't share), on the
 same random-initialized Llama and the same random token batches, with the masking core the
-trainers use (build_strategy, GradientMasker, MaskedAdamW / SparseMaskedAdamW; LoRA through
+trainers use (strategy_class, freeze_parameters, masking_optimizer, GradientMasker; LoRA through
 PEFT with AdamW): a few optimizer steps of forward, backward, mask and update, fp32, batch 2.
 Recorded per method:
 
@@ -95,37 +95,34 @@ def run_method(method: str, args) -> dict:
     """One method in this process: build, train ``args.steps`` steps, measure."""
     import torch
 
-    from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, build_strategy
-    from gmt.masking.registry import STRATEGIES, default_frozen_params
-    from gmt.masking.sparse_optim import SparseMaskedAdamW, optimizer_state_bytes
+    from gmt.masking import GradientMasker, LocalGradientAccess, freeze_parameters, masking_optimizer, strategy_class
+    from gmt.masking.sparse_optim import optimizer_state_bytes
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = build_model(args)
     parameters = sum(p.numel() for p in model.parameters())
     settings = dict(SETTINGS[method])
-    masker = None
+    masker, strategy = None, None
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         model = get_peft_model(model, LoraConfig(r=settings["lora_r"], lora_alpha=16, target_modules=targets))
-    else:
-        frozen = default_frozen_params(settings["mask_strategy"])
-        for name, param in model.named_parameters():
-            if frozen and __import__("re").search(frozen, name):
-                param.requires_grad_(False)
+    else:  # the trainer's own setup: the strategy from its settings, its default frozen parameters
+        cls = strategy_class(settings["mask_strategy"])
+        strategy = cls(**{k: v for k, v in settings.items() if k != "mask_strategy"})
+        freeze_parameters(model.named_parameters(), cls.default_frozen_params)
     after_build = rss_bytes()
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    fixed = method != "lora" and STRATEGIES[settings["mask_strategy"]].fixed_masks
-    if fixed:
-        optimizer = SparseMaskedAdamW(trainable, lr=1e-4, weight_decay=0.0)
-    else:
-        optimizer = MaskedAdamW(trainable, lr=1e-4, weight_decay=0.0)
-    if method != "lora":
-        options = {k: v for k, v in settings.items() if k != "mask_strategy"}
-        strategy = build_strategy(settings["mask_strategy"], total_steps=args.steps, **options)
-        masker = GradientMasker(strategy, LocalGradientAccess(model.named_parameters()), mode="grad")
+    optimizer_cls, optimizer_kwargs = torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.0}
+    if strategy is not None:  # the optimizer the trainer would pick for this strategy
+        optimizer_cls, optimizer_kwargs = (
+            masking_optimizer(strategy.optimizer_kind, optimizer_cls, optimizer_kwargs, strategy.name)
+            or (optimizer_cls, optimizer_kwargs)
+        )
+        masker = GradientMasker(strategy, LocalGradientAccess(model.named_parameters()), total_steps=args.steps)
+    optimizer = optimizer_cls(trainable, **optimizer_kwargs)
 
     generator = torch.Generator().manual_seed(1)
     started = time.perf_counter()

@@ -9,12 +9,13 @@
 Needs the tiny assets (``python -m gmt.tiny``; the bigger models reuse its tokenizer and data).
 
 Every measurement is the real trainer (``GMTSFTTrainer``, built as ``gmt/sft.py`` builds it, from
-``recipes/tiny/sft_gmt.yaml`` with overrides) in a fresh process, with a callback that times each
-optimizer step from ``on_step_begin`` to ``on_step_end``: the accumulated micro-batches' forward
-and backward, the mask, clipping and the optimizer update (under DeepSpeed the update runs inside
-the last backward, and is inside the window too). The first ``--warmup_steps`` steps are dropped.
-The methods run in turn, in a rotated order each round, so slow drifts of a shared machine fall on
-all of them; the figure per method is the median over every round's steps.
+``recipes/tiny/sft_full.yaml``, the tiny recipe without mask settings, with overrides) in a fresh
+process, with a callback that times each optimizer step from ``on_step_begin`` to ``on_step_end``:
+the accumulated micro-batches' forward and backward, the mask, clipping and the optimizer update
+(under DeepSpeed the update runs inside the last backward, and is inside the window too). The
+first ``--warmup_steps`` steps are dropped. The methods run in turn, in a rotated order each round,
+so slow drifts of a shared machine fall on all of them; the figure per method is the median over
+every round's steps.
 
 Writes ``docs/benchmarks/step.json`` and the table between the ``step:start`` / ``step:end``
 markers of ``docs/benchmarks.md`` (``step-gpu:...`` for a CUDA device).
@@ -102,15 +103,14 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> None:
     from transformers import TrainerCallback
 
     from gmt.cli import build_trainer
-    from gmt.data import SFT_COLUMN_SETS
     from gmt.masking import GradientMasker
     from gmt.sft import make_parser
     from gmt.trainer import GMTSFTTrainer
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=["--config", "recipes/tiny/sft_gmt.yaml", *overrides]
+        args=["--config", "recipes/tiny/sft_full.yaml", *overrides]
     )
-    trainer = build_trainer(GMTSFTTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT")
+    trainer = build_trainer(GMTSFTTrainer, script_args, training_args, model_args)
     cuda = torch.cuda.is_available()
 
     def clock() -> float:
@@ -277,7 +277,7 @@ def markdown(results: dict, args: argparse.Namespace, machine: str, command: str
             for mode, method in (("grad", "gmt-grad"), ("update", "gmt-update"))
         ]
         lines.append(
-            f"Target (issue 7), {model} on {run.split('/')[1]}: timed overhead within {100 * target:.0f}% "
+            f"Target for {model} on {run.split('/')[1]}: timed overhead within {100 * target:.0f}% "
             f"of the full SFT step: {', '.join(verdicts)}."
         )
         lines.append("")

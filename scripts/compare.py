@@ -4,7 +4,8 @@
     python scripts/compare.py --methods full gmt-grad-0.5 --seeds 0    # a subset
     python scripts/compare.py --smoke --model M --data D --out O       # 1 seed, 2 methods, a few steps
 
-Each run is ``gmt/sft.py --config recipes/tiny/sft_gmt.yaml`` with the method's overrides and
+Each run is ``gmt/sft.py --config recipes/tiny/sft_full.yaml`` (the tiny recipe; its training settings are
+those of ``sft_gmt.yaml``, without mask settings) with the method's overrides and
 ``--seed``, scored on the held-out problems with ``eval_suite: tiny`` (exact match). A run writes
 ``<out>/runs/<method>/seed<k>/result.json``; runs that have one are skipped, so an interrupted
 comparison resumes where it stopped. Then ``<out>/compare.json``, ``compare.md`` (mean ± std over
@@ -28,15 +29,15 @@ from readme_section import replace_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- compare:start -->", "<!-- compare:end -->"
-RECIPE = "recipes/tiny/sft_gmt.yaml"
+RECIPE = "recipes/tiny/sft_full.yaml"
 RATIOS = (0.2, 0.5, 0.8)
 
 # Method name -> overrides of the tiny recipe. The fixed-mask budgets suit the 0.86M-parameter
 # model (hidden 128): the papers' budgets (gspf 0.3%, gps K of 1-20) are for 100M+ parameters.
 METHODS: dict[str, tuple[str, ...]] = {
     "full": ("--mask_strategy", "full"),
-    **{f"gmt-grad-{r}": ("--mask_ratio", str(r), "--gmt_mode", "grad") for r in RATIOS},
-    **{f"gmt-update-{r}": ("--mask_ratio", str(r), "--gmt_mode", "update") for r in RATIOS},
+    **{f"gmt-grad-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "grad") for r in RATIOS},
+    **{f"gmt-update-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "update") for r in RATIOS},
     **{f"random-{r}": ("--mask_strategy", "random", "--mask_ratio", str(r)) for r in RATIOS},
     "gps": ("--mask_strategy", "gps", "--gps_k", "16"),
     "grft": ("--mask_strategy", "grft", "--grft_k", "16"),

@@ -13,7 +13,6 @@ import os
 import signal
 
 from gmt.cli import finish, train_and_save
-from gmt.data import SFT_COLUMN_SETS
 from gmt.sft import make_parser
 from gmt.trainer import GMTSFTTrainer
 
@@ -40,4 +39,4 @@ class FaultyTrainer(GMTSFTTrainer):
 
 if __name__ == "__main__":
     script_args, training_args, model_args = make_parser().parse_args_and_config()
-    finish(train_and_save(FaultyTrainer, script_args, training_args, model_args, SFT_COLUMN_SETS, "SFT"))
+    finish(train_and_save(FaultyTrainer, script_args, training_args, model_args))

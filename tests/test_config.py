@@ -26,6 +26,10 @@ BASE = {"output_dir": "unused", "bf16": False}
         ({"mask_strategy": "gps", "mask_ratio": 0.5}, "mask_ratio"),
         ({"mask_strategy": "gspf", "grft_lambda": 0.1}, "grft_lambda"),
         ({"mask_strategy": "grft", "gmt_mode": "update"}, "gmt_mode"),
+        # ... even at the value that is the other strategy's default: set is set
+        ({"mask_strategy": "gps", "mask_ratio": 0.2}, "mask_ratio"),
+        ({"mask_strategy": "full", "gmt_mode": "grad"}, "gmt_mode"),
+        ({"mask_strategy": "gmt", "gspf_warmup_steps": 100}, "gspf_warmup_steps"),
         # ranges and types of the fixed-mask options
         ({"mask_strategy": "gps", "gps_k": 0}, "gps_k"),
         ({"mask_strategy": "gps", "selection_steps": 0}, "selection_steps"),

@@ -3,11 +3,14 @@ the mask one process chooses (rows split across ranks included), and train the s
 same way."""
 
 import pytest
-from test_distributed import FLIPS_ALLOWED, RECIPE, relative_distance, state
+from test_distributed import FLIPS_ALLOWED, relative_distance, state
 
 from conftest import ACCELERATE_CPU_ZERO2, ACCELERATE_CPU_ZERO3, logged, run_sft
 
 pytestmark = pytest.mark.slow
+
+# The tiny recipe without mask settings: each test names its strategy and that strategy's options.
+RECIPE = "recipes/tiny/sft_full.yaml"
 
 COMMON = ("--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_size", "4",
           "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--optim", "adamw_torch")  # fmt: skip

@@ -37,7 +37,8 @@ def worker(rank: int, port: int, mode: str, strategy: str, results) -> None:
             fully_shard(layer)
         fully_shard(model)
         optimizer = MaskedAdamW(model.parameters(), lr=1e-2)
-        masker = GradientMasker(build_strategy(strategy, 0.6), FSDP2Access(model.named_parameters()), mode=mode)
+        strategy_object = build_strategy(strategy, mask_ratio=0.6, gmt_mode=mode)
+        masker = GradientMasker(strategy_object, FSDP2Access(model.named_parameters()))
         # Every rank sees the same batch, so the averaged gradient is the single-process one.
         step(model, optimizer, masker, torch.randn(16, 6, generator=torch.Generator().manual_seed(1)))
         weights = {name: p.full_tensor().detach().numpy().copy() for name, p in model.named_parameters()}
@@ -66,7 +67,9 @@ def test_fsdp2_mask_equals_single_process(mode, strategy):
     model = make_model()
     start = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = MaskedAdamW(model.parameters(), lr=1e-2)
-    masker = GradientMasker(build_strategy(strategy, 0.6), LocalGradientAccess(model.named_parameters()), mode=mode)
+    masker = GradientMasker(
+        build_strategy(strategy, mask_ratio=0.6, gmt_mode=mode), LocalGradientAccess(model.named_parameters())
+    )
     step(model, optimizer, masker, torch.randn(16, 6, generator=torch.Generator().manual_seed(1)))
 
     assert sharded_kept == pytest.approx(masker.pop_logs()["mask/kept_fraction"])

@@ -9,10 +9,11 @@ from gmt.masking import (
     LocalGradientAccess,
     MaskedAdamW,
     NonFiniteGradientError,
+    RandomStrategy,
+    ThresholdSearch,
     build_strategy,
     keep_count,
 )
-from gmt.masking.threshold import ThresholdSearch
 
 
 def model_with_grads(seed: int = 0) -> torch.nn.Module:
@@ -55,7 +56,7 @@ def test_grad_mode_zeroes_exactly_the_entries_below_threshold(scope, search):
 def test_update_mode_hands_masks_to_the_optimizer():
     model = model_with_grads()
     optimizer = MaskedAdamW(model.parameters(), lr=1e-2)
-    masker = GradientMasker(GMTStrategy(0.9), LocalGradientAccess(model.named_parameters()), mode="update")
+    masker = GradientMasker(GMTStrategy(0.9, gmt_mode="update"), LocalGradientAccess(model.named_parameters()))
     before = [p.detach().clone() for p in model.parameters()]
     masker.apply(step=0, optimizer=optimizer)
     optimizer.step()
@@ -65,7 +66,7 @@ def test_update_mode_hands_masks_to_the_optimizer():
 
 def test_update_mode_refuses_an_optimizer_it_cannot_mask():
     model = model_with_grads()
-    masker = GradientMasker(GMTStrategy(0.5), LocalGradientAccess(model.named_parameters()), mode="update")
+    masker = GradientMasker(GMTStrategy(0.5, gmt_mode="update"), LocalGradientAccess(model.named_parameters()))
     with pytest.raises(TypeError, match="MaskedAdamW"):
         masker.apply(step=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
@@ -85,8 +86,8 @@ def test_nonfinite_gradient_never_reaches_the_mask(strategy):
     model = model_with_grads()
     model[0].weight.grad[3, 4] = float("nan")
     before = [p.grad.clone() for p in model.parameters()]
-    ratio = 0.0 if strategy == "full" else 0.5  # full chooses without reading Γ, and still checks it
-    masker = GradientMasker(build_strategy(strategy, ratio), LocalGradientAccess(model.named_parameters()))
+    options = {} if strategy == "full" else {"mask_ratio": 0.5}  # full chooses without reading Γ, and still checks it
+    masker = GradientMasker(build_strategy(strategy, **options), LocalGradientAccess(model.named_parameters()))
     with pytest.raises(NonFiniteGradientError):
         masker.apply(step=0)
     for p, grad in zip(model.parameters(), before):
@@ -97,7 +98,7 @@ def test_bad_strategy_settings_are_refused():
     with pytest.raises(ValueError, match="mask_strategy"):
         build_strategy("lottery")
     with pytest.raises(ValueError, match="gmt_mode"):
-        GradientMasker(GMTStrategy(0.5), LocalGradientAccess([]), mode="weights")
+        GradientMasker(GMTStrategy(0.5, gmt_mode="weights"), LocalGradientAccess([]))
     with pytest.raises(ValueError, match="mask_scope"):
         GradientMasker(GMTStrategy(0.5, "row"), LocalGradientAccess(torch.nn.Linear(2, 2).named_parameters()))
 
@@ -111,11 +112,10 @@ def test_masking_core_does_not_import_trl():
 
 
 def test_random_baseline_keeps_exactly_k_fresh_or_fixed():
-    from gmt.masking.strategies import RandomStrategy
-
     def masks_over_steps(fixed: bool) -> list[list[torch.Tensor]]:
         model = model_with_grads()
-        masker = GradientMasker(RandomStrategy(0.7, fixed=fixed, seed=5), LocalGradientAccess(model.named_parameters()))
+        strategy = RandomStrategy(0.7, random_fixed=fixed, seed=5)
+        masker = GradientMasker(strategy, LocalGradientAccess(model.named_parameters()))
         out = []
         for step in range(2):
             for p in model.parameters():
@@ -134,7 +134,7 @@ def test_random_baseline_keeps_exactly_k_fresh_or_fixed():
 
 def test_magnitude_baseline_keeps_the_largest_weights():
     model = model_with_grads()
-    masker = GradientMasker(build_strategy("magnitude", 0.75), LocalGradientAccess(model.named_parameters()))
+    masker = GradientMasker(build_strategy("magnitude", mask_ratio=0.75), LocalGradientAccess(model.named_parameters()))
     masker.apply(step=0)
     kept = [p.grad != 0 for p in model.parameters()]
     assert sum(int(k.sum()) for k in kept) == keep_count(total_entries(model), 0.75)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import RECIPE, state
+from test_distributed import state
 
 from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
 from gmt.checkpoints import is_complete, last_complete_checkpoint, resolve_resume_checkpoint
@@ -28,6 +28,8 @@ STRATEGIES = {
     "grft": ["--mask_strategy", "grft", "--grft_k", "4", "--selection_steps", "2", "--grft_lambda", "0.1"],
 }  # fmt: skip
 ZERO3_STRATEGIES = ("gmt", "random", "gspf")
+# The tiny recipe without mask settings: each run names its strategy and that strategy's options.
+RECIPE = "recipes/tiny/sft_full.yaml"
 
 
 # Launched runs: 6 steps, logged every step.
@@ -38,7 +40,7 @@ LAUNCHED = ("--max_steps", "6", "--per_device_train_batch_size", "4", "--max_len
 def sft(tiny_assets: Path, output_dir: Path, *overrides: str):
     """gmt/sft.py's main, in process, on the tiny recipe: 6 steps of 2 accumulated micro-batches."""
     args = [
-        "--config", "recipes/tiny/sft_gmt.yaml",
+        "--config", RECIPE,
         "--model_name_or_path", str(tiny_assets / "base"),
         "--dataset_name", str(tiny_assets / "data" / "sft"),
         "--output_dir", str(output_dir),

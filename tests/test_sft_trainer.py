@@ -80,9 +80,15 @@ def test_mask_is_computed_once_per_step_from_the_accumulated_gradient(tiny_asset
     calls = []
 
     class CountingTrainer(GMTSFTTrainer):
-        def _mask_gradients(self):
-            calls.append(self.state.global_step)
-            super()._mask_gradients()
+        def _bind(self):
+            super()._bind()
+            apply = self._masker.apply
+
+            def counting_apply(step, optimizer=None):
+                calls.append(step)
+                apply(step, optimizer)
+
+            self._masker.apply = counting_apply
 
     # 4 accumulated micro-batches of 4 against one batch of 16: the same gradient per step,
     # so the same masks and (up to float rounding) the same weights, only if the mask is
@@ -97,6 +103,7 @@ def test_mask_is_computed_once_per_step_from_the_accumulated_gradient(tiny_asset
         max_steps=2,
     )
     assert sorted(set(calls)) == [0, 1]
+    assert calls == [0, 1]  # once per optimizer step, not per micro-batch or per hook
     single = train(
         tiny_assets, tmp_path / "one", mask_ratio=0.5, gmt_mode="update", per_device_train_batch_size=16, max_steps=2
     )

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from gmt.masking import NonFiniteGradientError, keep_count, scope_groups, topk_thresholds
-from gmt.masking.threshold import ThresholdSearch, check_finite
+from gmt.masking import NonFiniteGradientError, ThresholdSearch, check_finite, keep_count, scope_groups, topk_thresholds
 
 
 def reference_threshold(tensors: list[torch.Tensor], k: int) -> float:

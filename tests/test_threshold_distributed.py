@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gmt.masking import keep_count, topk_thresholds
-from gmt.masking.threshold import BRACKET_BITS, DIGIT_BITS, ThresholdSearch
+from gmt.masking.radix import DIGIT_BITS
+from gmt.masking.search import BRACKET_BITS, ThresholdSearch
 
 WORLD = 2
 

@@ -8,48 +8,13 @@ and how to hand per-parameter keep-masks to the optimizer (which may see flat pa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
-from gmt.masking.optim import local_shard
-from gmt.masking.strategies import ParamLayout
-from gmt.masking.threshold import AllReduce
-
-
-class GradientAccess:
-    """Gradient access for one engine. Subclasses fill ``layout``, ``params`` and ``all_reduce``."""
-
-    layout: ParamLayout
-    params: list[Tensor]  # the model's trainable parameters, aligned with ``layout``
-    all_reduce: AllReduce | None = None  # None: every rank already holds the whole Γ
-    # The optimizer steps ``params`` themselves with ``grads()`` as their gradients (not flat
-    # partitions of its own, as DeepSpeed does).
-    steps_grads = False
-
-    def grads(self) -> list[Tensor | None]:
-        """The local gradient of each parameter, writable in place (None if it got none)."""
-        return [param.grad for param in self.params]
-
-    def commit(self) -> None:
-        """Write the masked gradients back where the engine reads them (no-op for in-place views)."""
-
-    def optimizer_masks(self, keeps: dict[int, Tensor], fill: bool = True) -> dict[Tensor, Tensor]:
-        """Turn keep-masks of parameter indices into masks keyed by the optimizer's tensors.
-
-        ``fill``: what flat optimizer partitions (DeepSpeed) hold where no parameter's mask lands
-        (padding): kept for a one-step mask (its gradient is 0), dropped for a fixed one.
-        """
-        return {self.params[index]: keep for index, keep in keeps.items()}
-
-    def local_offsets(self) -> list[int]:
-        """Where each local gradient starts in its flattened full parameter (0 when unsharded)."""
-        return [0] * len(self.params)
-
-    def weights(self) -> list[Tensor]:
-        """The local entries of each parameter, aligned with ``grads()`` (for scores such as |θ|)."""
-        return [local_shard(param.detach()) for param in self.params]
+from gmt.masking.base import GradientAccess, ParamLayout, local_shard
+from gmt.masking.finite import NonFiniteGradientError
 
 
 def trainable_layout(
@@ -77,7 +42,53 @@ class LocalGradientAccess(GradientAccess):
         self.params, self.layout = trainable_layout(named_parameters)
 
 
-class DeepSpeedZero3Access(GradientAccess):
+class _DeepSpeedAccess(GradientAccess):
+    """What ZeRO-1/2 and ZeRO-3 share: the ZeRO optimizer, the data-parallel sum, and the step hook.
+
+    DeepSpeed takes the optimizer step inside the last micro-batch's ``backward``
+    (``engine._take_model_step``), before the Trainer's clipping hooks run, so Γ is masked at the
+    start of the ZeRO optimizer's ``step``: after the last reduce-scatter, before unscale, clip and
+    update. DeepSpeed offers no hook there; the bound method is wrapped (docs/design.md).
+    """
+
+    def __init__(self, zero_optimizer) -> None:
+        import torch.distributed as dist
+
+        self.zero_optimizer = zero_optimizer
+        self.all_reduce = dist.all_reduce
+
+    def install_step_hook(self, before_step: Callable[[], bool]) -> bool:
+        zero = self.zero_optimizer
+        # A trainer bound before (an earlier train() on the same engine) wrapped it already: wrap the original.
+        engine_step = vars(zero).get("_gmt_engine_step", zero.step)
+        zero._gmt_engine_step = engine_step
+
+        def masked_step(*args, **kwargs):
+            if not before_step():
+                return engine_step(*args, **kwargs)
+            # A non-finite Γ, left as it is: ZeRO's own overflow path sees it (an inf/NaN norm), skips
+            # the update and clears the gradients, as for an fp16 overflow. ZeRO-1/2 in bf16 only
+            # look when check_grad_overflow is on, so it is on for this step.
+            checks = getattr(zero, "check_grad_overflow", None)
+            if checks is not None:
+                zero.check_grad_overflow = True
+            try:
+                result = engine_step(*args, **kwargs)
+            finally:
+                if checks is not None:
+                    zero.check_grad_overflow = checks
+            if not getattr(zero, "overflow", False):
+                raise NonFiniteGradientError(
+                    f"the gradient holds NaN or inf, and DeepSpeed's {type(zero).__name__} did not skip the step; "
+                    "stopping rather than train on it."
+                )
+            return result
+
+        zero.step = masked_step
+        return True
+
+
+class DeepSpeedZero3Access(_DeepSpeedAccess):
     """DeepSpeed ZeRO-3: each rank holds a flat fp32 partition of every parameter's gradient.
 
     Read right before the ZeRO optimizer's ``step`` (after the last reduce-scatter, before
@@ -89,7 +100,7 @@ class DeepSpeedZero3Access(GradientAccess):
     def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         import torch.distributed as dist
 
-        self.zero_optimizer = zero_optimizer
+        super().__init__(zero_optimizer)
         self.params, self.layout = trainable_layout(named_parameters, shape=lambda param: param.ds_shape)
         rank = dist.get_rank()
         # Rank r holds entries [r * P, (r + 1) * P) of each flattened parameter (P = padded
@@ -98,8 +109,10 @@ class DeepSpeedZero3Access(GradientAccess):
         for param in self.params:
             partition = param.ds_tensor.numel()
             self._real_counts.append(max(0, min(partition, int(param.ds_numel) - rank * partition)))
-        self.all_reduce = dist.all_reduce
         self._local: list[Tensor] = []
+
+    def local_numels(self) -> list[int]:
+        return list(self._real_counts)
 
     def local_offsets(self) -> list[int]:
         import torch.distributed as dist
@@ -146,7 +159,7 @@ class DeepSpeedZero3Access(GradientAccess):
         return flat_masks
 
 
-class DeepSpeedZero12Access(GradientAccess):
+class DeepSpeedZero12Access(_DeepSpeedAccess):
     """DeepSpeed ZeRO-1/2: each rank owns a contiguous slice of every parameter group's flat
     gradient, so a parameter is on one rank, split across two, or absent.
 
@@ -156,11 +169,12 @@ class DeepSpeedZero12Access(GradientAccess):
     """
 
     def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
-        import torch.distributed as dist
-
-        self.zero_optimizer = zero_optimizer
+        super().__init__(zero_optimizer)
         self.params, self.layout = trainable_layout(named_parameters)
-        self.all_reduce = dist.all_reduce
+
+    def local_numels(self) -> list[int]:
+        mappings = [getattr(param, "_hp_mapping", None) for param in self.params]
+        return [0 if mapping is None else mapping.lp_fragment_address.numel for mapping in mappings]
 
     def local_offsets(self) -> list[int]:
         offsets = []

@@ -1,14 +1,14 @@
-"""The masked step: once per optimizer step, choose the mask and apply it.
+"""The mask of a step: once per optimizer step, choose the mask and apply it.
 
-Order within a step (SPEC): accumulate Γ -> mask -> clip by the norm of the masked gradient ->
-optimizer. The masker does the middle part for every strategy and engine:
+Order within a step (docs/design.md): accumulate Γ -> mask -> clip by the norm of the masked
+gradient -> optimizer. The masker does the mask for every strategy and engine:
 
 - ``gmt_mode: grad``: dropped entries of Γ are zeroed; the optimizer is untouched (the paper).
 - ``gmt_mode: update``: Γ is zeroed as well, and the optimizer (``MaskedAdamW``) is told to leave
   dropped entries exactly as they are in this step: no update, no decay, moments untouched.
-- fixed-mask strategies (gps, grft, gspf), whatever ``gmt_mode``: Γ is zeroed outside the mask,
-  and on the steps the mask is (re)chosen the optimizer (``SparseMaskedAdamW``) rebuilds its
-  state for the kept entries only; entries outside never move.
+- fixed-mask strategies (gps, grft, gspf): Γ is zeroed outside the mask, and on the steps the
+  mask is (re)chosen the optimizer (``SparseMaskedAdamW``) rebuilds its state for the kept
+  entries only; entries outside never move.
 """
 
 from __future__ import annotations
@@ -17,32 +17,24 @@ from typing import Any
 
 import torch
 
-from gmt.masking.engines import GradientAccess
+from gmt.masking.base import GradientAccess, MaskStrategy
+from gmt.masking.finite import check_finite
 from gmt.masking.optim import MaskedAdamW
 from gmt.masking.scopes import layer_groups
-from gmt.masking.strategies import MaskStrategy
-from gmt.masking.threshold import check_finite
-
-GMT_MODES = ("grad", "update")
 
 
 class GradientMasker:
     """Applies a strategy's mask to the gradient (and optimizer) once per optimizer step."""
 
     def __init__(
-        self,
-        strategy: MaskStrategy,
-        access: GradientAccess,
-        mode: str = "grad",
-        mask_start_step: int = 0,
+        self, strategy: MaskStrategy, access: GradientAccess, mask_start_step: int = 0, total_steps: int = 0
     ) -> None:
-        if mode not in GMT_MODES:
-            raise ValueError(f"gmt_mode must be one of {GMT_MODES}, got {mode!r}")
+        """Sets ``strategy`` up on ``access`` for a run of ``total_steps`` optimizer steps (which
+        places gspf's reselections); masking starts at step ``mask_start_step``."""
         self.strategy = strategy
         self.access = access
-        self.mode = mode
         self.mask_start_step = mask_start_step
-        strategy.setup(access)
+        strategy.setup(access, total_steps)
         self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
         # Counters live where the gradients do: no host sync per step, and NCCL can all-reduce them.
         self._device = access.params[0].device if access.params else torch.device("cpu")
@@ -53,13 +45,14 @@ class GradientMasker:
     def apply(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Mask the accumulated gradient of optimizer step ``step`` (0-based), in place.
 
-        In ``update`` mode ``optimizer`` must be a ``MaskedAdamW``; it receives the masks for its
-        next ``step()``.
+        ``optimizer`` is what ``strategy.optimizer_kind`` asks for: a ``MaskedAdamW`` (``update``
+        mode), which receives the masks for its next ``step()``, or a ``SparseMaskedAdamW`` (fixed
+        masks), which receives a mask when it is (re)chosen; any optimizer otherwise.
         """
-        fixed = self.strategy.fixed_masks
-        if fixed and not hasattr(optimizer, "set_fixed_masks"):
+        kind = self.strategy.optimizer_kind
+        if kind == "sparse" and not hasattr(optimizer, "set_fixed_masks"):
             raise TypeError(f"mask_strategy {self.strategy.name!r} needs a SparseMaskedAdamW optimizer")
-        update_masks = self.mode == "update" and not fixed
+        update_masks = kind == "masked"
         if update_masks and not isinstance(optimizer, MaskedAdamW):
             raise TypeError("gmt_mode 'update' needs a MaskedAdamW optimizer")
         grads = self.access.grads()
@@ -77,7 +70,7 @@ class GradientMasker:
                 optimizer.set_update_masks({})
             return
 
-        new_fixed_masks = getattr(selection, "changed", False)
+        new_fixed_masks = selection.changed
         # Where the optimizer steps the same tensors as ``grads`` and the masks are the masked
         # gradient's nonzero entries, it reads them off the gradient: no mask tensors to build.
         nonzero_grad = selection.nonzero_grad_masks(grads) if update_masks and self.access.steps_grads else None
@@ -98,6 +91,16 @@ class GradientMasker:
         thresholds = selection.thresholds()
         if thresholds is not None:
             self._last_thresholds = thresholds  # reduced to one number at logging time
+
+    def check_optimizer_agrees(self, optimizer: torch.optim.Optimizer) -> None:
+        """Refuse a fixed mask that the optimizer's sparse state does not share (after a resume, the
+        two come from different files of the checkpoint): ``ValueError`` naming the first tensor."""
+        params = self.access.params
+        device = params[0].device if params else torch.device("cpu")
+        keeps = self.strategy.fixed_keep_masks(self.access.local_numels(), device)
+        if keeps is None:
+            return
+        optimizer.check_fixed_masks(self.access.optimizer_masks(keeps, fill=False))
 
     def pop_logs(self) -> dict[str, float]:
         """Mask telemetry averaged over the steps since the last call, then reset.

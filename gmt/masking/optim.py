@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.optim.adamw import adamw
 
+from gmt.masking.base import local_shard
+
 CHUNK_ENTRIES = 1 << 18  # entries stepped per kernel call on the masked path: its copies (6 MiB) stay in cache
 # On a GPU each batch costs a handful of kernel launches: batches of 16M entries (192 MiB of copies)
 # keep a 1B-parameter step to ~60 of them.
@@ -205,8 +207,3 @@ class MaskedAdamW(torch.optim.AdamW):
             grad_scale=getattr(self, "grad_scale", None),
             found_inf=getattr(self, "found_inf", None),
         )
-
-
-def local_shard(tensor: Tensor) -> Tensor:
-    """The local shard of a DTensor (a view), or the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor

@@ -1,76 +1,116 @@
-"""Every strategy by its ``mask_strategy`` name, and how the settings build one."""
+"""Every strategy by its ``mask_strategy`` name, and what is derived from their declarations.
+
+Adding a strategy: one module in ``gmt/masking/strategies/`` (a ``MaskStrategy`` subclass that
+declares its name, summary, options and default frozen/dense parameters) and one line in
+``BUILT_IN`` below. Its options then appear in every trainer config and on the command line,
+with their help, defaults and range checks (``gmt.config``). Code outside the package can add
+one with ``register_strategy``, before ``gmt.config`` is imported.
+"""
 
 from __future__ import annotations
 
-from gmt.masking.fixed import GPSStrategy, GRFTStrategy, GSPFStrategy
-from gmt.masking.strategies import FullStrategy, GMTStrategy, MagnitudeStrategy, MaskStrategy, RandomStrategy
+from typing import Any
 
-STRATEGIES: dict[str, type[MaskStrategy]] = {
-    cls.name: cls
-    for cls in (
-        GMTStrategy,
-        FullStrategy,
-        RandomStrategy,
-        MagnitudeStrategy,
-        GPSStrategy,
-        GRFTStrategy,
-        GSPFStrategy,
-    )
-}
+from gmt.masking.base import MaskStrategy
+from gmt.masking.options import COMMON_OPTIONS, Option
+from gmt.masking.strategies.full import FullStrategy
+from gmt.masking.strategies.gps import GPSStrategy
+from gmt.masking.strategies.gradient_mask import GMTStrategy
+from gmt.masking.strategies.grft import GRFTStrategy
+from gmt.masking.strategies.gspf import GSPFStrategy
+from gmt.masking.strategies.magnitude import MagnitudeStrategy
+from gmt.masking.strategies.random_mask import RandomStrategy
 
-# Which parameters each strategy leaves out (frozen) or trains fully (dense) unless the user says
-# otherwise; regular expressions searched in parameter names. GPS (authors' code): norms frozen,
-# biases fully trainable. GRFT regularizes and selects weight matrices only: norms and biases frozen.
-DEFAULT_FROZEN_PARAMS = {"gps": "norm", "grft": "norm|bias"}
-DEFAULT_DENSE_PARAMS = {"gps": "bias"}
+BUILT_IN: tuple[type[MaskStrategy], ...] = (
+    GMTStrategy,
+    FullStrategy,
+    RandomStrategy,
+    MagnitudeStrategy,
+    GPSStrategy,
+    GRFTStrategy,
+    GSPFStrategy,
+)
 
-
-def default_frozen_params(mask_strategy: str) -> str:
-    """The ``frozen_params`` pattern a strategy uses when the user gives none ("" = nothing)."""
-    return DEFAULT_FROZEN_PARAMS.get(mask_strategy, "")
+STRATEGIES: dict[str, type[MaskStrategy]] = {}
+_sealed_by: str | None = None  # set once the config classes are built from the registry
 
 
-def default_dense_params(mask_strategy: str) -> str:
-    """The ``dense_params`` pattern a strategy uses when the user gives none ("" = nothing)."""
-    return DEFAULT_DENSE_PARAMS.get(mask_strategy, "")
+def register_strategy(cls: type[MaskStrategy]) -> type[MaskStrategy]:
+    """Add ``cls`` under ``cls.name`` (usable as a class decorator). Each option name must be
+    declared by one ``Option`` only, shared by inheritance where several strategies take it."""
+    if _sealed_by is not None:
+        raise RuntimeError(
+            f"register_strategy({cls.__name__}) after {_sealed_by} was imported: the config classes are built from "
+            "the registry on import, so register strategies before importing it"
+        )
+    if not cls.name or cls.name in STRATEGIES:
+        raise ValueError(f"a strategy needs a name of its own; {cls.__name__} has {cls.name!r}")
+    reserved = {option.name for option in COMMON_OPTIONS} | {"mask_strategy"}
+    known = {option.name: option for option in strategy_options()}
+    for option in cls.declared_options():
+        if option.name in reserved or known.get(option.name, option) is not option:
+            raise ValueError(f"strategy {cls.name!r}: option {option.name} is declared elsewhere already")
+    STRATEGIES[cls.name] = cls
+    return cls
 
 
-def build_strategy(
-    mask_strategy: str,
-    mask_ratio: float = 0.0,
-    mask_scope: str = "global",
-    random_fixed: bool = False,
-    seed: int = 0,
-    dense_params: str | None = None,
-    selection_steps: int = 1,
-    gps_k: int = 4,
-    grft_k: int = 2,
-    grft_axis: str = "row",
-    grft_lambda: float = 0.0,
-    gspf_keep_ratio: float = 0.003,
-    gspf_warmup_steps: int = 10,
-    gspf_reselect_every: int = 0,
-    gspf_alpha: float = 0.5,
-    total_steps: int = 0,
-) -> MaskStrategy:
-    """Construct the strategy named by the ``mask_strategy`` setting from the mask settings.
+def seal_registry(by: str) -> None:
+    """Refuse later registrations: ``by`` (a module name) has built its classes from the registry."""
+    global _sealed_by
+    _sealed_by = by
 
-    ``dense_params`` None takes the strategy's default; ``total_steps`` (the run's optimizer
-    steps) places gspf's reselections.
-    """
+
+def strategy_class(mask_strategy: str) -> type[MaskStrategy]:
+    """The class registered as ``mask_strategy``."""
     if mask_strategy not in STRATEGIES:
         raise ValueError(f"mask_strategy must be one of {sorted(STRATEGIES)}, got {mask_strategy!r}")
-    dense = default_dense_params(mask_strategy) if dense_params is None else dense_params
-    if mask_strategy == "gmt":
-        return GMTStrategy(mask_ratio, mask_scope, dense)
-    if mask_strategy == "random":
-        return RandomStrategy(mask_ratio, mask_scope, fixed=random_fixed, seed=seed, dense_params=dense)
-    if mask_strategy == "magnitude":
-        return MagnitudeStrategy(mask_ratio, mask_scope, dense)
-    if mask_strategy == "gps":
-        return GPSStrategy(gps_k, selection_steps, dense)
-    if mask_strategy == "grft":
-        return GRFTStrategy(grft_k, grft_axis, grft_lambda, selection_steps, dense)
-    if mask_strategy == "gspf":
-        return GSPFStrategy(gspf_keep_ratio, gspf_warmup_steps, total_steps, gspf_reselect_every, gspf_alpha, dense)
-    return FullStrategy()
+    return STRATEGIES[mask_strategy]
+
+
+def strategy_options() -> list[Option]:
+    """Every strategy option, once each, in registration order."""
+    options: dict[str, Option] = {}
+    for cls in STRATEGIES.values():
+        for option in cls.declared_options():
+            options.setdefault(option.name, option)
+    return list(options.values())
+
+
+def strategies_taking(option_name: str) -> list[str]:
+    """The names of the strategies that declare ``option_name``."""
+    return [name for name, cls in STRATEGIES.items() if any(o.name == option_name for o in cls.declared_options())]
+
+
+def build_strategy(mask_strategy: str, **options: Any) -> MaskStrategy:
+    """The strategy named ``mask_strategy`` with ``options`` (the rest at their declared defaults)."""
+    return strategy_class(mask_strategy)(**options)
+
+
+def resolve_strategy_options(args: Any) -> None:
+    """Check and complete the strategy options of parsed arguments, in place.
+
+    An option left unset (None) takes its declared default when ``args.mask_strategy`` declares
+    it, and stays None otherwise; an option the user set for a strategy that does not take it is
+    refused, naming the option and the strategies that do.
+    """
+    cls = strategy_class(args.mask_strategy)
+    own = {option.name for option in cls.declared_options()}
+    for option in strategy_options():
+        value = getattr(args, option.name)
+        if option.name in own:
+            if value is None:
+                setattr(args, option.name, option.default)
+        elif value is not None:
+            users = " or ".join(repr(name) for name in strategies_taking(option.name))
+            raise ValueError(f"{option.name} applies to mask_strategy {users} only; mask_strategy is {cls.name!r}")
+
+
+def effective_frozen_params(args: Any) -> str:
+    """The ``frozen_params`` pattern in force: the user's, or the strategy's default ("" = none)."""
+    if args.frozen_params is not None:
+        return args.frozen_params
+    return strategy_class(args.mask_strategy).default_frozen_params
+
+
+for _strategy in BUILT_IN:
+    register_strategy(_strategy)

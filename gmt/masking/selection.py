@@ -4,7 +4,7 @@ Each function turns gradient statistics into boolean keep-masks. They take the *
 each parameter as flat slices of its flattened full tensor (``offsets``, full ``shapes``), so the
 same code runs whole tensors on one process and shards under ZeRO or FSDP2; with ``all_reduce``
 (a sum over ranks) the result equals the unsharded one exactly. The strategies that run them at
-the right moments of training are in ``gmt.masking.fixed``.
+the right moments of training are in ``gmt.masking.strategies``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gmt.masking.threshold import AllReduce, keep_count, magnitude_keys, topk_thresholds
+from gmt.masking.base import AllReduce, keep_count
+from gmt.masking.keys import magnitude_keys
+from gmt.masking.search import topk_thresholds
 
 # The sharded GPS search holds 16 bytes per local entry of the matrices it works on at once;
 # matrices are taken in chunks of at most this many (full, unsharded) entries, the same on every rank.

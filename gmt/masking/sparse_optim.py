@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from gmt.masking.optim import local_shard
+from gmt.masking.base import local_shard
 
 
 class SparseMaskedAdamW(torch.optim.Optimizer):
@@ -66,6 +66,26 @@ class SparseMaskedAdamW(torch.optim.Optimizer):
                 state["indices"] = indices
             state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
             state.setdefault("step", torch.tensor(0.0))
+
+    def check_fixed_masks(self, masks: dict[Tensor, Tensor]) -> None:
+        """Raise ``ValueError`` unless the sparse state keeps exactly the entries of ``masks`` (as
+        ``set_fixed_masks`` would store them: an all-True mask is dense state, no indices)."""
+        groups = enumerate(self.param_groups)
+        positions = {param: (g, i) for g, group in groups for i, param in enumerate(group["params"])}
+        for param, keep in masks.items():
+            flat_keep = keep.reshape(-1)
+            expected = None if bool(flat_keep.all()) else flat_keep.nonzero().squeeze(1)
+            held = self.state.get(param, {}).get("indices")
+            same = held is None if expected is None else held is not None and torch.equal(held.cpu(), expected.cpu())
+            if not same:
+                group, index = positions.get(param, ("?", "?"))
+                held_count = "all (dense state)" if held is None else int(held.numel())
+                expected_count = "all" if expected is None else int(expected.numel())
+                raise ValueError(
+                    f"the optimizer's sparse state and the fixed mask disagree for tensor {index} of parameter group "
+                    f"{group} ({tuple(param.shape)}): the optimizer keeps {held_count} entries, the mask "
+                    f"{expected_count}. The checkpoint's optimizer and mask-state files do not belong together."
+                )
 
     def state_dict(self) -> dict:
         """torch's optimizer state dict, with the kept-entry indices under their own key.

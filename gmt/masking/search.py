@@ -1,31 +1,26 @@
-"""Exact top-k magnitude thresholds over float bits.
+"""The fast exact top-k threshold search (``ThresholdSearch``) and its entry point ``topk_thresholds``.
 
 The threshold T of a scope is the k-th largest |x| among its entries. Instead of sorting or
-concatenating the gradient, we read the fp32 bit pattern of |x| as an integer "key" (for
-non-negative floats the integer order is the float order). ``ThresholdSearch`` brackets the k-th
-largest key from a sample, counts and collects the keys in the bracket in one pass over every entry,
-and finishes with a radix select (``radix_thresholds``: the k-th largest key digit by digit, from
-histograms of each digit) over the few candidates. Everything that crosses ranks is a small
-(groups x buckets) table, summed with one all-reduce, so every rank arrives at the same exact T
-however the entries are sharded.
+concatenating the gradient, we compare magnitude keys (``gmt.masking.keys``). ``ThresholdSearch``
+brackets the k-th largest key from a sample, counts and collects the keys in the bracket in one
+pass over every entry, and finishes with a radix select (``gmt.masking.radix``) over the few
+candidates. Everything that crosses ranks is a small (groups x buckets) table, summed with one
+all-reduce, so every rank arrives at the same exact T however the entries are sharded.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import accumulate
 
 import torch
 from torch import Tensor
 
-# 31 magnitude bits of an fp32 key, split into digits from high to low. Three digits means three
-# small collectives per step; the first digit is the only pass over every entry.
-DIGIT_BITS: tuple[int, ...] = (11, 10, 10)
-_ABS_BITS = 0x7FFFFFFF
-_INF_KEY = 0x7F800000  # bit pattern of +inf; every NaN key is larger
-
-AllReduce = Callable[[Tensor], None]
+from gmt.masking.base import AllReduce
+from gmt.masking.finite import raise_if_nonfinite
+from gmt.masking.keys import ABS_BITS, INF_KEY, key_to_float, magnitude_keys
+from gmt.masking.radix import radix_thresholds
 
 # The bracketing sample: a histogram of the top BRACKET_BITS key bits (8 exponent + 10 mantissa
 # bits: buckets 1/1024 of an octave wide) of about SAMPLE_ENTRIES entries per rank, shared among
@@ -46,37 +41,6 @@ CUDA_CHUNK_ENTRIES = 1 << 24
 # bincount over every entry and a candidate set of ~5% of them; beyond ~2^16 entries the sample,
 # one integer pass and a ~1% band cost less. (Across ranks the limit is a chunk: see __call__.)
 SMALL_ENTRIES = 1 << 16
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """Raised when a gradient that would be masked holds NaN or inf."""
-
-
-def magnitude_keys(values: Tensor) -> Tensor:
-    """Return int32 keys ordered like ``|values|`` (the fp32 bit pattern with the sign cleared).
-
-    int32 input is taken as keys already (non-negative): strategies that rank by something other
-    than a float magnitude (random scores) hand their keys in directly.
-    """
-    if values.dtype == torch.int32:
-        return values.reshape(-1)
-    if values.dtype != torch.float32:
-        values = values.float()  # bf16/fp16 -> fp32 is exact, so keys stay exact
-    return values.reshape(-1).view(torch.int32) & _ABS_BITS
-
-
-def key_to_float(keys: Tensor) -> Tensor:
-    """Turn int32 magnitude keys back into the float32 values they encode."""
-    return keys.to(torch.int32).view(torch.float32)
-
-
-def _digit_shifts() -> list[int]:
-    shifts, low = [], sum(DIGIT_BITS)
-    for bits in DIGIT_BITS:
-        low -= bits
-        shifts.append(low)
-    return shifts
-
 
 def topk_thresholds(
     tensors: Sequence[Tensor],
@@ -211,7 +175,7 @@ class ThresholdSearch:
         counts_list = counts.tolist()
         count_lo, count_hi, nonfinite = counts_list[:num_groups], counts_list[num_groups:-1], counts_list[-1]
         if check_finite:
-            _raise_if_nonfinite(nonfinite)
+            raise_if_nonfinite(nonfinite)
         bracketed, missed, base = [], [], []
         for k, lo, above_lo, above_hi in zip(keep_counts, lo_keys, count_lo, count_hi, strict=True):
             inside = 0 < k and above_hi < k <= above_lo
@@ -430,7 +394,7 @@ class ThresholdSearch:
         counts[num_groups:-1].index_add_(0, group_of_tensor, above_per_tensor)  # count(> hi)
         counts[:num_groups] = counts[num_groups:-1] + band.sizes  # count(>= lo)
         if largest:
-            counts[-1] = (torch.stack(largest) >= _INF_KEY).sum()
+            counts[-1] = (torch.stack(largest) >= INF_KEY).sum()
         return counts, band
 
     def _buffers_for(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -509,7 +473,7 @@ def _kth_largest(keys_by_group: Sequence[Tensor], ranks: Sequence[int]) -> Tenso
     found = []
     for keys, rank in zip(keys_by_group, ranks, strict=True):
         if rank <= 0:
-            found.append(torch.full((), _INF_KEY, dtype=torch.int32, device=keys.device))
+            found.append(torch.full((), INF_KEY, dtype=torch.int32, device=keys.device))
         else:
             found.append(torch.kthvalue(keys, keys.numel() - rank + 1).values)
     return key_to_float(torch.stack(found))
@@ -544,7 +508,7 @@ def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
     if len(pieces) > 1 and all(piece.dtype == torch.float32 for piece in pieces):
         # Many small tensors: one cat and one in-place op, not one dispatched op per tensor.
         torch.cat(pieces, out=keys.view(torch.float32))
-        keys.bitwise_and_(_ABS_BITS)
+        keys.bitwise_and_(ABS_BITS)
         return
     start = 0
     for piece in pieces:
@@ -553,120 +517,5 @@ def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
             keys[start:end].copy_(piece)
         else:
             source = piece if piece.dtype == torch.float32 else piece.float()  # bf16 -> fp32 is exact
-            torch.bitwise_and(source.view(torch.int32), _ABS_BITS, out=keys[start:end])
+            torch.bitwise_and(source.view(torch.int32), ABS_BITS, out=keys[start:end])
         start = end
-
-
-def radix_thresholds(
-    tensors: Sequence[Tensor],
-    groups: Sequence[int],
-    keep_counts: Sequence[int],
-    all_reduce: AllReduce | None = None,
-    check_finite: bool = True,
-) -> Tensor:
-    """Return the k-th largest magnitude of every group, exactly, by radix select over all entries.
-
-    The plain algorithm, used on the candidates ``ThresholdSearch`` brackets and as its fallback.
-
-    Args:
-        tensors: the (local shards of the) values; each belongs to one group.
-        groups: ``groups[i]`` is the group index of ``tensors[i]``.
-        keep_counts: ``keep_counts[g]`` is k for group g, counted over all ranks. A group with
-            k = 0 gets threshold +inf (nothing to keep).
-        all_reduce: sums a count tensor across ranks in place; ``None`` on a single process.
-            It is called once per digit (``len(DIGIT_BITS)`` times), with the same shapes on
-            every rank.
-        check_finite: refuse NaN/inf values (off for int32 keys, whose top values are not floats).
-
-    Returns:
-        float32 tensor of shape ``[len(keep_counts)]``: T_g such that keeping ``|x| >= T_g``
-        keeps at least k_g entries of group g (more only when entries tie at T_g).
-
-    Raises:
-        NonFiniteGradientError: if any entry is NaN or inf (checked from the first histogram,
-            so every rank raises together).
-    """
-    num_groups = len(keep_counts)
-    device = tensors[0].device if tensors else torch.device("cpu")
-    remaining = torch.as_tensor(list(keep_counts), dtype=torch.int64, device=device)
-    prefix = torch.zeros(num_groups, dtype=torch.int64, device=device)
-    group_index = torch.as_tensor(list(groups), dtype=torch.int64)
-    candidates: list[Tensor] = []  # per tensor: keys sharing the chosen prefix, after digit 0
-
-    for depth, (bits, shift) in enumerate(zip(DIGIT_BITS, _digit_shifts(), strict=True)):
-        buckets = 1 << bits
-        hist = torch.zeros(num_groups, buckets, dtype=torch.int64, device=device)
-        for i, group in enumerate(groups):
-            if depth == 0:
-                keys = magnitude_keys(tensors[i])
-            else:
-                keys = candidates[i]
-            if keys.numel() == 0:
-                continue
-            digits = (keys >> shift) & (buckets - 1)
-            hist[group] += torch.bincount(digits, minlength=buckets)
-        if all_reduce is not None:
-            all_reduce(hist)
-
-        if depth == 0:
-            # Entries with no gradient at all (a parameter that got none) count as zeros: if k
-            # reaches into them, T is 0 and everything is kept.
-            short = remaining > hist.sum(1)
-            if check_finite:
-                _raise_if_nonfinite(int(hist[:, _INF_KEY >> shift :].sum()))
-
-        # For each group, the digit d whose bucket holds the k-th largest key: the count of keys
-        # in buckets above d is < k and the count at or above d is >= k.
-        from_top = hist.flip(1).cumsum(1)
-        position = torch.searchsorted(from_top, remaining.clamp(min=1).unsqueeze(1)).squeeze(1)
-        position = position.clamp(max=buckets - 1)
-        digit = buckets - 1 - position
-        above = from_top.gather(1, position.unsqueeze(1)).squeeze(1) - hist.gather(1, digit.unsqueeze(1)).squeeze(1)
-        remaining = remaining - above
-        prefix = (prefix << bits) | digit
-
-        if depth + 1 < len(DIGIT_BITS):
-            # Keep only the keys with the chosen prefix; later digits never look at the rest. The
-            # keys are recomputed here rather than kept from the histogram pass: keeping them would
-            # cost 4 bytes per entry of the whole gradient.
-            chosen = prefix[group_index].tolist()
-            next_candidates = []
-            for i in range(len(tensors)):
-                keys = magnitude_keys(tensors[i]) if depth == 0 else candidates[i]
-                next_candidates.append(keys[(keys >> shift) == chosen[i]])
-            candidates = next_candidates
-
-    thresholds = key_to_float(prefix).masked_fill(short, 0.0)
-    empty = torch.as_tensor([k <= 0 for k in keep_counts], dtype=torch.bool, device=device)
-    return thresholds.masked_fill(empty, float("inf"))
-
-
-def check_finite(tensors: Sequence[Tensor], all_reduce: AllReduce | None = None) -> None:
-    """Raise ``NonFiniteGradientError`` on every rank if any rank's tensors hold NaN or inf."""
-    device = tensors[0].device if tensors else torch.device("cpu")
-    count = torch.zeros(1, dtype=torch.int64, device=device)
-    present = [tensor for tensor in tensors if tensor.numel()]
-    if present:
-        # One read of everything, in one call: a NaN or inf entry makes its tensor's norm NaN or
-        # inf (~17x cheaper than counting with isfinite on CPU). Finite entries too large to square
-        # (> ~1e19) can give an inf norm as well, so flagged tensors are then counted exactly.
-        norms = torch.stack([norm.float() for norm in torch._foreach_norm(present)])
-        flagged = (~torch.isfinite(norms)).nonzero().flatten().tolist()  # empty on almost every step
-        for index in flagged:
-            count += (~torch.isfinite(present[index])).sum()
-    if all_reduce is not None:
-        all_reduce(count)
-    _raise_if_nonfinite(int(count))
-
-
-def _raise_if_nonfinite(count: int) -> None:
-    if count:
-        raise NonFiniteGradientError(
-            f"{count} gradient entries are NaN or inf; refusing to compute a mask "
-            "threshold from them (check the loss, learning rate and mixed precision)."
-        )
-
-
-def keep_count(numel: int, mask_ratio: float) -> int:
-    """Entries kept in a scope of ``numel`` entries: ``n - floor(r * n)`` (SPEC: r is dropped)."""
-    return numel - int(mask_ratio * numel)
