@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
-from trl import ModelConfig, get_peft_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
@@ -22,6 +22,27 @@ def set_model_init_kwargs(model_args: ModelConfig, training_args) -> None:
         "dtype": model_args.dtype,
     }
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+
+
+def quantization_config(model_args: ModelConfig):
+    """TRL's ``BitsAndBytesConfig`` for ``load_in_4bit`` / ``load_in_8bit`` (None when neither is set),
+    refused before any model is loaded where it cannot be honoured: without bitsandbytes, without a
+    CUDA GPU, or without adapters to train (a quantized base is frozen; gmt masks what trains)."""
+    config = get_quantization_config(model_args)
+    if config is None:
+        return None
+    setting = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError(f"{setting} needs the bitsandbytes package: pip install bitsandbytes (on a CUDA machine)")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{setting} needs a CUDA GPU (bitsandbytes quantizes on the GPU); this machine has none")
+    if not model_args.use_peft:
+        raise ValueError(f"{setting} quantizes the base model, which then cannot be trained: set use_peft true")
+    return config
 
 
 def load_splits(
@@ -43,6 +64,7 @@ def load_splits(
 def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
     data must have one of the trainer's ``data_columns`` (see ``gmt.trainer``)."""
+    quantization = quantization_config(model_args)  # refused first, before any data or model loads
     set_model_init_kwargs(model_args, training_args)
     train_dataset, eval_dataset = load_splits(
         script_args, training_args, trainer_cls.data_columns, trainer_cls.data_purpose
@@ -53,6 +75,7 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
+        quantization_config=quantization,
     )
 
 

@@ -51,7 +51,8 @@ def _mask_fields() -> list[tuple[str, object, object]]:
     matrices_only = [name for name, cls in STRATEGIES.items() if cls.matrices_only]
     if matrices_only:
         extra_help["dense_params"] += (
-            f" {' and '.join(matrices_only)} also train every parameter that is not 2-D fully, unless frozen."
+            f" {' and '.join(matrices_only)} also train every parameter with fewer than 2 dimensions fully, "
+            "unless frozen."
         )
     for option in COMMON_OPTIONS:
         fields_.append(_field(option, option.help + extra_help.get(option.name, "")))

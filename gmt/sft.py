@@ -33,5 +33,10 @@ def make_parser() -> TrlParser:
     return TrlParser((GMTScriptArguments, GMTSFTConfig, ModelConfig))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: parse ``--config`` and overrides, train, save, end the launched run."""
     finish(main(*make_parser().parse_args_and_config()))
+
+
+if __name__ == "__main__":
+    cli()

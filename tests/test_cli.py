@@ -9,9 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ACCELERATE_ONE_CPU, logged, run_sft
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_path):
     out = tmp_path / "sft_gmt"
     result = run_sft(
@@ -37,6 +36,7 @@ def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_pat
     assert len(fractions) == 3 and all(0.5 <= f < 0.51 for f in fractions)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["prompt_completion_jsonl", "parquet_file"])
 def test_prompt_completion_data_and_single_files(tiny_assets, tmp_path, layout):
     rows = [json.loads(line) for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()[:64]]
@@ -56,9 +56,46 @@ def test_prompt_completion_data_and_single_files(tiny_assets, tmp_path, layout):
     assert (out / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_missing_columns_are_refused_with_their_names(tiny_assets, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"question": "1 + 1?", "reply": "2"}) + "\n")
     result = run_sft("recipes/tiny/sft_full.yaml", tiny_assets / "base", data, tmp_path / "out")
     assert result.returncode != 0
     assert "needs the columns messages or prompt+completion" in result.stderr
+
+
+@pytest.mark.parametrize("setting", ["load_in_4bit", "load_in_8bit"])
+def test_quantization_that_cannot_be_honoured_is_refused_before_loading(tmp_path, setting):
+    # No bitsandbytes or no CUDA GPU here: refused by name, never silently ignored.
+    from gmt.sft import main, make_parser
+
+    arguments = ["--config", "recipes/tiny/sft_gmt.yaml", "--output_dir", str(tmp_path), f"--{setting}", "true",
+                 "--model_name_or_path", str(tmp_path / "no-model-here"), "--use_peft", "true"]  # fmt: skip
+    with pytest.raises(ValueError, match=f"{setting} needs"):
+        main(*make_parser().parse_args_and_config(arguments))
+
+
+def test_a_trl_user_switches_with_one_import():
+    import trl
+
+    from gmt import GMTDPOConfig, GMTDPOTrainer, GMTSFTConfig, GMTSFTTrainer
+
+    assert issubclass(GMTSFTTrainer, trl.SFTTrainer) and issubclass(GMTDPOTrainer, trl.DPOTrainer)
+    assert issubclass(GMTSFTConfig, trl.SFTConfig) and issubclass(GMTDPOConfig, trl.DPOConfig)
+
+
+def test_console_scripts_are_the_entry_points():
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    from gmt import dpo, sft
+
+    ours = [entry for entry in entry_points(group="console_scripts") if entry.name.startswith("gmt-")]
+    scripts = {entry.name: entry.load() for entry in ours}
+    assert scripts["gmt-sft"] is sft.cli and scripts["gmt-dpo"] is dpo.cli
+    result = subprocess.run([str(Path(sys.executable).parent / "gmt-sft"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--mask_strategy" in result.stdout and "--gps_k" in result.stdout

@@ -13,6 +13,7 @@ from gmt import dpo, sft
 
 TRAINING_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 ACCELERATE_CONFIGS = sorted((REPO / "recipes/accelerate").glob("*.yaml"))
+GPU_RECIPES = [recipe for recipe in TRAINING_RECIPES if recipe.parent.name != "tiny"]
 
 
 @pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -25,6 +26,21 @@ def test_recipe_parses(recipe):
     assert training_args.output_dir.startswith("outputs/")
     first_lines = recipe.read_text().splitlines()[:4]
     assert any(" gmt/" in line for line in first_lines), "a recipe starts with the command that runs it"
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_recipe_logging_backends_come_with_the_gpu_extra(recipe):
+    # The Trainer refuses a report_to backend that is not installed, before training.
+    import tomllib
+    import yaml
+    from transformers.integrations import get_available_reporting_integrations
+
+    report_to = yaml.safe_load(recipe.read_text()).get("report_to", "none")
+    backends = [report_to] if isinstance(report_to, str) else list(report_to)
+    gpu_extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    for backend in set(backends) - {"none"}:
+        assert any(requirement.startswith(backend) for requirement in gpu_extra), backend
+        assert backend in get_available_reporting_integrations(), backend  # installed by the test extra too
 
 
 @pytest.mark.parametrize("config", ACCELERATE_CONFIGS, ids=lambda p: p.name)
@@ -50,3 +66,22 @@ def test_slurm_launcher_builds_the_node_command():
         assert command[command.index(flag) + 1] == value
     assert command[-5:] == ["gmt/sft.py", "--config", "recipes/llama3-8b/sft_math_gmt.yaml", "--mask_ratio", "0.4"]
     assert Path(REPO / command[command.index("--config_file") + 1]).exists()
+
+
+def test_slurm_launcher_passes_every_override_through_unchanged(tmp_path):
+    # Each node runs the command in its own shell (srun ... bash -c): run it the same way, with an
+    # activation file that stands in for accelerate and prints the arguments it gets.
+    activate = tmp_path / "my env" / "activate"
+    activate.parent.mkdir()
+    activate.write_text('accelerate() { echo ACTIVATED; printf "%s\\n" "$@"; }\n')
+    overrides = ["--frozen_params", "embed_tokens|lm_head", "--run_name", "a b's \"quoted\" run", "--seed", "$HOME"]
+    env = {**os.environ, "GMT_DRY_RUN": "1", "SLURM_NNODES": "2", "MASTER_ADDR": "node-a"}
+    env["GMT_ACTIVATE"] = str(activate)
+    recipe = "recipes/llama3-8b/sft_math_gmt.yaml"
+    printed = subprocess.run(["bash", "scripts/launch.slurm", recipe, *overrides], cwd=REPO, env=env,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    node = subprocess.run(["bash", "-c", printed], cwd=REPO, env={**env, "SLURM_PROCID": "1"}, capture_output=True,
+                          text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert node[0] == "ACTIVATED"
+    assert node[node.index("--machine_rank") + 1] == "1"  # expanded on the node, not by the launcher
+    assert node[-3 - len(overrides) :] == ["gmt/sft.py", "--config", recipe, *overrides]

@@ -40,6 +40,16 @@ def test_grft_keeps_whole_rows_or_columns(axis):
         grft_mask(grad_sq, 1, axis="diagonal")
 
 
+@pytest.mark.parametrize("axis", ["row", "column"])
+def test_a_stack_of_matrices_is_selected_matrix_by_matrix(axis):
+    # [experts, out, in]: each expert gets what it would get alone.
+    stack = torch.randn(3, 5, 12, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(gps_mask(stack, k=4), torch.stack([gps_mask(matrix, k=4) for matrix in stack]))
+    squares = stack.square()
+    expected = torch.stack([grft_mask(matrix, 2, axis) for matrix in squares])
+    assert torch.equal(grft_mask(squares, 2, axis), expected)
+
+
 def test_gspf_scores_and_global_budget():
     generator = torch.Generator().manual_seed(2)
     sensitivity = [torch.rand(50, 40, generator=generator), torch.rand(300, generator=generator)]
@@ -68,6 +78,7 @@ def matrices(seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     out = [torch.randn(7, 13, generator=generator), torch.randn(5, 40, generator=generator)]
     out.append(torch.randn(3, 2, generator=generator))
+    out.append(torch.randn(3, 4, 9, generator=generator))  # a stack of matrices (fused MoE experts)
     out[0][2] = 0.0  # a row of ties (zeros): exactly k still, the lowest columns
     out[1][:, 10:20] = 0.25  # ties inside rows, across the cut
     return out

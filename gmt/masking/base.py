@@ -177,7 +177,9 @@ class MaskStrategy(ABC):
     options: ClassVar[tuple[Option, ...]] = ()
     default_frozen_params: ClassVar[str] = ""
     default_dense_params: ClassVar[str] = ""
-    matrices_only: ClassVar[bool] = False  # selects inside 2-D weights only; other parameters are dense
+    # Selects inside weight matrices only (a tensor of 3 or more dimensions, such as fused MoE experts
+    # [experts, out, in], is a stack of them); vectors (biases, norms) are dense.
+    matrices_only: ClassVar[bool] = False
     fixed_masks: ClassVar[bool] = False  # the mask stays fixed for stretches of training (sparse optimizer state)
 
     def __init__(self, *values: Any, dense_params: str | None = None, **options: Any) -> None:
@@ -231,7 +233,7 @@ class MaskStrategy(ABC):
         self.dense = [bool(pattern and pattern.search(name)) for name in self.layout.names]
         if self.matrices_only:
             shapes = self.layout.shapes or [()] * len(self.layout.names)
-            self.dense = [dense or len(shape) != 2 for dense, shape in zip(self.dense, shapes)]
+            self.dense = [dense or len(shape) < 2 for dense, shape in zip(self.dense, shapes)]
 
     @abstractmethod
     def select(self, grads: Sequence[Tensor | None], step: int) -> MaskSelection | None:

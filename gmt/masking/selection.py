@@ -9,6 +9,7 @@ the right moments of training are in ``gmt.masking.strategies``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,8 +31,10 @@ def row_topk_masks(
     k: int,
     all_reduce: AllReduce | None = None,
 ) -> list[Tensor]:
-    """GPS: in each 2-D weight W[out, in], keep the top-``k`` entries of every row by |value|
-    (``k`` input connections per output neuron): exactly ``min(k, in)`` per row.
+    """GPS: in each weight W[out, in], keep the top-``k`` entries of every row by |value|
+    (``k`` input connections per output neuron): exactly ``min(k, in)`` per row. A stack of
+    matrices (``[experts, out, in]``, a mixture-of-experts layer) is a stack of weights: every row
+    of every expert keeps its ``k``.
 
     Ties (zeros, mostly) go to the lower column, so the count is exact and the choice does not
     depend on how rows are split across ranks: each entry's key is its |value| key in the high 32
@@ -40,8 +43,9 @@ def row_topk_masks(
     all-reduce of the row counts per bit for a chunk of matrices.
     """
     for shape in shapes:
-        if len(shape) != 2:
-            raise ValueError(f"gps selects per row of a 2-D weight; got a parameter of shape {tuple(shape)}")
+        if len(shape) < 2:
+            raise ValueError(f"gps selects per row of a weight matrix; got a parameter of shape {tuple(shape)}")
+    shapes = [(math.prod(shape[:-1]), shape[-1]) for shape in shapes]  # the rows of every matrix of a stack
     whole = all_reduce is None and all(
         offset == 0 and value.numel() == shape[0] * shape[1] for value, offset, shape in zip(values, offsets, shapes)
     )
@@ -107,20 +111,27 @@ def line_top_masks(
     axis: str = "row",
     all_reduce: AllReduce | None = None,
 ) -> list[Tensor]:
-    """GRFT: in each 2-D weight, keep the top-``k`` whole rows (or columns) by summed squared
-    gradient. The per-line sums of all matrices travel in one all-reduce (a few floats per row)."""
+    """GRFT: in each weight matrix, keep the top-``k`` whole rows (or columns) by summed squared
+    gradient. A stack of matrices (``[experts, out, in]``) keeps ``k`` lines in every matrix of it.
+    The per-line sums of all matrices travel in one all-reduce (a few floats per row)."""
     if axis not in ("row", "column"):
         raise ValueError(f"grft_axis must be 'row' or 'column', got {axis!r}")
     dim = 1 if axis == "row" else 0
     line_sums = []
     for value, offset, shape in zip(squared_sums, offsets, shapes):
-        if len(shape) != 2:
-            raise ValueError(f"grft selects rows/columns of a 2-D weight; got a parameter of shape {tuple(shape)}")
-        if offset == 0 and value.numel() == shape[0] * shape[1]:  # the whole matrix is here
-            line_sums.append(value.reshape(shape[0], shape[1]).to(torch.float64).sum(dim=dim))
+        if len(shape) < 2:
+            raise ValueError(f"grft selects rows/columns of a weight matrix; got a parameter of shape {tuple(shape)}")
+        matrices, rows, columns = math.prod(shape[:-2]), shape[-2], shape[-1]
+        if offset == 0 and value.numel() == matrices * rows * columns:  # the whole parameter is here
+            if len(shape) == 2:
+                line_sums.append(value.reshape(rows, columns).to(torch.float64).sum(dim=dim))
+            else:
+                stacked = value.reshape(matrices, rows, columns).to(torch.float64)
+                line_sums.append(stacked.sum(dim=dim + 1).reshape(-1))
         else:
             line = _line_of(value, offset, shape, axis)
-            sums = torch.zeros(shape[1 - dim], dtype=torch.float64, device=value.device)
+            lines = matrices * (rows if axis == "row" else columns)
+            sums = torch.zeros(lines, dtype=torch.float64, device=value.device)
             line_sums.append(sums.index_add_(0, line, value.reshape(-1).double()))
     if all_reduce is not None and line_sums:
         together = torch.cat(line_sums)
@@ -129,30 +140,44 @@ def line_top_masks(
     masks = []
     for scores, value, offset, shape in zip(line_sums, squared_sums, offsets, shapes):
         # Every rank holds the same sums, so every rank picks the same lines (ties: lower index).
-        order = torch.sort(scores, descending=True, stable=True).indices
-        chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
-        chosen[order[: min(k, scores.numel())]] = True
+        matrices = math.prod(shape[:-2])
+        if matrices == 1:
+            order = torch.sort(scores, descending=True, stable=True).indices
+            chosen = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+            chosen[order[: min(k, scores.numel())]] = True
+        else:  # the lines of each matrix of the stack compete among themselves
+            per_matrix = scores.view(matrices, -1)
+            order = torch.sort(per_matrix, dim=1, descending=True, stable=True).indices[:, :k]
+            chosen = torch.zeros_like(per_matrix, dtype=torch.bool).scatter_(1, order, True).view(-1)
         masks.append(chosen[_line_of(value, offset, shape, axis)].view(value.shape))
     return masks
 
 
 def _line_of(value: Tensor, offset: int, shape: Sequence[int], axis: str) -> Tensor:
-    """The row (or column) of each local entry of a 2-D parameter stored as a flat slice."""
+    """The line (row or column) of each local entry of a parameter stored as a flat slice; the
+    lines of a stack of matrices are numbered matrix after matrix."""
     position = torch.arange(offset, offset + value.numel(), device=value.device)
-    return position.floor_divide_(shape[1]) if axis == "row" else position.remainder_(shape[1])
+    rows, columns = shape[-2], shape[-1]
+    if len(shape) == 2:
+        return position.floor_divide_(columns) if axis == "row" else position.remainder_(columns)
+    matrix, within = position // (rows * columns), position % (rows * columns)
+    if axis == "row":
+        return within.floor_divide_(columns).add_(matrix * rows)
+    return within.remainder_(columns).add_(matrix * columns)
 
 
 def gps_mask(grad_sum: Tensor, k: int) -> Tensor:
-    """GPS on one whole 2-D weight: exactly ``min(k, in)`` largest |entries| per row."""
-    if grad_sum.dim() != 2:
-        raise ValueError(f"gps selects per row of a 2-D weight; got a tensor of shape {tuple(grad_sum.shape)}")
+    """GPS on one whole weight (or stack of them): exactly ``min(k, in)`` largest |entries| per row."""
+    if grad_sum.dim() < 2:
+        raise ValueError(f"gps selects per row of a weight matrix; got a tensor of shape {tuple(grad_sum.shape)}")
     return row_topk_masks([grad_sum], [0], [grad_sum.shape], k)[0]
 
 
 def grft_mask(grad_sq_sum: Tensor, k: int, axis: str = "row") -> Tensor:
-    """GRFT on one whole 2-D weight: the top-``k`` rows (or columns) by summed squared gradient."""
-    if grad_sq_sum.dim() != 2:
-        raise ValueError(f"grft selects rows/columns of a 2-D weight; got shape {tuple(grad_sq_sum.shape)}")
+    """GRFT on one whole weight (or stack of them): the top-``k`` rows (or columns) of each matrix by
+    summed squared gradient."""
+    if grad_sq_sum.dim() < 2:
+        raise ValueError(f"grft selects rows/columns of a weight matrix; got shape {tuple(grad_sq_sum.shape)}")
     return line_top_masks([grad_sq_sum], [0], [grad_sq_sum.shape], k, axis)[0]
 
 

@@ -5,7 +5,8 @@ only those: the mask stays fixed (until GSPF reselects), so the optimizer keeps 
 entries only (``SparseMaskedAdamW``) and entries outside the mask never move (no update, no decay).
 
 Which parameters take part: ``dense_params`` (a regex) are trained fully, never masked. For gps
-and grft, which select inside weight matrices, every parameter that is not 2-D is dense too.
+and grft, which select inside weight matrices, every parameter with fewer than 2 dimensions is
+dense too; one with more (fused MoE experts ``[experts, out, in]``) is a stack of matrices.
 Parameters to leave out altogether are frozen by the trainer (``frozen_params``) before training.
 """
 

@@ -15,7 +15,8 @@ GPS_K = Option("gps_k", int, 4, "Input connections kept per output neuron (row).
 
 class GPSStrategy(SelectionPassStrategy):
     """GPS: after a selection pass summing Γ, keep the top ``gps_k`` input connections (|Σ Γ| per
-    row) of every output neuron of every weight matrix; exactly ``gps_k`` per row."""
+    row) of every output neuron of every weight matrix (of every expert, for fused MoE experts);
+    exactly ``gps_k`` per row."""
 
     name = "gps"
     summary = "fixed mask: the top gps_k inputs of every neuron by summed gradient"

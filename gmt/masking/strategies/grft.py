@@ -23,9 +23,10 @@ GRFT_LAMBDA = Option(
 
 class GRFTStrategy(SelectionPassStrategy):
     """GRFT: after a selection pass summing Γ², keep the top ``grft_k`` whole rows (or columns) of
-    every weight matrix, and pull the kept entries toward their pretrained values: the loss gains
-    ``grft_lambda * Σ ||W - W_pre||²``, added to Γ as its gradient ``2 grft_lambda (W - W_pre)``
-    before the mask (so clipping sees it). Entries outside the mask never move, so their term is 0."""
+    every weight matrix (of every expert, for fused MoE experts), and pull the kept entries toward
+    their pretrained values: the loss gains ``grft_lambda * Σ ||W - W_pre||²``, added to Γ as its
+    gradient ``2 grft_lambda (W - W_pre)`` before the mask (so clipping sees it). Entries outside
+    the mask never move, so their term is 0."""
 
     name = "grft"
     summary = "fixed mask: the top grft_k rows/columns of every matrix, pulled to the pretrained weights"
