@@ -85,3 +85,13 @@ def test_slurm_launcher_passes_every_override_through_unchanged(tmp_path):
     assert node[0] == "ACTIVATED"
     assert node[node.index("--machine_rank") + 1] == "1"  # expanded on the node, not by the launcher
     assert node[-3 - len(overrides) :] == ["gmt/sft.py", "--config", recipe, *overrides]
+
+
+def test_readme_commands_score_the_folders_the_recipes_write():
+    import re
+
+    import yaml
+
+    written = {yaml.safe_load(recipe.read_text())["output_dir"] for recipe in TRAINING_RECIPES}
+    scored = set(re.findall(r"--model (outputs/\S+)", (REPO / "README.md").read_text()))
+    assert scored and scored <= written, sorted(scored - written)
