@@ -71,7 +71,8 @@ class _CheckedMaskArguments:
         optim = getattr(self.optim, "value", self.optim)
         need = optimizer_requirement(strategy)
         if need is not None and optim not in MASKED_OPTIMIZERS:
-            advice = " Use gmt_mode 'grad' to mask only the gradient with any optimizer." if "gmt_mode" in need else ""
+            masked = strategy.optimizer_kind == "masked"
+            advice = " Use gmt_mode 'grad' to mask only the gradient with any optimizer." if masked else ""
             raise ValueError(f"{need}; optim must be one of {MASKED_OPTIMIZERS}, got {optim!r}.{advice}")
 
 

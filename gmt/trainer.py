@@ -116,14 +116,17 @@ class MaskingMixin:
         )
         optimizer = unwrap_optimizer(self.optimizer)
         grad_scaler = getattr(self.accelerator, "scaler", None)  # fp16 mixed precision without DeepSpeed
+        skips_itself = self.is_deepspeed_enabled or grad_scaler is not None  # overflow path or GradScaler
+        # The hook reads self._step when the engine steps, so it may be installed before the step exists.
+        hooked = access.install_step_hook(lambda: self._step.mask(self.state.global_step))
         self._step = MaskedStep(
             self._masker,
             optimizer,
             self.args.max_nonfinite_steps,
-            engine_skips=self.is_deepspeed_enabled or grad_scaler is not None,
-            loss_scaled=self.args.fp16 and (self.is_deepspeed_enabled or grad_scaler is not None),
+            engine_hooked=hooked,
+            engine_skips=skips_itself,
+            loss_scaled=self.args.fp16 and skips_itself,
         )
-        self._step.engine_hooked = access.install_step_hook(lambda: self._step.mask(self.state.global_step))
         self._pending_logs = None
         state, self._resumed_state = self._resumed_state, None
         if state is not None:

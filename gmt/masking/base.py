@@ -212,8 +212,13 @@ class MaskStrategy(ABC):
     @classmethod
     def from_args(cls, args: Any) -> MaskStrategy:
         """Build from parsed arguments (a gmt config): every declared option is read by its name."""
-        values = {option.name: getattr(args, option.name) for option in cls.declared_options()}
-        return cls(**values, dense_params=args.dense_params)
+        return cls(**cls.options_from(args))
+
+    @classmethod
+    def options_from(cls, args: Any) -> dict[str, Any]:
+        """The constructor's keyword arguments from parsed arguments: the declared options and ``dense_params``."""
+        return {**{option.name: getattr(args, option.name) for option in cls.declared_options()},
+                "dense_params": args.dense_params}  # fmt: skip
 
     @property
     def optimizer_kind(self) -> str:

@@ -55,8 +55,7 @@ class RandomStrategy(TopKStrategy):
 
     @classmethod
     def from_args(cls, args) -> RandomStrategy:
-        values = {option.name: getattr(args, option.name) for option in cls.declared_options()}
-        return cls(**values, dense_params=args.dense_params, seed=args.seed)
+        return cls(**cls.options_from(args), seed=args.seed)
 
     def setup(self, access: GradientAccess, total_steps: int = 0) -> None:
         super().setup(access, total_steps)
