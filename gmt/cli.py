@@ -7,9 +7,10 @@ from pathlib import Path
 from datasets import Dataset
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
+from gmt.chat import check_chat_template
 from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
-from gmt.data import check_columns, load_training_dataset, rename_columns
+from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
 from gmt.shutdown import exit_without_finalizing
 
 
@@ -45,30 +46,34 @@ def quantization_config(model_args: ModelConfig):
     return config
 
 
-def load_splits(
-    script_args: GMTScriptArguments, training_args, column_sets: tuple[tuple[str, ...], ...], purpose: str
-) -> tuple[Dataset, Dataset | None]:
-    """The train split (checked for ``column_sets``, named ``purpose`` in errors) and, when
-    evaluation is on, the test split."""
+def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayout) -> tuple[Dataset, Dataset | None]:
+    """The train split (checked for the ``layout``'s columns, then put in a layout TRL reads) and,
+    when evaluation is on, the test split."""
     if not script_args.dataset_name:
         raise ValueError("dataset_name is required: a hub data set, a local folder or a local data file")
     dataset = load_training_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
-    train_dataset = rename_columns(dataset[script_args.dataset_train_split], script_args.dataset_column_map)
-    check_columns(train_dataset, column_sets, purpose)
-    eval_dataset = None
+    splits = [script_args.dataset_train_split]
     if training_args.eval_strategy != "no":
-        eval_dataset = rename_columns(dataset[script_args.dataset_test_split], script_args.dataset_column_map)
-    return train_dataset, eval_dataset
+        splits.append(script_args.dataset_test_split)
+    prepared = []
+    for split in splits:
+        if split not in dataset:
+            raise ValueError(
+                f"the data set {script_args.dataset_name!r} has no split {split!r}; it has {list(dataset)}"
+            )
+        rows = rename_columns(dataset[split], script_args.dataset_column_map)
+        check_columns(rows, layout.column_sets, layout.purpose)
+        prepared.append(layout.prepare(rows) if layout.prepare else rows)
+    return prepared[0], (prepared[1] if len(prepared) > 1 else None)
 
 
 def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
-    data must have one of the trainer's ``data_columns`` (see ``gmt.trainer``)."""
+    data must fit the trainer's ``data_layout`` (see ``gmt.data``)."""
     quantization = quantization_config(model_args)  # refused first, before any data or model loads
     set_model_init_kwargs(model_args, training_args)
-    train_dataset, eval_dataset = load_splits(
-        script_args, training_args, trainer_cls.data_columns, trainer_cls.data_purpose
-    )
+    train_dataset, eval_dataset = load_splits(script_args, training_args, trainer_cls.data_layout)
+    check_chat_template(train_dataset, training_args, model_args, trainer_cls.data_layout.purpose)
     return trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,

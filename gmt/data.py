@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
@@ -14,6 +16,45 @@ _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "
 SFT_COLUMN_SETS = (("messages",), ("prompt", "completion"), ("text",), ("input_ids",))
 # TRL's DPOTrainer: explicit prompt, or the prompt implicit in the two conversations.
 DPO_COLUMN_SETS = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
+
+
+def conversational_prompt(dataset: Dataset) -> Dataset:
+    """Preference rows with a string ``prompt`` beside ``chosen``/``rejected`` conversations that
+    already hold it (HuggingFaceH4/ultrafeedback_binarized's layout): take the prompt turns from the
+    conversations, with TRL's own ``maybe_extract_prompt``. TRL's DPOTrainer reads this layout only
+    without the ``prompt`` column, and fails on it with a ``str + list`` error otherwise. Rows whose
+    string prompt is not the conversations' last prompt turn are refused: the two disagree."""
+    from trl.data_utils import is_conversational, maybe_extract_prompt
+
+    first = next(iter(dataset))
+    if not (isinstance(first.get("prompt"), str) and is_conversational({"chosen": first["chosen"]})):
+        return dataset
+
+    def extract(row: dict) -> dict:
+        extracted = maybe_extract_prompt(row)
+        turns = extracted["prompt"]
+        if not turns or turns[-1].get("content") != row["prompt"]:
+            raise ValueError(
+                f"DPO data: the string prompt {row['prompt'][:80]!r} is not the last shared turn of its chosen and "
+                "rejected conversations; drop the prompt column or make it conversational"
+            )
+        return extracted
+
+    return dataset.map(extract, desc="Taking the prompt turns from the conversations")
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """What a trainer's data must look like: the column sets it accepts, the name used in errors, and
+    a step that turns other known layouts into one TRL reads."""
+
+    purpose: str
+    column_sets: tuple[tuple[str, ...], ...]
+    prepare: Callable[[Dataset], Dataset] | None = None
+
+
+SFT_DATA = DataLayout("SFT", SFT_COLUMN_SETS)
+DPO_DATA = DataLayout("DPO", DPO_COLUMN_SETS, conversational_prompt)
 
 
 def load_training_dataset(name: str, config: str | None = None, streaming: bool = False) -> DatasetDict:

@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
-from gmt.data import DPO_COLUMN_SETS, SFT_COLUMN_SETS
+from gmt.data import DPO_DATA, SFT_DATA
 from gmt.masking import (
     GradientMasker,
     LocalGradientAccess,
@@ -234,7 +234,7 @@ class GMTSFTTrainer(MaskingMixin, SFTTrainer):
     Takes a ``gmt.config.GMTSFTConfig`` as ``args``; everything else is ``SFTTrainer``'s.
     """
 
-    data_columns, data_purpose = SFT_COLUMN_SETS, "SFT"  # what gmt/sft.py checks the data for
+    data_layout = SFT_DATA  # what gmt/sft.py checks the data for
 
 
 class GMTDPOTrainer(MaskingMixin, DPOTrainer):
@@ -244,4 +244,4 @@ class GMTDPOTrainer(MaskingMixin, DPOTrainer):
     copy, or the adapter-disabled base under PEFT); the mask covers only the policy.
     """
 
-    data_columns, data_purpose = DPO_COLUMN_SETS, "DPO"  # what gmt/dpo.py checks the data for
+    data_layout = DPO_DATA  # what gmt/dpo.py checks the data for and how it reads H4's layout

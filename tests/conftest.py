@@ -79,3 +79,9 @@ def run_sft(
 def logged(stdout: str, key: str) -> list[float]:
     """Values of ``key`` in the Trainer's printed log dicts."""
     return [float(value) for value in re.findall(rf"'{re.escape(key)}': '?([^',}}]+)", stdout)]
+
+
+@pytest.fixture(scope="session")
+def standin_cache(tmp_path_factory) -> Path:
+    """Where the session builds the stand-ins of the real setups (gmt.standins), once."""
+    return tmp_path_factory.mktemp("gmt-standins")

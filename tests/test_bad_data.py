@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from gmt.cli import load_splits
 from gmt.config import GMTDPOConfig, GMTScriptArguments, GMTSFTConfig
-from gmt.data import DPO_COLUMN_SETS, SFT_COLUMN_SETS, check_columns
+from gmt.data import DPO_DATA, SFT_COLUMN_SETS, SFT_DATA, check_columns
 
 
 def write_jsonl(path, rows) -> str:
@@ -20,10 +20,8 @@ def write_jsonl(path, rows) -> str:
 def splits(dataset_name: str, purpose: str, **script_options):
     config = GMTSFTConfig if purpose == "SFT" else GMTDPOConfig
     training_args = config(output_dir="unused", bf16=False)
-    column_sets = SFT_COLUMN_SETS if purpose == "SFT" else DPO_COLUMN_SETS
-    return load_splits(
-        GMTScriptArguments(dataset_name=dataset_name, **script_options), training_args, column_sets, purpose
-    )
+    layout = SFT_DATA if purpose == "SFT" else DPO_DATA
+    return load_splits(GMTScriptArguments(dataset_name=dataset_name, **script_options), training_args, layout)
 
 
 @pytest.mark.parametrize(
@@ -63,3 +61,61 @@ def test_a_split_without_rows_is_refused():
     empty = Dataset.from_dict({"prompt": [], "completion": []})
     with pytest.raises(ValueError, match=r"SFT data set is empty \(dataset_name, dataset_train_split\)"):
         check_columns(empty, SFT_COLUMN_SETS, "SFT")
+
+
+CHAT_ROWS = [{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]}]
+
+
+def chat_check(standin_cache, tmp_path, model="meta-llama/Llama-2-7b-hf", **training_options):
+    from trl import ModelConfig
+
+    from gmt.chat import check_chat_template
+    from gmt.standins import model_standin
+
+    training_args = GMTSFTConfig(output_dir=str(tmp_path / "unused"), bf16=False, **training_options)
+    model_args = ModelConfig(model_name_or_path=str(model_standin(model, standin_cache)))
+    check_chat_template(Dataset.from_list(CHAT_ROWS), training_args, model_args, "SFT")
+
+
+def test_chat_data_with_a_tokenizer_without_a_template_names_chat_template_path(standin_cache, tmp_path):
+    # The Llama-2 base checkpoint ships no chat template (its stand-in neither).
+    with pytest.raises(
+        ValueError, match="conversational, but the tokenizer .* has no chat template .*: set chat_template_path"
+    ):
+        chat_check(standin_cache, tmp_path)
+    chat_check(standin_cache, tmp_path, chat_template_path="recipes/templates/tulu.jinja")  # what the recipe sets
+
+
+def test_assistant_only_loss_needs_generation_markers(standin_cache, tmp_path):
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    with pytest.raises(ValueError, match=r"assistant_only_loss true needs a chat template .*\{% generation %\}"):
+        chat_check(standin_cache, tmp_path, chat_template_path=str(plain), assistant_only_loss=True)
+    chat_check(standin_cache, tmp_path, chat_template_path=str(plain))  # fine without assistant_only_loss
+    chat_check(standin_cache, tmp_path, chat_template_path="recipes/templates/tulu.jinja", assistant_only_loss=True)
+
+
+def test_a_missing_chat_template_file_is_named(standin_cache, tmp_path):
+    with pytest.raises(ValueError, match="chat_template_path 'recipes/templates/nope.jinja': no such file"):
+        chat_check(standin_cache, tmp_path, chat_template_path="recipes/templates/nope.jinja")
+
+
+def ultrafeedback_row(prompt: str, first_turn: str) -> dict:
+    user = {"content": first_turn, "role": "user"}
+    return {"prompt": prompt, "chosen": [user, {"content": "4", "role": "assistant"}],
+            "rejected": [user, {"content": "5", "role": "assistant"}], "score_chosen": 9.0}  # fmt: skip
+
+
+def test_ultrafeedback_layout_becomes_a_conversational_prompt(tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", [ultrafeedback_row("2 + 2?", "2 + 2?")])
+    train, _ = splits(data, "DPO")
+    row = train[0]
+    assert row["prompt"] == [{"content": "2 + 2?", "role": "user"}]
+    assert row["chosen"] == [{"content": "4", "role": "assistant"}]
+    assert row["rejected"] == [{"content": "5", "role": "assistant"}]
+
+
+def test_ultrafeedback_rows_whose_prompt_disagrees_are_refused(tmp_path):
+    data = write_jsonl(tmp_path / "prefs.jsonl", [ultrafeedback_row("2 + 2?", "3 + 3?")])
+    with pytest.raises(ValueError, match="string prompt '2 \\+ 2\\?' is not the last shared turn"):
+        splits(data, "DPO")

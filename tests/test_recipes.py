@@ -10,6 +10,7 @@ from accelerate.commands.config.config_args import ClusterConfig
 
 from conftest import REPO
 from gmt import dpo, sft
+from gmt.standins.recipes import script_for
 
 TRAINING_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
 ACCELERATE_CONFIGS = sorted((REPO / "recipes/accelerate").glob("*.yaml"))
@@ -19,13 +20,13 @@ GPU_RECIPES = [recipe for recipe in TRAINING_RECIPES if recipe.parent.name != "t
 @pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_parses(recipe):
     # bf16 is forced off: this machine has no GPU; every other key must be a known setting.
-    parser = (dpo if recipe.name.startswith("dpo_") else sft).make_parser()
+    parser = (dpo if script_for(recipe) == "gmt/dpo.py" else sft).make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
     assert model_args.model_name_or_path and script_args.dataset_name
     assert training_args.mask_strategy in ("gmt", "full")
     assert training_args.output_dir.startswith("outputs/")
     first_lines = recipe.read_text().splitlines()[:4]
-    assert any(" gmt/" in line for line in first_lines), "a recipe starts with the command that runs it"
+    assert any(f" {script_for(recipe)} " in line for line in first_lines), "a recipe starts with its command"
 
 
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -1,0 +1,3 @@
+from gmt.standins.recipes import main
+
+main()
