@@ -11,6 +11,7 @@ from gmt.chat import check_chat_template
 from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
 from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
+from gmt.prompts import apply_prompt_format
 from gmt.shutdown import exit_without_finalizing
 
 
@@ -63,6 +64,8 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
             )
         rows = rename_columns(dataset[split], script_args.dataset_column_map)
         check_columns(rows, layout.column_sets, layout.purpose)
+        if script_args.prompt_format:
+            rows = apply_prompt_format(rows, script_args.prompt_format)
         prepared.append(layout.prepare(rows) if layout.prepare else rows)
     return prepared[0], (prepared[1] if len(prepared) > 1 else None)
 

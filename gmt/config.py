@@ -16,6 +16,7 @@ from trl import DPOConfig, ScriptArguments, SFTConfig
 from gmt.masking import COMMON_OPTIONS, STRATEGIES, MaskStrategy, Option, resolve_strategy_options, strategy_class
 from gmt.masking.prepare import optimizer_requirement
 from gmt.masking.registry import seal_registry, strategies_taking, strategy_options
+from gmt.prompts import PROMPT_FORMATS
 
 MASKED_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")  # the optim names whose AdamW gmt can replace
 
@@ -111,6 +112,15 @@ class GMTScriptArguments(ScriptArguments):
         metadata={
             "help": "Rename data set columns before training, as 'old:new,old:new'; e.g. "
             "'query:prompt,response:completion' turns MetaMathQA into TRL's prompt/completion layout."
+        },
+    )
+    prompt_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Wrap the prompt column of prompt/completion data in a named format before training: "
+            "metamath (MetaMath's Alpaca prompt) or magicoder (Magicoder's); the math and code eval suites "
+            "score in the same format (gmt/prompts.py).",
+            "choices": tuple(PROMPT_FORMATS),
         },
     )
     eval_suite: str | None = field(

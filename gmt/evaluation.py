@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from gmt.prompts import prompt_task_yaml
+
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 SUITES = ("code", "math", "general", "tiny")
 DEFAULT_TINY_DATA = Path(".cache/gmt-tiny/data/sft/test.jsonl")
@@ -52,8 +54,25 @@ def task_manager(tiny_data: Path | None = None):
     data = Path(tiny_data or DEFAULT_TINY_DATA).resolve()
     include = Path(tempfile.mkdtemp(prefix="gmt-eval-tasks-"))
     for template in (EVAL_DIR / "tasks").glob("*.yaml"):
-        (include / template.name).write_text(template.read_text().replace("__DATA__", str(data)))
+        (include / template.name).write_text(fill_task_template(template.read_text(), data))
     return TaskManager(include_path=str(include))
+
+
+def fill_task_template(text: str, tiny_data: Path) -> str:
+    """A task file of eval/tasks with its placeholders filled: ``__DATA__`` (the tiny task's data),
+    ``__LM_EVAL_TASKS__`` (the installed harness's task folder, for ``include``) and the training
+    prompt formats of gmt/prompts.py."""
+    import lm_eval.tasks
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    harness_tasks = Path(lm_eval.tasks.__file__).parent
+    text = text.replace("__DATA__", str(tiny_data)).replace("__LM_EVAL_TASKS__", str(harness_tasks))
+
+    def included_doc_to_text() -> str:
+        included = yaml.safe_load(text)["include"]
+        return load_yaml(included, resolve_func=False)["doc_to_text"]
+
+    return prompt_task_yaml(text, included_doc_to_text)
 
 
 def resolve_tasks(suite: Suite, manager) -> list[str]:
