@@ -51,6 +51,7 @@ class MaskingMixin:
         super().__init__(*args, **kwargs)
         self.strategy: MaskStrategy = strategy_class(self.args.mask_strategy).from_args(self.args)
         self._check_engine_supported()
+        self._check_matrix_orientation()
         # Before the optimizer and the engine exist, so frozen parameters get neither gradients nor state.
         freeze_parameters(self.model.named_parameters(), effective_frozen_params(self.args))
         self.add_callback(_MaskStepCallback(self))
@@ -78,6 +79,22 @@ class MaskingMixin:
                     f"{need}, as DeepSpeed's optimizer: remove the 'optimizer' block from the DeepSpeed config (the "
                     "Trainer's optim is used then)"
                 )
+
+    def _check_matrix_orientation(self) -> None:
+        """Per-matrix rules (gps, grft) read a weight as torch's Linear stores it, [out, in]. The
+        Conv1D of GPT-2 and its kin stores [in, out], where those rules would pick along the wrong
+        axis: refused by name instead."""
+        if not self.strategy.matrices_only:
+            return
+        from transformers.pytorch_utils import Conv1D
+
+        transposed = [name for name, module in self.model.named_modules() if isinstance(module, Conv1D)]
+        if transposed:
+            raise ValueError(
+                f"mask_strategy {self.strategy.name!r} selects per output neuron of [out, in] weight matrices, but "
+                f"this model's Conv1D layers ({transposed[0]}, ...) store [in, out] (GPT-2 style); use gmt, gspf, "
+                "random or magnitude, whose masks do not depend on the matrix orientation"
+            )
 
     def _fsdp_version(self) -> int:
         return int(getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1) or 1)
