@@ -20,11 +20,12 @@ from gmt.masking.scopes import layer_name
 VOCAB, HIDDEN, SEQ = 96, 32, 24
 DECODER = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ)  # fmt: skip
+LLAMA_BLOCKS = ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]
 FAMILIES = {  # name -> (config class, settings, the blocks the layer scope must find)
-    "llama": ("LlamaConfig", DECODER, ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    "llama": ("LlamaConfig", DECODER, LLAMA_BLOCKS),
     "qwen2-tied": ("Qwen2Config", {**DECODER, "tie_word_embeddings": True},
                    ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm"]),
-    "mistral": ("MistralConfig", DECODER, ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
+    "mistral": ("MistralConfig", DECODER, LLAMA_BLOCKS),
     "qwen3": ("Qwen3Config", {**DECODER, "head_dim": 8, "tie_word_embeddings": False},
               ["model.embed_tokens", "model.layers.0", "model.layers.1", "model.norm", "lm_head"]),
     "gemma2": ("Gemma2Config", {**DECODER, "head_dim": 8},  # ties its head to the embedding
