@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
-from trl import ModelConfig, get_peft_config, get_quantization_config
+from trl import ModelConfig, get_dataset, get_peft_config, get_quantization_config
 
 from gmt.chat import check_chat_template
 from gmt.checkpoints import resolve_resume_checkpoint
@@ -50,9 +50,20 @@ def quantization_config(model_args: ModelConfig):
 def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayout) -> tuple[Dataset, Dataset | None]:
     """The train split (checked for the ``layout``'s columns, then put in a layout TRL reads) and,
     when evaluation is on, the test split."""
-    if not script_args.dataset_name:
-        raise ValueError("dataset_name is required: a hub data set, a local folder or a local data file")
-    dataset = load_training_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
+    if script_args.datasets and script_args.dataset_name:
+        raise ValueError(
+            "set dataset_name or datasets (a mixture), not both: TRL's scripts would drop dataset_name without a word"
+        )
+    if script_args.datasets:
+        dataset = get_dataset(script_args)  # TRL's mixture loader: its splits, fractions and test_split_size
+    elif script_args.dataset_name:
+        dataset = load_training_dataset(
+            script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming
+        )
+    else:
+        raise ValueError(
+            "dataset_name (a hub data set, a local folder or a local data file) or datasets (a mixture) is required"
+        )
     splits = [script_args.dataset_train_split]
     if training_args.eval_strategy != "no":
         splits.append(script_args.dataset_test_split)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, make_dataclass
 from typing import Optional
 
-from trl import DPOConfig, ScriptArguments, SFTConfig
+from trl import DatasetMixtureConfig, DPOConfig, ScriptArguments, SFTConfig
 
 from gmt.masking import COMMON_OPTIONS, STRATEGIES, MaskStrategy, Option, resolve_strategy_options, strategy_class
 from gmt.masking.prepare import optimizer_requirement
@@ -104,8 +104,9 @@ class GMTDPOConfig(MaskArguments, DPOConfig):
 
 
 @dataclass
-class GMTScriptArguments(ScriptArguments):
-    """TRL's ``ScriptArguments`` plus a column mapping for data sets in other layouts."""
+class GMTScriptArguments(ScriptArguments, DatasetMixtureConfig):
+    """TRL's ``ScriptArguments`` and its ``datasets:`` mixture (``DatasetMixtureConfig``, as ``trl sft``
+    reads it), plus a column mapping and a prompt format for data sets in other layouts."""
 
     dataset_column_map: str | None = field(
         default=None,

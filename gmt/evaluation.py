@@ -3,7 +3,8 @@
 A suite is a list of the harness's own tasks with their few-shot counts, whether to wrap prompts in
 the model's chat template, and whether the tasks execute model-written code. The ``tiny`` suite's
 task lives in ``eval/tasks`` and reads the held-out problems that ``python -m gmt.tiny`` writes,
-so train -> evaluate runs offline. Used by ``eval/run.py`` and by ``gmt/sft.py --eval_suite``.
+so train -> evaluate runs offline. Used by ``gmt-eval`` (``eval/run.py``, ``main`` below) and by
+``gmt/sft.py --eval_suite``.
 """
 
 from __future__ import annotations
@@ -179,3 +180,37 @@ def markdown_table(summary: dict[str, Any]) -> str:
         for metric, value in metrics.items():
             lines.append(f"| {task} | {metric} | {value:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``gmt-eval`` command (also ``python eval/run.py``): score a checkpoint with a suite.
+
+        gmt-eval --suite tiny --model outputs/tiny/sft_gmt            # offline, CPU
+        gmt-eval --suite math --model PATH --device cuda --dtype bfloat16 --batch_size auto
+        HF_ALLOW_CODE_EVAL=1 gmt-eval --suite code --model PATH --allow_code_execution
+
+    Writes lm-eval's JSON (``lm_eval_<suite>.json``) and a markdown table (``eval_<suite>.md``) to
+    ``--output_dir`` (default: ``<model>/eval``). Suites are defined in ``eval/suites/*.yaml``.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", required=True, choices=SUITES)
+    parser.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    parser.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    parser.add_argument("--output_dir", default=None)
+    parser.add_argument("--batch_size", default="8", help="an integer, or 'auto' on GPU")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--tiny_data", default=None, help="tiny suite: the held-out jsonl (default: the cache's)")
+    parser.add_argument("--allow_code_execution", action="store_true", help="code suite: run model-written code")
+    args = parser.parse_args(argv)
+    batch_size = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
+    output_dir = args.output_dir or str(Path(args.model) / "eval") if Path(args.model).exists() else args.output_dir
+    summary = evaluate_checkpoint(
+        args.model, args.suite, limit=args.limit, output_dir=output_dir, batch_size=batch_size, device=args.device,
+        dtype=args.dtype, tiny_data=args.tiny_data, allow_code_execution=args.allow_code_execution,
+    )  # fmt: skip
+    print(f"{args.suite}: score {summary['score']}")
+    for task, metrics in summary["scores"].items():
+        print(f"  {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

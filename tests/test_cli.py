@@ -91,11 +91,13 @@ def test_console_scripts_are_the_entry_points():
     from importlib.metadata import entry_points
     from pathlib import Path
 
-    from gmt import dpo, sft
+    from gmt import dpo, evaluation, sft
 
     ours = [entry for entry in entry_points(group="console_scripts") if entry.name.startswith("gmt-")]
     scripts = {entry.name: entry.load() for entry in ours}
-    assert scripts["gmt-sft"] is sft.cli and scripts["gmt-dpo"] is dpo.cli
+    assert scripts["gmt-sft"] is sft.cli and scripts["gmt-dpo"] is dpo.cli and scripts["gmt-eval"] is evaluation.main
+    result = subprocess.run([str(Path(sys.executable).parent / "gmt-eval"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--suite" in result.stdout, result.stderr[-2000:]
     result = subprocess.run([str(Path(sys.executable).parent / "gmt-sft"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--mask_strategy" in result.stdout and "--gps_k" in result.stdout
