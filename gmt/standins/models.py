@@ -146,9 +146,9 @@ FAMILIES: dict[str, Family] = {
 def build_model(family: str, out_dir: Path, texts: list[str], vocab_size: int = 384, seed: int = 0) -> Path:
     """Save the stand-in of ``family`` (model, tokenizer, chat template) to ``out_dir`` as a HF checkpoint.
 
-    The vocabulary is small on purpose: the embedding and head stay near a fifth of the weights (a
-    real 7B model's are a few percent), so the rows a batch never touches do not fill the default
-    20% mask with zero gradients by themselves."""
+    The vocabulary is small on purpose: the input embedding stays near a tenth of the weights (a
+    real 7B model's is about 2%), so the rows a batch never touches (zero gradient) do not fill the
+    default 20% drop by themselves."""
     from transformers import AutoModelForCausalLM
 
     spec = FAMILIES[family]

@@ -1,7 +1,8 @@
 """Run a shipped recipe on stand-ins of its model and data: the recipe file unchanged except for
-``model_name_or_path``, ``dataset_name``, ``output_dir``, a 2-step budget logged every step, and, on a
-machine without flash-attn, ``attn_implementation sdpa``. Then check what a first GPU run would:
-the loss is finite, the mask ran (its kept fraction is logged), the checkpoint loads.
+``model_name_or_path``, ``dataset_name``, ``output_dir`` and a 2-step budget logged every step, plus
+what a machine without a GPU needs (``attn_implementation sdpa`` without flash-attn, ``use_cpu true``
+so that the recipe's bf16 runs as CPU autocast). Then check what a first GPU run would: the loss is
+finite, the mask ran (its kept fraction is logged at every step), the checkpoint loads.
 """
 
 from __future__ import annotations
