@@ -70,8 +70,10 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
     prepared = []
     for split in splits:
         if split not in dataset:
+            source = repr(script_args.dataset_name) if script_args.dataset_name else "mixture (datasets)"
             raise ValueError(
-                f"the data set {script_args.dataset_name!r} has no split {split!r}; it has {list(dataset)}"
+                f"the data set {source} has no split {split!r} (dataset_train_split / dataset_test_split); it has "
+                f"{list(dataset)}"
             )
         rows = rename_columns(dataset[split], script_args.dataset_column_map)
         check_columns(rows, layout.column_sets, layout.purpose)

@@ -119,3 +119,10 @@ def test_ultrafeedback_rows_whose_prompt_disagrees_are_refused(tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", [ultrafeedback_row("2 + 2?", "3 + 3?")])
     with pytest.raises(ValueError, match="string prompt '2 \\+ 2\\?' is not the last shared turn"):
         splits(data, "DPO")
+
+
+def test_a_split_the_data_lacks_is_named(tmp_path):
+    # A single file is the train split only; the UltraFeedback recipe reads train_prefs.
+    data = write_jsonl(tmp_path / "prefs.jsonl", [ultrafeedback_row("2 + 2?", "2 + 2?")])
+    with pytest.raises(ValueError, match=r"has no split 'train_prefs' \(dataset_train_split .*\['train'\]"):
+        splits(data, "DPO", dataset_train_split="train_prefs")
