@@ -84,13 +84,12 @@ def test_two_ranks_match_one_process(tiny_assets, tmp_path, one_process_runs, en
     assert relative_distance(two, one, base) <= 5e-3
 
 
-def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
-    # 2 ranks x 2 accumulated micro-batches against 1 rank x 4: DeepSpeed steps (and gmt masks)
-    # once per accumulation window, from the whole window's gradient.
-    base, data = tiny_assets / "base", tiny_assets / "data/sft"
-    one = run_sft(RECIPE, base, data, tmp_path / "one", *COMMON, "--gradient_accumulation_steps", "4")
+def one_process_and_zero3(base, data, out, one_accumulation: str, two_accumulation: str):
+    """The tiny recipe on 1 process and on 2 ZeRO-3 ranks (same global batch); asserts that both
+    finish and log the same losses (to 1e-4) and kept fractions at each of the 3 steps."""
+    one = run_sft(RECIPE, base, data, out / "one", *COMMON, "--gradient_accumulation_steps", one_accumulation)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_sft(RECIPE, base, data, tmp_path / "two", *COMMON, "--gradient_accumulation_steps", "2",
+    two = run_sft(RECIPE, base, data, out / "two", *COMMON, "--gradient_accumulation_steps", two_accumulation,
                   "--ddp_backend", "gloo", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     one_losses, two_losses = logged(one.stdout, "loss"), logged(two.stdout, "loss")
@@ -98,6 +97,13 @@ def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
     for a, b in zip(one_losses, two_losses):
         assert abs(a - b) <= 1e-4 * abs(a)
     assert logged(one.stdout, "mask/kept_fraction") == logged(two.stdout, "mask/kept_fraction")
+
+
+def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
+    # 2 ranks x 2 accumulated micro-batches against 1 rank x 4: DeepSpeed steps (and gmt masks)
+    # once per accumulation window, from the whole window's gradient.
+    base, data = tiny_assets / "base", tiny_assets / "data/sft"
+    one_process_and_zero3(base, data, tmp_path, "4", "2")
     weights = state(base), state(tmp_path / "one"), state(tmp_path / "two")
     assert relative_distance(weights[2], weights[1], weights[0], leave_out=FLIPS_ALLOWED) <= 1e-4
 
@@ -139,17 +145,7 @@ def tied_base(tiny_assets, tmp_path_factory):
 
 def test_tied_embeddings_under_zero3_match_one_process(tiny_assets, tied_base, tmp_path):
     # The tied embedding/head is one parameter: ZeRO-3 partitions it once, gmt masks it once.
-    data = tiny_assets / "data/sft"
-    one = run_sft(RECIPE, tied_base, data, tmp_path / "one", *COMMON, "--gradient_accumulation_steps", "2")
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run_sft(RECIPE, tied_base, data, tmp_path / "two", *COMMON, "--gradient_accumulation_steps", "1",
-                  "--ddp_backend", "gloo", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
-    one_losses, two_losses = logged(one.stdout, "loss"), logged(two.stdout, "loss")
-    assert len(one_losses) == len(two_losses) == 3
-    for a, b in zip(one_losses, two_losses):
-        assert abs(a - b) <= 1e-4 * abs(a)
-    assert logged(one.stdout, "mask/kept_fraction") == logged(two.stdout, "mask/kept_fraction")
+    one_process_and_zero3(tied_base, tiny_assets / "data/sft", tmp_path, "2", "1")
     base, w_one, w_two = state(tied_base), state(tmp_path / "one"), state(tmp_path / "two")
     assert "lm_head.weight" not in w_two  # still tied after the ZeRO-3 gather and save
     assert relative_distance(w_two, w_one, base, leave_out=FLIPS_ALLOWED) <= 1e-4

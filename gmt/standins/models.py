@@ -98,37 +98,31 @@ class Family:
     chat_template: Path | None = None
 
 
-def _llama2_config(tokenizer):
-    from transformers import LlamaConfig
+def _scaled(config_name: str, tokenizer, **family):
+    """The family's transformers config at the stand-in's size: hidden 128, 2 layers, 4 heads, an
+    untied head, the tokenizer's BOS/EOS and no pad token (none of the base checkpoints has one)."""
+    import transformers
 
-    return LlamaConfig(  # Llama-2-7B: multi-head attention, rope theta 1e4, 4096 positions, untied head
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=344, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
+    return getattr(transformers, config_name)(
+        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None, **family,
     )  # fmt: skip
 
 
-def _llama3_config(tokenizer):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(  # Llama-3-8B: grouped-query attention (4:1), rope theta 5e5, 8192 positions
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=448, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=8192, rms_norm_eps=1e-5,
-        rope_theta=500000.0, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
-    )  # fmt: skip
+def _llama2_config(tokenizer):  # Llama-2-7B: multi-head attention, rope theta 1e4, 4096 positions
+    return _scaled("LlamaConfig", tokenizer, intermediate_size=344, num_key_value_heads=4,
+                   max_position_embeddings=4096, rope_theta=10000.0)  # fmt: skip
 
 
-def _mistral_config(tokenizer):
-    from transformers import MistralConfig
+def _llama3_config(tokenizer):  # Llama-3-8B: grouped-query attention (4:1), rope theta 5e5, 8192 positions
+    return _scaled("LlamaConfig", tokenizer, intermediate_size=448, num_key_value_heads=1,
+                   max_position_embeddings=8192, rope_theta=500000.0)  # fmt: skip
 
-    return MistralConfig(  # Mistral-7B-v0.1: GQA (4:1), 4096-token sliding window, 32k positions
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=448, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32768, sliding_window=4096,
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
-    )  # fmt: skip
+
+def _mistral_config(tokenizer):  # Mistral-7B-v0.1: GQA (4:1), 4096-token sliding window, 32k positions
+    return _scaled("MistralConfig", tokenizer, intermediate_size=448, num_key_value_heads=1,
+                   max_position_embeddings=32768, sliding_window=4096, rope_theta=10000.0)  # fmt: skip
 
 
 FAMILIES: dict[str, Family] = {
