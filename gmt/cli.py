@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from datasets import Dataset
@@ -11,6 +13,7 @@ from gmt.chat import check_chat_template
 from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
 from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
+from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
 from gmt.prompts import apply_prompt_format
 from gmt.shutdown import exit_without_finalizing
 
@@ -102,7 +105,7 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
 
 def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
-    check_eval_settings(script_args)
+    check_eval_settings(script_args, training_args, model_args)
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -110,56 +113,50 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     if trainer.accelerator.is_main_process:  # the logs (mask telemetry included) beside the model
         trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
-    if script_args.eval_suite:
-        evaluate_saved_model(trainer, script_args, training_args)
     return trainer
 
 
-def finish(trainer) -> None:
-    """End a launched run: every rank reaches here, trackers end, the process group is destroyed, and a
-    distributed rank then exits without interpreter finalization (see gmt.shutdown for why)."""
+def finish(trainer, script_args: GMTScriptArguments | None = None) -> None:
+    """End a launched run: every rank reaches here, trackers end and the process group is destroyed;
+    then, with ``eval_suite``, the main process scores the saved model in a fresh process (see
+    gmt.evaluation.after_training) while the other ranks leave. A distributed rank exits without
+    interpreter finalization (see gmt.shutdown for why); a failed evaluation exits non-zero."""
     trainer.accelerator.wait_for_everyone()
     distributed = trainer.accelerator.use_distributed
+    main_process = trainer.accelerator.is_main_process
+    evaluation = evaluation_settings(script_args, trainer.args) if script_args is not None else None
+    if evaluation is not None:
+        release_training_memory(trainer)  # while the process group lives: a DeepSpeed engine's teardown needs it
     trainer.accelerator.end_training()
+    returncode = 0
+    if evaluation is not None and main_process:
+        returncode = run_evaluation(evaluation)
     if distributed:
-        exit_without_finalizing(0)
+        exit_without_finalizing(returncode)
+    if returncode:
+        sys.exit(returncode)
 
 
-def check_eval_settings(script_args: GMTScriptArguments) -> None:
-    """Refuse eval settings that cannot work, before any training."""
-    from gmt.evaluation import SUITES, load_suite
+def release_training_memory(trainer) -> None:
+    """Drop the trainer's model, optimizer and engine so that the evaluation process has the GPU."""
+    import gc
 
-    if script_args.eval_suite is None:
-        if script_args.eval_limit is not None:
-            raise ValueError("eval_limit applies to eval_suite, which is not set")
+    import torch
+
+    trainer.accelerator.free_memory()
+    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def check_eval_settings(script_args: GMTScriptArguments, training_args, model_args: ModelConfig) -> None:
+    """Refuse eval settings that cannot work, before any training (the tasks and their data on the
+    main process only: every rank would find the same)."""
+    evaluation = evaluation_settings(script_args, training_args)
+    if evaluation is None:
         return
-    if script_args.eval_suite not in SUITES:
-        raise ValueError(f"eval_suite must be one of {SUITES}, got {script_args.eval_suite!r}")
-    if load_suite(script_args.eval_suite).executes_code:
-        raise ValueError(
-            "eval_suite 'code' runs model-written code; it is not run after training. Score the checkpoint with "
-            "eval/run.py --suite code --allow_code_execution on a machine where that is safe."
+    if int(os.environ.get("RANK", "0")) == 0:
+        check_before_training(
+            evaluation, model_args.model_name_or_path, getattr(training_args, "chat_template_path", None)
         )
-    if script_args.eval_limit is not None and script_args.eval_limit < 1:
-        raise ValueError(f"eval_limit must be an integer >= 1, got {script_args.eval_limit!r}")
-
-
-def evaluate_saved_model(trainer, script_args: GMTScriptArguments, training_args) -> None:
-    """Score ``output_dir`` with ``eval_suite`` on the main process; results go to ``output_dir/eval``."""
-    from gmt.evaluation import evaluate_checkpoint
-
-    trainer.accelerator.wait_for_everyone()
-    if trainer.accelerator.is_main_process:
-        tiny_data = None
-        if script_args.eval_suite == "tiny":  # the held-out split beside the training data, if there is one
-            candidate = Path(script_args.dataset_name) / "test.jsonl"
-            tiny_data = candidate if candidate.is_file() else None
-        summary = evaluate_checkpoint(
-            training_args.output_dir,
-            script_args.eval_suite,
-            limit=script_args.eval_limit,
-            output_dir=Path(training_args.output_dir) / "eval",
-            tiny_data=tiny_data,
-        )
-        trainer.accelerator.print(f"eval_suite {script_args.eval_suite}: score {summary['score']}")
-    trainer.accelerator.wait_for_everyone()

@@ -13,6 +13,7 @@ from typing import Optional
 
 from trl import DatasetMixtureConfig, DPOConfig, ScriptArguments, SFTConfig
 
+from gmt.evaluation.suites import SUITES
 from gmt.masking import COMMON_OPTIONS, STRATEGIES, MaskStrategy, Option, resolve_strategy_options, strategy_class
 from gmt.masking.prepare import optimizer_requirement
 from gmt.masking.registry import seal_registry, strategies_taking, strategy_options
@@ -127,12 +128,20 @@ class GMTScriptArguments(ScriptArguments, DatasetMixtureConfig):
     eval_suite: str | None = field(
         default=None,
         metadata={
-            "help": "After training, score the saved model with this lm-eval suite (code, math, general or tiny; "
-            "see eval/) and write the results to <output_dir>/eval. The code suite runs model-written code and "
-            "is refused here: run eval/run.py --allow_code_execution yourself.",
-            "choices": ("code", "math", "general", "tiny"),
+            "help": "After training, score the saved model with this lm-eval suite (eval/suites: "
+            + ", ".join(SUITES)
+            + ") in a process of its own, results in <output_dir>/eval; none: no evaluation (as report_to "
+            "none). Code suites run model-written code: only with eval_args '--allow_code_execution'.",
+            "choices": (*SUITES, "none"),
         },
     )
     eval_limit: int | None = field(
         default=None, metadata={"help": "eval_suite: score only the first N examples of each task."}
+    )
+    eval_args: str | None = field(
+        default=None,
+        metadata={
+            "help": "eval_suite: more gmt-eval settings, as on its command line; e.g. '--backend vllm "
+            "--tensor_parallel_size 8' or '--data_dir /data/eval' (gmt-eval --help lists them)."
+        },
     )

@@ -22,7 +22,8 @@ from gmt.trainer import GMTDPOTrainer
 
 
 def main(script_args: GMTScriptArguments, training_args: GMTDPOConfig, model_args: ModelConfig) -> GMTDPOTrainer:
-    """Train, save the final model to ``output_dir`` and return the trainer."""
+    """Train, save the final model to ``output_dir`` and return the trainer (``cli`` ends the run and
+    runs ``eval_suite``: ``gmt.cli.finish``)."""
     return train_and_save(GMTDPOTrainer, script_args, training_args, model_args)
 
 
@@ -32,8 +33,10 @@ def make_parser() -> TrlParser:
 
 
 def cli() -> None:
-    """The console script: parse ``--config`` and overrides, train, save, end the launched run."""
-    finish(main(*make_parser().parse_args_and_config()))
+    """The console script: parse ``--config`` and overrides, train, save, end the launched run, then
+    score the saved model with ``eval_suite`` (if set)."""
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    finish(main(script_args, training_args, model_args), script_args)
 
 
 if __name__ == "__main__":

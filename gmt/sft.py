@@ -24,7 +24,8 @@ from gmt.trainer import GMTSFTTrainer
 
 
 def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
-    """Train, save the final model to ``output_dir`` and return the trainer."""
+    """Train, save the final model to ``output_dir`` and return the trainer (``cli`` ends the run and
+    runs ``eval_suite``: ``gmt.cli.finish``)."""
     return train_and_save(GMTSFTTrainer, script_args, training_args, model_args)
 
 
@@ -34,8 +35,10 @@ def make_parser() -> TrlParser:
 
 
 def cli() -> None:
-    """The console script: parse ``--config`` and overrides, train, save, end the launched run."""
-    finish(main(*make_parser().parse_args_and_config()))
+    """The console script: parse ``--config`` and overrides, train, save, end the launched run, then
+    score the saved model with ``eval_suite`` (if set)."""
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    finish(main(script_args, training_args, model_args), script_args)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,8 @@ def run_one(method: str, seed: int, args, run_dir: Path) -> dict:
         command += ["--eval_suite", "tiny"]
         if args.eval_limit:
             command += ["--eval_limit", str(args.eval_limit)]
+    else:
+        command += ["--eval_suite", "none"]
     started = time.perf_counter()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)

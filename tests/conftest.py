@@ -69,9 +69,12 @@ def run_sft(
     launcher: tuple[str, ...] = (),
     script: str = "gmt/sft.py",
 ) -> subprocess.CompletedProcess:
-    """Run ``script`` (gmt/sft.py or gmt/dpo.py) on ``recipe`` with model, data and output overridden."""
+    """Run ``script`` (gmt/sft.py or gmt/dpo.py) on ``recipe`` with model, data and output overridden
+    (and no evaluation after training unless ``overrides`` set ``--eval_suite``)."""
     command = [sys.executable, *launcher, script, "--config", recipe]
     command += ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir)]
+    if "--eval_suite" not in overrides:
+        command += ["--eval_suite", "none"]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 

