@@ -76,3 +76,11 @@ def test_prompt_format_is_refused_for_data_it_cannot_wrap():
     with pytest.raises(ValueError, match="prompt_format must be one of"):
         apply_prompt_format(chats, "alpaca")
     assert sorted(PROMPT_FORMATS) == ["magicoder", "metamath"]
+
+
+def test_math_paper_scores_math_in_the_metamath_training_prompt(tmp_path):
+    text = fill_task_template((EVAL_DIR / "tasks" / "gmt_minerva_math_metamath.yaml").read_text(), tmp_path / "none")
+    group = yaml.safe_load(text)  # the group's doc_to_text applies to each of its minerva_math tasks
+    problem = "What is $2 \\cdot 3$?"
+    assert render(group["doc_to_text"], {"problem": problem}) == format_prompt("metamath", problem)
+    assert "gmt_minerva_math_metamath" in [task.name for task in load_suite("math_paper").tasks]

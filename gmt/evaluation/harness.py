@@ -95,8 +95,8 @@ def parse(argv: list[str]) -> EvalArguments:
 
 @dataclass
 class Plan:
-    """What ``evaluate`` will do: the backend's model class and arguments, and one ``simple_evaluate``
-    call per few-shot count (the keyword arguments it receives, besides ``model`` and ``task_manager``)."""
+    """What ``evaluate`` will do: the backend and its model arguments, and one ``simple_evaluate`` call
+    per (few-shot count, limit) (the keyword arguments it receives besides ``model`` and ``task_manager``)."""
 
     suite: Suite
     backend: str
