@@ -1,16 +1,25 @@
-"""Every method on the tiny recipe, several seeds, scored with the tiny suite: one table, one plot.
+"""Every method on the tiny recipe, each at its own best learning rate: sweep, then seeds.
 
-    python -m gmt.tiny && python scripts/compare.py                    # the full comparison
-    python scripts/compare.py --methods full gmt-grad-0.5 --seeds 0    # a subset
-    python scripts/compare.py --smoke --model M --data D --out O       # 1 seed, 2 methods, a few steps
+    python -m gmt.tiny && python scripts/compare.py                    # sweep, then the final table
+    python scripts/compare.py --phase sweep --methods gps lora         # only the sweep, for a subset
+    python scripts/compare.py --smoke --model M --data D --out O       # 2 methods, 2 rates, a few steps
 
-Each run is ``gmt/sft.py --config recipes/tiny/sft_full.yaml`` (the tiny recipe; its training settings are
-those of ``sft_gmt.yaml``, without mask settings) with the method's overrides and
-``--seed``, scored on the held-out problems with ``eval_suite: tiny`` (exact match). A run writes
-``<out>/runs/<method>/seed<k>/result.json``; runs that have one are skipped, so an interrupted
-comparison resumes where it stopped. Then ``<out>/compare.json``, ``compare.md`` (mean ± std over
-seeds, the mean kept fraction per step, the fraction of entries that differ from the base at the
-end, wall time) and ``compare.png`` (score against the fraction of entries updated).
+Each run is ``gmt/sft.py --config recipes/tiny/sft_full.yaml`` (the tiny recipe; its training
+settings are those of ``sft_gmt.yaml``, without mask settings) with the method's overrides, a
+learning rate and ``--seed``, scored with the tiny suite (exact match).
+
+1. Validation: ``--validation_rows`` rows of the training data (a fixed random choice) are held
+   out into ``<out>/data/validation.jsonl``; every run trains on the rest (``<out>/data/train.jsonl``).
+2. Sweep: every method at ``base × LR_FACTORS`` (base: the recipe's 1e-3), seed 0,
+   ``--sweep_steps`` steps, scored on the validation rows; where the best rate is at an edge of the
+   grid the grid grows by one factor of 3 that way (at most ``--max_extensions`` times).
+   ``<out>/sweep.{json,md,png}``.
+3. Final: every method at its best validation rate (ties: the lower rate), ``--seeds``, the
+   recipe's full length, scored on the test problems, which no choice ever saw.
+   ``<out>/compare.{json,md,png}``.
+
+A run writes ``<out>/runs/<phase>/<method>/<lr or seed>/result.json``; runs that have one are
+skipped, so an interrupted comparison resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -42,34 +51,49 @@ METHODS: dict[str, tuple[str, ...]] = {
     "gps": ("--mask_strategy", "gps", "--gps_k", "16"),
     "grft": ("--mask_strategy", "grft", "--grft_k", "16"),
     "gspf": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
-    # LoRA on every linear layer; a higher learning rate, as LoRA usually needs.
-    "lora": (
-        "--mask_strategy",
-        "full",
-        "--use_peft",
-        "true",
-        "--lora_r",
-        "8",
-        "--lora_alpha",
-        "16",
-        "--lora_target_modules",
-        "all-linear",
-        "--learning_rate",
-        "5e-3",
-    ),  # fmt: skip
+    # gmt at one ratio with the other two scopes (the default is global: one top-k over everything).
+    **{f"gmt-grad-0.5-{scope}": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad",
+                                 "--mask_scope", scope) for scope in ("tensor", "layer")},  # fmt: skip
+    # LoRA on every linear layer.
+    "lora": ("--mask_strategy", "full", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
+             "--lora_target_modules", "all-linear"),  # fmt: skip
 }
 SMOKE_METHODS = ("full", "gmt-grad-0.5")
+BASE_LR = 1e-3  # the tiny recipe's (full fine-tuning's) learning rate
+LR_FACTORS = (0.3, 1, 3, 10, 30)  # the sweep grid, as multiples of BASE_LR
+SMOKE_LR_FACTORS = (1, 3)
 
 
-def run_one(method: str, seed: int, args, run_dir: Path) -> dict:
-    """Train and score one (method, seed); returns and writes its result."""
+def prepare_data(data: Path, out: Path, validation_rows: int, seed: int = 0) -> Path:
+    """``out`` with ``train.jsonl`` (the training rows minus the held-out ones), ``validation.jsonl``
+    (``validation_rows`` of them, a fixed random choice) and ``test.jsonl`` (the test problems, as they are)."""
+    import random
+    import shutil
+
+    if (out / "validation.jsonl").is_file():
+        return out
+    rows = (data / "train.jsonl").read_text().splitlines()
+    if not 0 < validation_rows < len(rows):
+        sys.exit(f"--validation_rows must be between 1 and {len(rows) - 1} (the training rows), got {validation_rows}")
+    held_out = set(random.Random(seed).sample(range(len(rows)), validation_rows))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.jsonl").write_text("".join(row + "\n" for i, row in enumerate(rows) if i not in held_out))
+    (out / "validation.jsonl").write_text("".join(rows[i] + "\n" for i in sorted(held_out)))
+    shutil.copy(data / "test.jsonl", out / "test.jsonl")
+    return out
+
+
+def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None, eval_data: Path, args,
+            run_dir: Path) -> dict:  # fmt: skip
+    """Train one (method, rate, seed) on the training rows, score it on ``eval_data``; returns and
+    writes its result."""
     command = [sys.executable, "gmt/sft.py", "--config", RECIPE, "--model_name_or_path", str(args.model),
-               "--dataset_name", str(args.data), "--output_dir", str(run_dir), "--seed", str(seed),
-               "--report_to", "none", *METHODS[method]]  # fmt: skip
-    if args.max_steps:
-        command += ["--max_steps", str(args.max_steps), "--logging_steps", str(max(1, min(10, args.max_steps // 5)))]
+               "--dataset_name", str(args.data_dir), "--output_dir", str(run_dir), "--seed", str(seed),
+               "--learning_rate", str(learning_rate), "--report_to", "none", *METHODS[method]]  # fmt: skip
+    if max_steps:
+        command += ["--max_steps", str(max_steps), "--logging_steps", str(max(1, min(10, max_steps // 5)))]
     if method != "lora":  # LoRA checkpoints are adapters: merged and scored below
-        command += ["--eval_suite", "tiny"]
+        command += ["--eval_suite", "tiny", "--eval_args", f"--tiny_data {eval_data}"]
         if args.eval_limit:
             command += ["--eval_limit", str(args.eval_limit)]
     else:
@@ -78,9 +102,9 @@ def run_one(method: str, seed: int, args, run_dir: Path) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        sys.exit(f"{method} seed {seed} failed:\n{result.stderr[-3000:]}")
+        sys.exit(f"{method} seed {seed} lr {learning_rate:g} failed:\n{result.stderr[-3000:]}")
     if method == "lora":
-        score_lora(run_dir, args)
+        score_lora(run_dir, eval_data, args)
     seconds = time.perf_counter() - started
     summary = json.loads((run_dir / "eval" / "lm_eval_tiny.json").read_text())["gmt"]
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
@@ -88,6 +112,9 @@ def run_one(method: str, seed: int, args, run_dir: Path) -> dict:
     record = {
         "method": method,
         "seed": seed,
+        "learning_rate": learning_rate,
+        "max_steps": max_steps,
+        "scored_on": eval_data.name,
         "score": summary["score"],
         "kept_fraction": statistics.fmean(kept) if kept else None,  # None: no logging step ran
         "updated_fraction": updated_fraction(args.model, run_dir if method != "lora" else run_dir / "merged"),
@@ -97,7 +124,7 @@ def run_one(method: str, seed: int, args, run_dir: Path) -> dict:
     return record
 
 
-def score_lora(run_dir: Path, args) -> None:
+def score_lora(run_dir: Path, eval_data: Path, args) -> None:
     """Merge the adapter into the base and score the merged model with the tiny suite."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -108,7 +135,38 @@ def score_lora(run_dir: Path, args) -> None:
     merged.save_pretrained(run_dir / "merged")
     AutoTokenizer.from_pretrained(run_dir).save_pretrained(run_dir / "merged")
     evaluate_checkpoint(run_dir / "merged", "tiny", limit=args.eval_limit, output_dir=run_dir / "eval",
-                        tiny_data=Path(args.data) / "test.jsonl")  # fmt: skip
+                        tiny_data=eval_data)  # fmt: skip
+
+
+def cached_run(run_dir: Path, *run_args) -> dict:
+    """The run's result: read back if it finished before, else run it now."""
+    done = run_dir / "result.json"
+    return json.loads(done.read_text()) if done.is_file() else run_one(*run_args, run_dir)
+
+
+def sweep(method: str, factors: tuple[float, ...], args, progress) -> list[dict]:
+    """One method at every rate of the grid (grown at an edge that wins), scored on validation."""
+    rates = [BASE_LR * factor for factor in factors]
+    records: dict[float, dict] = {}
+    for extension in range(args.max_extensions + 1):
+        for rate in rates:
+            if rate not in records:
+                progress.set_postfix_str(f"{method} lr {rate:g}")
+                run_dir = args.out / "runs" / "sweep" / method / f"lr{rate:g}"
+                records[rate] = cached_run(run_dir, method, 0, rate, args.sweep_steps,
+                                           args.data_dir / "validation.jsonl", args)  # fmt: skip
+                progress.update()
+        best = best_rate(list(records.values()))
+        if extension == args.max_extensions or best not in (min(rates), max(rates)):
+            break
+        rates.append(best * 3 if best == max(rates) else best / 3)
+        progress.total += 1
+    return [records[rate] for rate in sorted(records)]
+
+
+def best_rate(records: list[dict]) -> float:
+    """The rate with the best validation score (ties: the lower rate)."""
+    return min(records, key=lambda record: (-record["score"], record["learning_rate"]))["learning_rate"]
 
 
 def updated_fraction(base: Path, tuned: Path) -> float:
@@ -130,6 +188,7 @@ def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
         scores = [r["score"] for r in runs]
         rows.append({
             "method": method,
+            "learning_rate": runs[0]["learning_rate"],
             "seeds": len(runs),
             "score_mean": statistics.fmean(scores),
             "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
@@ -147,14 +206,51 @@ def _mean_or_none(values: list) -> float | None:
 
 
 def markdown(rows: list[dict], header: str) -> str:
-    columns = "| method | seeds | exact match (mean ± std) | kept per step | entries changed | wall time (median) |"
-    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|"]
+    columns = ("| method | learning rate | seeds | exact match (mean ± std) | kept per step | entries changed | "
+               "wall time (median) |")  # fmt: skip
+    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['method']} | {row['seeds']} | {100 * row['score_mean']:.1f} ± {100 * row['score_std']:.1f}% | "
-            f"{_fraction(row['kept_fraction'])} | {row['updated_fraction']:.3f} | {row['seconds'] / 60:.1f} min |"
+            f"| {row['method']} | {row['learning_rate']:g} | {row['seeds']} | {100 * row['score_mean']:.1f} ± "
+            f"{100 * row['score_std']:.1f}% | {_fraction(row['kept_fraction'])} | {row['updated_fraction']:.3f} | "
+            f"{row['seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"
+
+
+def sweep_markdown(sweeps: dict[str, list[dict]], header: str) -> str:
+    """Validation score by learning rate, a row per method, its best rate in bold."""
+    rates = sorted({record["learning_rate"] for records in sweeps.values() for record in records})
+    lines = [header, "", "| method | " + " | ".join(f"{rate:g}" for rate in rates) + " | best |",
+             "|---|" + "---:|" * (len(rates) + 1)]  # fmt: skip
+    for method, records in sweeps.items():
+        by_rate = {record["learning_rate"]: record["score"] for record in records}
+        best = best_rate(records)
+        cells = [("-" if rate not in by_rate else f"**{100 * by_rate[rate]:.1f}**" if rate == best
+                  else f"{100 * by_rate[rate]:.1f}") for rate in rates]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(sweeps: dict[str, list[dict]], path: Path) -> None:
+    """Validation score against the learning rate, a line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, (method, records) in enumerate(sweeps.items()):
+        axis.plot([r["learning_rate"] for r in records], [100 * r["score"] for r in records], marker="o",
+                  label=method, color=f"C{index % 10}", linestyle="-" if index < 10 else "--")  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("learning rate")
+    axis.set_ylabel("validation exact match (%)")
+    axis.set_title("learning-rate sweep on the tiny recipe (seed 0, validation rows)")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _fraction(value: float | None) -> str:
@@ -190,38 +286,62 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", choices=("sweep", "final", "all"), default="all")
     parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="final phase (default 0 1 2)")
     parser.add_argument("--model", type=Path, default=Path(".cache/gmt-tiny/base"))
     parser.add_argument("--data", type=Path, default=Path(".cache/gmt-tiny/data/sft"))
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "compare")
-    parser.add_argument("--max_steps", type=int, default=None, help="override the recipe's length")
-    parser.add_argument("--eval_limit", type=int, default=None, help="score only the first N held-out problems")
-    parser.add_argument("--smoke", action="store_true", help="1 seed, 2 methods, 5 steps, 8 problems")
+    parser.add_argument("--validation_rows", type=int, default=400, help="training rows held out for the sweep")
+    parser.add_argument("--sweep_steps", type=int, default=300, help="steps of a sweep run (the recipe: 1000)")
+    parser.add_argument("--max_extensions", type=int, default=2, help="times the grid may grow at a winning edge")
+    parser.add_argument("--max_steps", type=int, default=None, help="override the recipe's length (final phase)")
+    parser.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
+    parser.add_argument("--smoke", action="store_true", help="2 methods, 2 rates, 1 seed, 5 steps, 8 problems")
     args = parser.parse_args()
+    factors = LR_FACTORS
     if args.smoke:
         args.methods = args.methods or list(SMOKE_METHODS)
         args.seeds = args.seeds or [0]
         args.max_steps = args.max_steps or 5
+        args.sweep_steps = 5
         args.eval_limit = args.eval_limit or 8
+        args.validation_rows = min(args.validation_rows, 16)
+        args.max_extensions = 0
+        factors = SMOKE_LR_FACTORS
     methods = args.methods or list(METHODS)
     seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+    args.data_dir = prepare_data(args.data, args.out / "data", args.validation_rows)
 
     from tqdm import tqdm
 
+    command = "python scripts/compare.py " + " ".join(sys.argv[1:])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    with tqdm(total=len(methods) * len(factors), desc="sweep runs", unit="run") as progress:
+        sweeps = {method: sweep(method, factors, args, progress) for method in methods}
+    sweep_runs = [record for records in sweeps.values() for record in records]
+    sweep_header = (f"`{command.strip()}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on "
+                    f"{args.validation_rows} validation rows held out of the training data "
+                    f"({sum(r['seconds'] for r in sweep_runs) / 60:.0f} min on {machine})")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps({"command": command.strip(), "sweeps": sweeps}, indent=2))
+    (args.out / "sweep.md").write_text(sweep_markdown(sweeps, sweep_header))
+    plot_sweep(sweeps, args.out / "sweep.png")
+    print(sweep_markdown(sweeps, sweep_header))
+    if args.phase == "sweep":
+        return
+
     records = []
     jobs = [(method, seed) for seed in seeds for method in methods]  # every method's first seed comes first
-    for method, seed in tqdm(jobs, desc="runs", unit="run"):
-        run_dir = args.out / "runs" / method / f"seed{seed}"
-        done = run_dir / "result.json"
-        records.append(json.loads(done.read_text()) if done.is_file() else run_one(method, seed, args, run_dir))
-
+    for method, seed in tqdm(jobs, desc="final runs", unit="run"):
+        run_dir = args.out / "runs" / "final" / method / f"seed{seed}"
+        records.append(cached_run(run_dir, method, seed, best_rate(sweeps[method]), args.max_steps,
+                                  args.data_dir / "test.jsonl", args))  # fmt: skip
     rows = aggregate(records, methods)
-    command = "python scripts/compare.py " + " ".join(sys.argv[1:])
     total_minutes = sum(r["seconds"] for r in records) / 60
-    header = (f"`{command.strip()}` ({len(records)} runs, {total_minutes:.0f} min of training and scoring on "
-              f"{platform.machine()}, {os.cpu_count()} cores)")  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
+    header = (f"`{command.strip()}` ({len(records)} runs at each method's best validation learning rate, "
+              f"{total_minutes:.0f} min of training and scoring on {machine}; scored on the test "
+              "problems)")  # fmt: skip
     (args.out / "compare.json").write_text(json.dumps({"command": command.strip(), "rows": rows, "runs": records},
                                                       indent=2))  # fmt: skip
     (args.out / "compare.md").write_text(markdown(rows, header))

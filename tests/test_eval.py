@@ -28,6 +28,17 @@ def test_suites_resolve_to_installed_tasks(manager, name):
     assert suite.executes_code == (name in ("code", "general_paper")) and suite.protocol
 
 
+def test_gmt_s_task_manager_indexes_what_the_harness_s_own_does(manager):
+    """gmt parses the harness's task index once per process (gmt.evaluation.tasks.task_manager_over)."""
+    from lm_eval.tasks import TaskManager
+
+    folder = manager.include_path[0]
+    reference = TaskManager(include_path=[folder])
+    assert (manager.all_tasks, manager.all_subtasks, manager.all_groups, manager.all_tags) == (
+        reference.all_tasks, reference.all_subtasks, reference.all_groups, reference.all_tags)  # fmt: skip
+    assert manager.task_index["gmt_tiny_arith"].yaml_path == reference.task_index["gmt_tiny_arith"].yaml_path
+
+
 def test_a_task_the_harness_lacks_is_named(manager):
     suite = load_suite("general")
     broken = replace(suite, tasks=(*suite.tasks, ("tydiqa", 1, None)))
@@ -160,32 +171,48 @@ def smoke(tiny_assets, tmp_path_factory):
 
 
 def test_compare_smoke_writes_table_and_plot(smoke):
-    table = (smoke / "compare.md").read_text()
-    assert "| full | 1 |" in table and "| gmt-grad-0.5 | 1 |" in table
     rows = json.loads((smoke / "compare.json").read_text())["rows"]
     assert [row["method"] for row in rows] == ["full", "gmt-grad-0.5"]
     kept = {row["method"]: row["kept_fraction"] for row in rows}
     assert kept["full"] == 1.0 and kept["gmt-grad-0.5"] == pytest.approx(0.5, abs=0.01)
-    assert (smoke / "compare.png").stat().st_size > 10_000
+    table = (smoke / "compare.md").read_text()
+    assert all(f"| {row['method']} | {row['learning_rate']:g} | 1 |" in table for row in rows)
+    assert (smoke / "compare.png").stat().st_size > 10_000 and (smoke / "sweep.png").stat().st_size > 10_000
     # eval_suite ran after training, beside each checkpoint.
-    assert (smoke / "runs/full/seed0/eval/lm_eval_tiny.json").is_file()
+    assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny.json").is_file()
+
+
+def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
+    train = (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()
+    held_out = (smoke / "data/validation.jsonl").read_text().splitlines()
+    kept = (smoke / "data/train.jsonl").read_text().splitlines()
+    assert len(held_out) == 16 and len(kept) == len(train) - 16 and not set(held_out) & set(kept)
+    sweeps = json.loads((smoke / "sweep.json").read_text())["sweeps"]
+    finals = json.loads((smoke / "compare.json").read_text())["runs"]
+    for method, records in sweeps.items():
+        assert sorted(r["learning_rate"] for r in records) == [1e-3, 3e-3]
+        assert {r["scored_on"] for r in records} == {"validation.jsonl"}
+        best = max(records, key=lambda r: (r["score"], -r["learning_rate"]))["learning_rate"]
+        (final,) = [r for r in finals if r["method"] == method]
+        assert final["learning_rate"] == best and final["scored_on"] == "test.jsonl"
+    assert "| full |" in (smoke / "sweep.md").read_text()
 
 
 def test_compare_resumes_without_rerunning(smoke, tiny_assets):
-    results = sorted(smoke.glob("runs/*/seed0/result.json"))
+    results = sorted(smoke.glob("runs/*/*/*/result.json"))
     stamps = [path.stat().st_mtime_ns for path in results]
     command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
                "--data", str(tiny_assets / "data/sft"), "--out", str(smoke)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [path.stat().st_mtime_ns for path in results] == stamps and len(results) == 2
+    assert [path.stat().st_mtime_ns for path in results] == stamps and len(results) == 6
 
 
 def test_plot_mask_draws_the_heatmap_of_a_run(smoke, tmp_path):
     sys.path.insert(0, str(REPO / "scripts"))
     from plot_mask import kept_matrix, log_history
 
-    run = smoke / "runs/gmt-grad-0.5/seed0"
+    run = smoke / "runs/final/gmt-grad-0.5/seed0"
     layers, steps, matrix = kept_matrix(log_history(run))
     assert layers[0] == "model.embed_tokens" and layers[-1] == "lm_head" and "model.layers.3" in layers
     assert all(0 <= value <= 1 for row in matrix for value in row) and len(steps) == len(matrix[0])

@@ -76,7 +76,7 @@ def test_paper_protocol_subsamples_per_task(tiny_assets):
 
 
 def test_list_data_prints_the_copies_to_make():
-    listing = list_data(EvalArguments(suite="math_paper", model="unused", data_dir="/data/eval"))
+    listing = list_data(parse(["--suite", "math_paper", "--list_data", "--data_dir", "/data/eval"]))
     assert "hf download openai/gsm8k --repo-type dataset --local-dir /data/eval/openai/gsm8k" in listing
     assert "hf download EleutherAI/hendrycks_math --repo-type dataset" in listing
 

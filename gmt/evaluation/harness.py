@@ -24,7 +24,9 @@ class EvalArguments:
     """The settings of ``gmt-eval`` (each is a ``--flag``) and of ``eval_args`` after training."""
 
     suite: str = field(metadata={"help": f"the suite (eval/suites/<name>.yaml): one of {', '.join(SUITES)}"})
-    model: str = field(metadata={"help": "checkpoint folder (a full model or a PEFT adapter) or hub id"})
+    model: str | None = field(
+        default=None, metadata={"help": "checkpoint folder (a full model or a PEFT adapter) or hub id"}
+    )
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each task"})
     output_dir: str | None = field(
         default=None, metadata={"help": "where lm_eval_<suite>.json and eval_<suite>.md go (default: <model>/eval)"}
@@ -77,7 +79,7 @@ class EvalArguments:
                     argv += [f"--{key}"] if value else []
                 else:
                     argv += [f"--{key}", str(value)]
-        return ["--suite", self.suite, "--model", self.model, *argv]
+        return ["--suite", self.suite, *(["--model", self.model] if self.model else []), *argv]
 
 
 def parser():
@@ -158,6 +160,8 @@ def check_settings(args: EvalArguments, suite: Suite) -> None:
 
 def check_model(args: EvalArguments, suite: Suite) -> None:
     """The checkpoint exists and, for a chat suite, has a chat template (its tokenizer only is read)."""
+    if not args.model:
+        raise ValueError("--model (a checkpoint folder or hub id) is required to score")
     looks_local = args.model.startswith((".", "/")) or Path(args.model).exists() or args.model.count("/") > 1
     if looks_local and not Path(args.model).exists():
         raise FileNotFoundError(f"model {args.model} does not exist")

@@ -10,6 +10,7 @@ repository, ``<data_dir>/<dataset_path>`` (``hf download <dataset_path> --repo-t
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from dataclasses import dataclass
@@ -63,8 +64,6 @@ def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data
     """The harness's TaskManager plus gmt's task files (the tiny task reads ``tiny_data``), with the
     ``suite``'s hub data sets read from ``data_dir`` when given (each checked: the folder and every
     split a task reads)."""
-    from lm_eval.tasks import TaskManager
-
     data = Path(tiny_data or DEFAULT_TINY_DATA).resolve()
     work = Path(tempfile.mkdtemp(prefix="gmt-eval-tasks-"))
     include = work / "tasks"
@@ -78,7 +77,7 @@ def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data
             own_tasks.add(spec["task"])
     # Indexing the harness's ~15k task files takes seconds; a suite of gmt's single tasks needs none.
     defaults = suite is None or any(task.name not in own_tasks for task in suite.tasks)
-    manager = TaskManager(include_path=str(include), include_defaults=defaults)
+    manager = task_manager_over([include], defaults)
     if suite is None:
         return manager
     resolve_tasks(suite, manager)
@@ -95,7 +94,37 @@ def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data
         if leaf.name in overrides:
             spec = {"include": str(leaf.yaml_path), "task": leaf.name, **overrides[leaf.name]}
             (override_dir / f"{leaf.name}.yaml").write_text(json.dumps(spec))
-    return TaskManager(include_path=[str(include), str(override_dir)], include_defaults=defaults)
+    return task_manager_over([include, override_dir], defaults)
+
+
+@functools.cache
+def _harness_index() -> dict:
+    """The installed harness's own task index (parsed once per process: it does not change)."""
+    import lm_eval.tasks
+    from lm_eval.tasks._index import TaskIndex
+
+    return TaskIndex.build([Path(lm_eval.tasks.__file__).parent])
+
+
+def task_manager_over(folders: list[Path], defaults: bool):
+    """A TaskManager over ``folders`` (a later folder's task replaces an earlier one of the same
+    name) on top of the harness's own tasks when ``defaults``: what ``TaskManager(include_path=folders,
+    include_defaults=defaults)`` builds, with the harness's index parsed once per process instead of
+    at every call (lm-eval 0.4.13 keeps the index in ``_index`` and its name lists beside it)."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import Kind
+
+    manager = TaskManager(include_path=[str(folder) for folder in folders], include_defaults=False)
+    if defaults:
+        manager._index = {**_harness_index(), **manager._index}
+        kinds: dict[Kind, list[str]] = {kind: [] for kind in Kind}
+        for name, entry in manager._index.items():
+            kinds[entry.kind].append(name)
+        manager._all_tasks = sorted(manager._index)
+        manager._all_subtasks = sorted(kinds[Kind.TASK] + kinds[Kind.PY_TASK])
+        manager._all_groups = sorted(kinds[Kind.GROUP])
+        manager._all_tags = sorted(kinds[Kind.TAG])
+    return manager
 
 
 def resolve_tasks(suite: Suite, manager) -> list[str]:
