@@ -144,7 +144,9 @@ def release_training_memory(trainer) -> None:
     import torch
 
     trainer.accelerator.free_memory()
-    trainer.model = trainer.model_wrapped = trainer.optimizer = trainer.lr_scheduler = None
+    for name in ("model", "model_wrapped", "ref_model", "optimizer", "lr_scheduler"):  # ref_model: DPO's
+        if hasattr(trainer, name):
+            setattr(trainer, name, None)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
