@@ -60,8 +60,9 @@ STANDIN_ROWS = 3  # build_eval_data's default: rows per config and split
 @pytest.mark.parametrize("name", SUITES)
 def test_every_suite_runs_the_harness_tasks_on_local_data(name, tiny_assets, eval_standins, tmp_path):
     suite = load_suite(name)
+    tiny_data = {"tiny": "data/sft/test.jsonl", "tiny_equations": "data/equations/test.jsonl"}.get(name)
     args = EvalArguments(suite=name, model=str(tiny_assets / "base"), limit=2, data_dir=str(eval_standins),
-                         tiny_data=str(tiny_assets / "data/sft/test.jsonl"), gen_kwargs="max_gen_toks=8",
+                         tiny_data=str(tiny_assets / tiny_data) if tiny_data else None, gen_kwargs="max_gen_toks=8",
                          allow_code_execution=suite.executes_code, output_dir=str(tmp_path))  # fmt: skip
     summary = evaluate(args)
     written = json.loads((tmp_path / f"lm_eval_{name}.json").read_text())

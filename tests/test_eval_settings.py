@@ -156,3 +156,21 @@ def test_the_evaluation_process_leaves_the_launcher_s_world(monkeypatch):
         environment
     )
     assert environment["HF_HOME"] == "/hf"
+
+
+def test_tiny_build_writes_the_equation_probes(tiny_assets):
+    """tiny_equations reads bare equations from pretraining's distribution, each with its result."""
+    import operator
+
+    from gmt.tiny.build import BUILD_VERSION
+
+    rows = [json.loads(line) for line in (tiny_assets / "data/equations/test.jsonl").read_text().splitlines()]
+    assert len(rows) == 16  # the tests' sft_test_examples
+    for row in rows:
+        a, op, b, equals = row["prompt"].split(" ")
+        assert (
+            equals == "="
+            and {"+": operator.add, "-": operator.sub, "*": operator.mul}[op](int(a), int(b)) == row["answer"]
+        )
+    assert json.loads((tiny_assets / "build.json").read_text())["build_version"] == BUILD_VERSION
+    assert load_suite("tiny_equations").default_data == ".cache/gmt-tiny/data/equations/test.jsonl"

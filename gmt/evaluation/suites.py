@@ -38,6 +38,7 @@ class Suite:
     executes_code: bool
     protocol: str
     requires: tuple[str, ...] = ()
+    default_data: str | None = None  # gmt's local tiny tasks: the file they read unless tiny_data says
 
 
 def load_suite(name: str) -> Suite:
@@ -52,6 +53,7 @@ def load_suite(name: str) -> Suite:
         executes_code=bool(spec.get("executes_code", False)),
         protocol=str(spec["protocol"]).strip(),
         requires=tuple(spec.get("requires", ())),
+        default_data=spec.get("default_data"),
     )
 
 

@@ -64,7 +64,8 @@ def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data
     """The harness's TaskManager plus gmt's task files (the tiny task reads ``tiny_data``), with the
     ``suite``'s hub data sets read from ``data_dir`` when given (each checked: the folder and every
     split a task reads)."""
-    data = Path(tiny_data or DEFAULT_TINY_DATA).resolve()
+    default = suite.default_data if suite is not None and suite.default_data else DEFAULT_TINY_DATA
+    data = Path(tiny_data or default).resolve()
     work = Path(tempfile.mkdtemp(prefix="gmt-eval-tasks-"))
     include = work / "tasks"
     include.mkdir()
@@ -210,7 +211,9 @@ def check_task_data(leaf: LeafTask, override: dict[str, Any]) -> None:
             for file in [files] if isinstance(files, str) else files:
                 if "://" not in file and not Path(file).exists():
                     hint = (
-                        " (python -m gmt.tiny builds it; or pass --tiny_data)" if leaf.name == "gmt_tiny_arith" else ""
+                        " (python -m gmt.tiny builds it; or pass --tiny_data)"
+                        if leaf.name.startswith("gmt_tiny")
+                        else ""
                     )
                     raise FileNotFoundError(f"task {leaf.name!r}: its {split!r} data {file} does not exist{hint}")
     import datasets

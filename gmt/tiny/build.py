@@ -7,8 +7,10 @@ arithmetic on this CPU, and the word-problem SFT data, all saved as ordinary HF 
 
 Layout of DIR: ``base/`` (model + tokenizer, load with ``from_pretrained``), ``data/sft/``
 (``train.jsonl``, ``test.jsonl`` with ``messages`` and ``answer``), ``data/dpo/`` (the same
-problems as preference pairs: ``prompt``, ``chosen``, ``rejected``), ``build.json`` (the settings
-it was built with; a different setting triggers a rebuild).
+problems as preference pairs: ``prompt``, ``chosen``, ``rejected``), ``data/equations/test.jsonl``
+(bare equations to complete, ``prompt`` and ``answer``: what pretraining taught, for measuring
+forgetting), ``build.json`` (the settings and layout version it was built with; a different one
+triggers a rebuild).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from gmt.tiny.data import preference_records, pretraining_corpus, sft_records
+from gmt.tiny.data import equation_probes, preference_records, pretraining_corpus, sft_records
 
 DEFAULT_DIR = Path(".cache/gmt-tiny")
+# What the build writes, beside the settings: a cache of an older layout is rebuilt. 2: data/equations/.
+BUILD_VERSION = 2
 
 # Chat format of the tiny model. {% generation %} marks what the assistant says, so TRL's
 # assistant_only_loss can train on the replies only.
@@ -156,6 +160,7 @@ def build(out_dir: Path, settings: TinySettings) -> dict:
             "train": preference_records(settings.dpo_train_examples, seed=settings.seed + 3),
             "test": preference_records(settings.dpo_test_examples, seed=settings.seed + 4),
         },
+        "equations": {"test": equation_probes(settings.sft_test_examples, seed=settings.seed + 5)},
     }
     for task, task_splits in splits.items():
         data_dir = out_dir / "data" / task
@@ -165,6 +170,7 @@ def build(out_dir: Path, settings: TinySettings) -> dict:
                 f.writelines(json.dumps(record) + "\n" for record in records)
 
     record = {
+        "build_version": BUILD_VERSION,
         "settings": asdict(settings),
         "parameters": model.num_parameters(),
         "pretrain_loss_first": losses[0],
@@ -179,8 +185,10 @@ def ensure_tiny_assets(out_dir: Path = DEFAULT_DIR, settings: TinySettings | Non
     """Build the tiny assets unless ``out_dir`` already holds a build with the same settings."""
     settings = settings or TinySettings()
     stamp = out_dir / "build.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()).get("settings") == asdict(settings):
-        return out_dir
+    if not force and stamp.exists():
+        built = json.loads(stamp.read_text())
+        if built.get("settings") == asdict(settings) and built.get("build_version") == BUILD_VERSION:
+            return out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     build(out_dir, settings)
     return out_dir

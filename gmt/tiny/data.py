@@ -30,6 +30,17 @@ def equation(rng: random.Random) -> str:
     return f"{a} + {b} = {a + b}"
 
 
+def equation_probes(num_examples: int, seed: int) -> list[dict]:
+    """What the base knows from pretraining, as a test: ``prompt`` ("23 + 45 =") and the integer
+    ``answer``; scoring a fine-tuned model on them measures what it forgot."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(num_examples):
+        left, result = equation(rng).split(" = ")
+        records.append({"prompt": f"{left} =", "answer": int(result)})
+    return records
+
+
 def pretraining_corpus(num_lines: int, seed: int = 0) -> list[str]:
     """``num_lines`` arithmetic facts."""
     rng = random.Random(seed)
