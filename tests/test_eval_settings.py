@@ -158,8 +158,9 @@ def test_the_evaluation_process_leaves_the_launcher_s_world(monkeypatch):
     assert environment["HF_HOME"] == "/hf"
 
 
-def test_tiny_build_writes_the_equation_probes(tiny_assets):
-    """tiny_equations reads bare equations from pretraining's distribution, each with its result."""
+def test_tiny_build_writes_the_equation_probes_and_the_second_task(tiny_assets):
+    """tiny_equations reads bare equations from pretraining's distribution, each with its result;
+    the second task's replies are two consistent equations."""
     import operator
 
     from gmt.tiny.build import BUILD_VERSION
@@ -173,4 +174,13 @@ def test_tiny_build_writes_the_equation_probes(tiny_assets):
             and {"+": operator.add, "-": operator.sub, "*": operator.mul}[op](int(a), int(b)) == row["answer"]
         )
     assert json.loads((tiny_assets / "build.json").read_text())["build_version"] == BUILD_VERSION
+    # The second task: two equations in a row, the second starting from the first's result.
+    for line in (tiny_assets / "data/sft_twostep/test.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        first, second, answer = record["messages"][1]["content"].split(". ")
+        (a, op, b), middle = first.split(" = ")[0].split(" "), int(first.split(" = ")[1])
+        (m, op2, c), result = second.split(" = ")[0].split(" "), int(second.split(" = ")[1])
+        apply = {"+": operator.add, "-": operator.sub, "*": operator.mul}
+        assert apply[op](int(a), int(b)) == middle == int(m) and apply[op2](middle, int(c)) == result >= 0
+        assert answer == f"The answer is {result}." and record["answer"] == result
     assert load_suite("tiny_equations").default_data == ".cache/gmt-tiny/data/equations/test.jsonl"

@@ -9,7 +9,8 @@ Layout of DIR: ``base/`` (model + tokenizer, load with ``from_pretrained``), ``d
 (``train.jsonl``, ``test.jsonl`` with ``messages`` and ``answer``), ``data/dpo/`` (the same
 problems as preference pairs: ``prompt``, ``chosen``, ``rejected``), ``data/equations/test.jsonl``
 (bare equations to complete, ``prompt`` and ``answer``: what pretraining taught, for measuring
-forgetting), ``build.json`` (the settings and layout version it was built with; a different one
+forgetting), ``data/sft_twostep/`` (a second SFT task like ``data/sft/``: two-step problems, the
+reply shows both equations), ``build.json`` (the settings and layout version it was built with; a different one
 triggers a rebuild).
 """
 
@@ -27,11 +28,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from gmt.tiny.data import equation_probes, preference_records, pretraining_corpus, sft_records
+from gmt.tiny.data import equation_probes, preference_records, pretraining_corpus, sft_records, two_step_problem
 
 DEFAULT_DIR = Path(".cache/gmt-tiny")
-# What the build writes, beside the settings: a cache of an older layout is rebuilt. 2: data/equations/.
-BUILD_VERSION = 2
+# What the build writes, beside the settings: a cache of an older layout is rebuilt.
+# 2: data/equations/; 3: data/sft_twostep/.
+BUILD_VERSION = 3
 
 # Chat format of the tiny model. {% generation %} marks what the assistant says, so TRL's
 # assistant_only_loss can train on the replies only.
@@ -161,6 +163,11 @@ def build(out_dir: Path, settings: TinySettings) -> dict:
             "test": preference_records(settings.dpo_test_examples, seed=settings.seed + 4),
         },
         "equations": {"test": equation_probes(settings.sft_test_examples, seed=settings.seed + 5)},
+        # The comparison's second task: two-step problems, the same chat format and scorer.
+        "sft_twostep": {
+            "train": sft_records(settings.sft_train_examples, seed=settings.seed + 6, problem_of=two_step_problem),
+            "test": sft_records(settings.sft_test_examples, seed=settings.seed + 7, problem_of=two_step_problem),
+        },
     }
     for task, task_splits in splits.items():
         data_dir = out_dir / "data" / task

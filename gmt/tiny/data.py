@@ -87,12 +87,44 @@ def word_problem(rng: random.Random) -> WordProblem:
     return WordProblem(question, f"{a} {op} {b} = {answer}. The answer is {answer}.", answer)
 
 
-def sft_records(num_examples: int, seed: int) -> list[dict]:
-    """Conversational SFT records (``messages``) plus the integer ``answer`` for scoring."""
+_TWO_STEP = [  # (template, first operation, second operation)
+    ("{name} has {a} {item}, gets {b} more and then gives away {c}. How many {item} does {name} have now?", "+", "-"),
+    ("{name} buys {a} bags with {b} {item} in each bag and loses {c} of them. How many {item} are left?", "*", "-"),
+    ("A shop had {a} {item}, sold {b} of them and then got {c} new ones. How many {item} does it have now?", "-", "+"),
+    (
+        "There are {a} rows of {item} with {b} in each row, and {c} more on a shelf. How many {item} are there?",
+        "*",
+        "+",
+    ),
+]
+_APPLY = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+
+
+def two_step_problem(rng: random.Random) -> WordProblem:
+    """The comparison's second task: two operations in a row, the reply shows both equations."""
+    template, first, second = rng.choice(_TWO_STEP)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    if first == "*":
+        a, b = rng.randint(2, MAX_MUL), rng.randint(2, MAX_MUL)
+    elif first == "-":
+        a, b = sorted((rng.randint(2, MAX_ADD), rng.randint(1, MAX_ADD)), reverse=True)
+    else:
+        a, b = rng.randint(1, MAX_ADD), rng.randint(1, MAX_ADD)
+    middle = _APPLY[first](a, b)  # >= 2 where a subtraction follows (after + or *): results stay >= 0
+    c = rng.randint(1, middle) if second == "-" else rng.randint(1, MAX_ADD // 2)
+    answer = _APPLY[second](middle, c)
+    question = template.format(name=name, item=item, a=a, b=b, c=c)
+    solution = f"{a} {first} {b} = {middle}. {middle} {second} {c} = {answer}. The answer is {answer}."
+    return WordProblem(question, solution, answer)
+
+
+def sft_records(num_examples: int, seed: int, problem_of=word_problem) -> list[dict]:
+    """Conversational SFT records (``messages``) plus the integer ``answer`` for scoring; the
+    problems from ``problem_of`` (the word problems, or ``two_step_problem``)."""
     rng = random.Random(seed)
     records = []
     for _ in range(num_examples):
-        problem = word_problem(rng)
+        problem = problem_of(rng)
         records.append(
             {
                 "messages": [
