@@ -83,10 +83,10 @@ def prepare_data(data: Path, out: Path, validation_rows: int, seed: int = 0) -> 
     return out
 
 
-def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None, eval_data: Path, args,
-            run_dir: Path) -> dict:  # fmt: skip
-    """Train one (method, rate, seed) on the training rows, score it on ``eval_data``; returns and
-    writes its result."""
+def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None, eval_data: Path, forgetting: bool,
+            args, run_dir: Path) -> dict:  # fmt: skip
+    """Train one (method, rate, seed) on the training rows, score it on ``eval_data`` (and, with
+    ``forgetting``, on the base's pretraining equations); returns and writes its result."""
     command = [sys.executable, "gmt/sft.py", "--config", RECIPE, "--model_name_or_path", str(args.model),
                "--dataset_name", str(args.data_dir), "--output_dir", str(run_dir), "--seed", str(seed),
                "--learning_rate", str(learning_rate), "--report_to", "none", *METHODS[method]]  # fmt: skip
@@ -120,6 +120,9 @@ def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None,
         "updated_fraction": updated_fraction(args.model, run_dir if method != "lora" else run_dir / "merged"),
         "seconds": seconds,
     }
+    if forgetting:
+        record["equations_score"] = equations_score(run_dir if method != "lora" else run_dir / "merged", args,
+                                                    run_dir / "eval")  # fmt: skip
     (run_dir / "result.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -138,6 +141,14 @@ def score_lora(run_dir: Path, eval_data: Path, args) -> None:
                         tiny_data=eval_data)  # fmt: skip
 
 
+def equations_score(model: Path, args, output_dir: Path) -> float:
+    """The tiny_equations score of ``model``: how much of what pretraining taught it still knows."""
+    from gmt.evaluation import evaluate_checkpoint
+
+    return evaluate_checkpoint(model, "tiny_equations", limit=args.eval_limit, output_dir=output_dir,
+                               tiny_data=args.equations)["score"]  # fmt: skip
+
+
 def cached_run(run_dir: Path, *run_args) -> dict:
     """The run's result: read back if it finished before, else run it now."""
     done = run_dir / "result.json"
@@ -154,7 +165,7 @@ def sweep(method: str, factors: tuple[float, ...], args, progress) -> list[dict]
                 progress.set_postfix_str(f"{method} lr {rate:g}")
                 run_dir = args.out / "runs" / "sweep" / method / f"lr{rate:g}"
                 records[rate] = cached_run(run_dir, method, 0, rate, args.sweep_steps,
-                                           args.data_dir / "validation.jsonl", args)  # fmt: skip
+                                           args.data_dir / "validation.jsonl", False, args)  # fmt: skip
                 progress.update()
         best = best_rate(list(records.values()))
         if extension == args.max_extensions or best not in (min(rates), max(rates)):
@@ -194,6 +205,7 @@ def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
             "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             "kept_fraction": _mean_or_none([r["kept_fraction"] for r in runs]),
             "updated_fraction": statistics.fmean(r["updated_fraction"] for r in runs),
+            "equations": _mean_or_none([r.get("equations_score") for r in runs]),
             # median: a run that shared the machine with other work does not move it much
             "seconds": statistics.median(r["seconds"] for r in runs),
         })  # fmt: skip
@@ -205,15 +217,17 @@ def _mean_or_none(values: list) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def markdown(rows: list[dict], header: str) -> str:
-    columns = ("| method | learning rate | seeds | exact match (mean ± std) | kept per step | entries changed | "
-               "wall time (median) |")  # fmt: skip
-    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|"]
+def markdown(rows: list[dict], header: str, base_equations: float | None = None) -> str:
+    base = "" if base_equations is None else f" (base {100 * base_equations:.1f}%)"
+    columns = ("| method | learning rate | seeds | exact match (mean ± std) | pretraining equations" + base +
+               " | kept per step | entries changed | wall time (median) |")  # fmt: skip
+    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
+        equations = "-" if row.get("equations") is None else f"{100 * row['equations']:.1f}%"
         lines.append(
             f"| {row['method']} | {row['learning_rate']:g} | {row['seeds']} | {100 * row['score_mean']:.1f} ± "
-            f"{100 * row['score_std']:.1f}% | {_fraction(row['kept_fraction'])} | {row['updated_fraction']:.3f} | "
-            f"{row['seconds'] / 60:.1f} min |"
+            f"{100 * row['score_std']:.1f}% | {equations} | {_fraction(row['kept_fraction'])} | "
+            f"{row['updated_fraction']:.3f} | {row['seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines) + "\n"
 
@@ -297,6 +311,8 @@ def main() -> None:
     parser.add_argument("--max_extensions", type=int, default=2, help="times the grid may grow at a winning edge")
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipe's length (final phase)")
     parser.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
+    parser.add_argument("--equations", type=Path, default=None,
+                        help="pretraining equations (tiny_equations) for forgetting; default: beside --data")
     parser.add_argument("--smoke", action="store_true", help="2 methods, 2 rates, 1 seed, 5 steps, 8 problems")
     args = parser.parse_args()
     factors = LR_FACTORS
@@ -312,6 +328,7 @@ def main() -> None:
     methods = args.methods or list(METHODS)
     seeds = args.seeds if args.seeds is not None else [0, 1, 2]
     args.data_dir = prepare_data(args.data, args.out / "data", args.validation_rows)
+    args.equations = args.equations or args.data.parent / "equations" / "test.jsonl"
 
     from tqdm import tqdm
 
@@ -336,20 +353,24 @@ def main() -> None:
     for method, seed in tqdm(jobs, desc="final runs", unit="run"):
         run_dir = args.out / "runs" / "final" / method / f"seed{seed}"
         records.append(cached_run(run_dir, method, seed, best_rate(sweeps[method]), args.max_steps,
-                                  args.data_dir / "test.jsonl", args))  # fmt: skip
+                                  args.data_dir / "test.jsonl", True, args))  # fmt: skip
     rows = aggregate(records, methods)
+    base_file = args.out / "base_equations.json"  # the base's own score, for the forgetting column
+    if not base_file.is_file():
+        base_file.write_text(json.dumps({"score": equations_score(args.model, args, args.out / "base-eval")}))
+    base_equations = json.loads(base_file.read_text())["score"]
     total_minutes = sum(r["seconds"] for r in records) / 60
     header = (f"`{command.strip()}` ({len(records)} runs at each method's best validation learning rate, "
               f"{total_minutes:.0f} min of training and scoring on {machine}; scored on the test "
               "problems)")  # fmt: skip
-    (args.out / "compare.json").write_text(json.dumps({"command": command.strip(), "rows": rows, "runs": records},
-                                                      indent=2))  # fmt: skip
-    (args.out / "compare.md").write_text(markdown(rows, header))
+    (args.out / "compare.json").write_text(json.dumps({"command": command.strip(), "base_equations": base_equations,
+                                                       "rows": rows, "runs": records}, indent=2))  # fmt: skip
+    (args.out / "compare.md").write_text(markdown(rows, header, base_equations))
     plot(rows, args.out / "compare.png")
     if not args.smoke and args.out.resolve() == (REPO / "docs" / "compare").resolve():
         image = "![score against the fraction of entries updated](docs/compare/compare.png)"
-        replace_readme_section(START, END, f"{markdown(rows, header)}\n{image}\n")
-    print(markdown(rows, header))
+        replace_readme_section(START, END, f"{markdown(rows, header, base_equations)}\n{image}\n")
+    print(markdown(rows, header, base_equations))
 
 
 if __name__ == "__main__":

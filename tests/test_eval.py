@@ -179,8 +179,12 @@ def test_compare_smoke_writes_table_and_plot(smoke):
     table = (smoke / "compare.md").read_text()
     assert all(f"| {row['method']} | {row['learning_rate']:g} | 1 |" in table for row in rows)
     assert (smoke / "compare.png").stat().st_size > 10_000 and (smoke / "sweep.png").stat().st_size > 10_000
-    # eval_suite ran after training, beside each checkpoint.
+    # eval_suite ran after training, beside each checkpoint; so did the forgetting check.
     assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny.json").is_file()
+    base = json.loads((smoke / "compare.json").read_text())["base_equations"]
+    assert f"pretraining equations (base {100 * base:.1f}%)" in table
+    assert all(0 <= row["equations"] <= 1 for row in rows)
+    assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny_equations.json").is_file()
 
 
 def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
