@@ -306,14 +306,14 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def list_data(args: EvalArguments) -> str:
     """The hub data sets the suite's tasks read, with the commands that copy them for ``--data_dir``."""
-    from gmt.evaluation.tasks import hub_datasets, leaf_tasks, task_manager
+    from gmt.evaluation.tasks import hub_reads, leaf_tasks, task_manager
 
     suite = load_suite(args.suite)
     check_requirements(suite)
     manager = task_manager(tiny_data=Path(args.tiny_data) if args.tiny_data else None)
     leaves = [leaf for task, *_ in suite.tasks for leaf in leaf_tasks(manager, task)]
     target = args.data_dir or "DATA_DIR"
-    repos = sorted({path for path, _ in hub_datasets(leaves)})
+    repos = sorted(hub_reads(leaves))
     lines = [f"# suite {suite.name}: {len(repos)} hub data set(s); copy each, then pass --data_dir {target}"]
     lines += [f"hf download {repo} --repo-type dataset --local-dir {target}/{repo}" for repo in repos]
     return "\n".join(lines)

@@ -163,14 +163,19 @@ def _group_members(members: list, manager, overrides: dict[str, Any] | None) -> 
     return leaves
 
 
-def hub_datasets(leaves: list[LeafTask]) -> list[tuple[str, str | None]]:
-    """The hub data sets (``dataset_path``, ``dataset_name``) the tasks read."""
-    found = {
-        (leaf.config["dataset_path"], leaf.config.get("dataset_name"))
-        for leaf in leaves
-        if reads_hub(leaf.config.get("dataset_path"))
-    }
-    return sorted(found, key=lambda pair: (pair[0], pair[1] or ""))
+def hub_reads(leaves: list[LeafTask]) -> dict[str, dict[str | None, set[str]]]:
+    """What the tasks read from the hub: {``dataset_path``: {``dataset_name``: the splits}}."""
+    reads: dict[str, dict[str | None, set[str]]] = {}
+    for leaf in leaves:
+        if reads_hub(leaf.config.get("dataset_path")):
+            configs = reads.setdefault(leaf.config["dataset_path"], {})
+            configs.setdefault(leaf.config.get("dataset_name"), set()).update(read_splits(leaf.config))
+    return reads
+
+
+def read_splits(config: dict[str, Any]) -> set[str]:
+    """The splits a task's config reads (training, validation, test and few-shot)."""
+    return {config[field] for field in SPLIT_FIELDS if config.get(field)}
 
 
 def reads_hub(dataset_path: Any) -> bool:
@@ -224,7 +229,7 @@ def check_task_data(leaf: LeafTask, override: dict[str, Any]) -> None:
     except Exception as error:  # the folder's own problem, said with the task that reads it
         raise ValueError(f"task {leaf.name!r} cannot read its data at {dataset_path}: {error}") from error
     available = set(builder.config.data_files or {})
-    needed = {config[field] for field in SPLIT_FIELDS if config.get(field)}
+    needed = read_splits(config)
     missing = sorted(needed - available)
     if missing:
         raise ValueError(

@@ -2,9 +2,9 @@
 repository's layout (parquet per config and split, a dataset card whose ``configs`` name them), with
 the real columns, types and nesting, for ``gmt-eval --data_dir``.
 
-Which configs and splits to write comes from the suite's own task definitions (``hub_datasets``
-and the splits each task reads), so a stand-in folder holds exactly what the real harness tasks
-ask the hub repository for. The rows are simple and well-formed; their content is not the point.
+Which configs and splits to write comes from the suite's own task definitions
+(``gmt.evaluation.tasks.hub_reads``), so a stand-in folder holds exactly what the real harness
+tasks ask the hub repository for. The rows are simple and well-formed; their content is not the point.
 """
 
 from __future__ import annotations
@@ -139,15 +139,10 @@ def build_eval_data(reads: dict[str, dict[str | None, set[str]]], out_dir: Path,
 def suite_reads(*suite_names: str) -> dict[str, dict[str | None, set[str]]]:
     """{hub id: {config: splits}} that the suites' tasks read, from the harness's task definitions."""
     from gmt.evaluation import leaf_tasks, load_suite, task_manager
-    from gmt.evaluation.tasks import SPLIT_FIELDS, reads_hub
+    from gmt.evaluation.tasks import hub_reads
 
     manager = task_manager()
-    reads: dict[str, dict[str | None, set[str]]] = {}
-    for suite_name in suite_names:
-        for task in load_suite(suite_name).tasks:
-            for leaf in leaf_tasks(manager, task.name):
-                path = leaf.config.get("dataset_path")
-                if reads_hub(path):
-                    splits = {leaf.config[field] for field in SPLIT_FIELDS if leaf.config.get(field)}
-                    reads.setdefault(path, {}).setdefault(leaf.config.get("dataset_name"), set()).update(splits)
-    return reads
+    leaves = [
+        leaf for name in suite_names for task in load_suite(name).tasks for leaf in leaf_tasks(manager, task.name)
+    ]
+    return hub_reads(leaves)
