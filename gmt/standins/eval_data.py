@@ -13,14 +13,14 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from gmt.standins.layouts import NAMES, _problem, _write_parquet
+from gmt.standins.layouts import NAMES, arithmetic_problem, write_parquet
 
 TYDIQA_LANGUAGES = ["arabic", "bengali", "english", "finnish", "indonesian", "korean", "russian", "swahili", "telugu"]
 
 
 def gsm8k_row(config: str, split: str, index: int, rng: random.Random) -> list[dict]:
     """openai/gsm8k: ``question``, ``answer`` (worked solution, then "#### N")."""
-    question, solution, answer = _problem(rng)
+    question, solution, answer = arithmetic_problem(rng)
     return [{"question": question, "answer": f"{solution}\n#### {answer}"}]
 
 
@@ -130,7 +130,7 @@ def build_eval_data(reads: dict[str, dict[str | None, set[str]]], out_dir: Path,
             card += [f"- config_name: {config or 'default'}", "  data_files:"]
             for split in sorted(configs[config]):
                 records = [row for index in range(rows) for row in ROWS[hub_id](config or "", split, index, rng)]
-                _write_parquet(records, repo / folder / f"{split}-00000-of-00001.parquet")
+                write_parquet(records, repo / folder / f"{split}-00000-of-00001.parquet")
                 card += [f"  - split: {split}", f"    path: {folder}/{split}-*"]
         (repo / "README.md").write_text("\n".join(card + ["---", "", "Stand-in rows (gmt.standins.eval_data).", ""]))
     return out_dir

@@ -18,7 +18,7 @@ NAMES = ["Ana", "Ben", "Carla", "Dev", "Eva", "Farid", "Gita", "Hugo"]
 ITEMS = ["apples", "books", "coins", "cards", "shells", "pencils"]
 
 
-def _problem(rng: random.Random) -> tuple[str, str, int]:
+def arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
     """A word problem, its worked solution and the answer."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(2, 40), rng.randint(2, 40)
@@ -32,7 +32,7 @@ def metamathqa_rows(count: int, rng: random.Random) -> list[dict]:
     types = ["GSM_Rephrased", "GSM_AnsAug", "GSM_SV", "GSM_FOBAR", "MATH_AnsAug", "MATH_Rephrased"]
     rows = []
     for _ in range(count):
-        question, solution, answer = _problem(rng)
+        question, solution, answer = arithmetic_problem(rng)
         rows.append(
             {"type": rng.choice(types), "query": question, "original_question": question,
              "response": f"{solution}\nThe answer is: {answer}"}
@@ -67,7 +67,7 @@ def tulu_rows(count: int, rng: random.Random) -> list[dict]:
         if index % 5 == 0:
             messages.append({"role": "system", "content": "You are a helpful assistant."})
         for _ in range(1 + index % 2):
-            question, solution, answer = _problem(rng)
+            question, solution, answer = arithmetic_problem(rng)
             messages += [{"role": "user", "content": question},
                          {"role": "assistant", "content": f"{solution} So the answer is {answer}."}]  # fmt: skip
         rows.append({"dataset": source, "id": f"{source}_{index}", "messages": messages})
@@ -80,7 +80,7 @@ def ultrafeedback_rows(count: int, rng: random.Random) -> list[dict]:
     (``{"content", "role"}``), ``messages`` (the chosen conversation again) and float scores."""
     rows = []
     for _ in range(count):
-        question, solution, answer = _problem(rng)
+        question, solution, answer = arithmetic_problem(rng)
         user = {"content": question, "role": "user"}
         chosen = [user, {"content": f"{solution} The answer is {answer}.", "role": "assistant"}]
         rejected = [user, {"content": f"The answer is {answer + rng.randint(1, 9)}.", "role": "assistant"}]
@@ -102,7 +102,7 @@ def _write_jsonl(rows: list[dict], path: Path) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def _write_parquet(rows: list[dict], path: Path) -> None:
+def write_parquet(rows: list[dict], path: Path) -> None:
     from datasets import Dataset
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +129,7 @@ def build_magicoder(out_dir: Path, rng: random.Random, rows: int) -> None:
 
 def build_tulu(out_dir: Path, rng: random.Random, rows: int) -> None:
     """Parquet shards under data/, as the hub repository's: split ``train``."""
-    _write_parquet(tulu_rows(rows, rng), out_dir / "data" / "train-00000-of-00001.parquet")
+    write_parquet(tulu_rows(rows, rng), out_dir / "data" / "train-00000-of-00001.parquet")
 
 
 ULTRAFEEDBACK_SPLITS = ["train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"]
@@ -138,7 +138,7 @@ ULTRAFEEDBACK_SPLITS = ["train_prefs", "test_prefs", "train_sft", "test_sft", "t
 def build_ultrafeedback(out_dir: Path, rng: random.Random, rows: int) -> None:
     """Parquet per split under data/ with a card naming the six splits, as the hub repository's."""
     for split in ULTRAFEEDBACK_SPLITS:
-        _write_parquet(ultrafeedback_rows(rows if split.startswith("train") else rows // 4, rng),
+        write_parquet(ultrafeedback_rows(rows if split.startswith("train") else rows // 4, rng),
                        out_dir / "data" / f"{split}-00000-of-00001.parquet")  # fmt: skip
     (out_dir / "README.md").write_text(_splits_card(ULTRAFEEDBACK_SPLITS))
 
