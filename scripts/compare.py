@@ -2,7 +2,7 @@
 
     python -m gmt.tiny && python scripts/compare.py                    # sweep, then the final table
     python scripts/compare.py --phase sweep --methods gps lora         # only the sweep, for a subset
-    python scripts/compare.py --smoke --model M --data D --out O       # 2 methods, 2 rates, a few steps
+    python scripts/compare.py --smoke --model M --data D --out O       # 3 methods, 2 rates, a few steps
 
 Each run is ``gmt/sft.py --config recipes/tiny/sft_full.yaml`` (the tiny recipe; its training
 settings are those of ``sft_gmt.yaml``, without mask settings) with the method's overrides, a
@@ -15,8 +15,12 @@ learning rate and ``--seed``, scored with the tiny suite (exact match).
    grid the grid grows by one factor of 3 that way (at most ``--max_extensions`` times).
    ``<out>/sweep.{json,md,png}``.
 3. Final: every method at its best validation rate (ties: the lower rate), ``--seeds``, the
-   recipe's full length, scored on the test problems, which no choice ever saw.
-   ``<out>/compare.{json,md,png}``.
+   recipe's full length, scored on the test problems, which no choice ever saw, and on the base's
+   pretraining equations (forgetting). A checkpoint saved at each quarter of the steps gives the
+   optimizer state's size and, for seed 0, the learning curve. ``<out>/compare.{json,md,png}``,
+   ``<out>/curve.{md,png}``.
+
+``scripts/compare_report.py`` then writes README's comparison section from every task's results.
 
 A run writes ``<out>/runs/<phase>/<method>/<lr or seed>/result.json``; runs that have one are
 skipped, so an interrupted comparison resumes where it stopped.
@@ -28,16 +32,15 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from readme_section import replace_readme_section
-
 REPO = Path(__file__).resolve().parents[1]
-START, END = "<!-- compare:start -->", "<!-- compare:end -->"
 RECIPE = "recipes/tiny/sft_full.yaml"
 RATIOS = (0.2, 0.5, 0.8)
 
@@ -46,7 +49,8 @@ RATIOS = (0.2, 0.5, 0.8)
 METHODS: dict[str, tuple[str, ...]] = {
     "full": ("--mask_strategy", "full"),
     **{f"gmt-grad-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "grad") for r in RATIOS},
-    **{f"gmt-update-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "update") for r in RATIOS},
+    # update mode (mask on the optimizer's update) at the middle ratio: does it differ from grad mode?
+    "gmt-update-0.5": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"),
     **{f"random-{r}": ("--mask_strategy", "random", "--mask_ratio", str(r)) for r in RATIOS},
     "gps": ("--mask_strategy", "gps", "--gps_k", "16"),
     "grft": ("--mask_strategy", "grft", "--grft_k", "16"),
@@ -58,7 +62,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "lora": ("--mask_strategy", "full", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
              "--lora_target_modules", "all-linear"),  # fmt: skip
 }
-SMOKE_METHODS = ("full", "gmt-grad-0.5")
+SMOKE_METHODS = ("full", "gmt-grad-0.5", "lora")
+FIXED_MASK = ("gps", "grft", "gspf")  # the methods that train one fixed subset (gspf: after its warm-up)
 BASE_LR = 1e-3  # the tiny recipe's (full fine-tuning's) learning rate
 LR_FACTORS = (0.3, 1, 3, 10, 30)  # the sweep grid, as multiples of BASE_LR
 SMOKE_LR_FACTORS = (1, 3)
@@ -83,29 +88,27 @@ def prepare_data(data: Path, out: Path, validation_rows: int, seed: int = 0) -> 
     return out
 
 
-def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None, eval_data: Path, forgetting: bool,
+def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None, eval_data: Path, final: bool,
             args, run_dir: Path) -> dict:  # fmt: skip
-    """Train one (method, rate, seed) on the training rows, score it on ``eval_data`` (and, with
-    ``forgetting``, on the base's pretraining equations); returns and writes its result."""
+    """Train one (method, rate, seed) on the training rows, score it on ``eval_data``; returns and
+    writes its result. A ``final`` run also saves a checkpoint at every quarter of its steps: their
+    optimizer state is measured, seed 0's are scored (the learning curve), and the final model is
+    scored on the base's pretraining equations (forgetting)."""
     command = [sys.executable, "gmt/sft.py", "--config", RECIPE, "--model_name_or_path", str(args.model),
                "--dataset_name", str(args.data_dir), "--output_dir", str(run_dir), "--seed", str(seed),
-               "--learning_rate", str(learning_rate), "--report_to", "none", *METHODS[method]]  # fmt: skip
+               "--learning_rate", str(learning_rate), "--report_to", "none", *METHODS[method],
+               "--eval_suite", "tiny", "--eval_args", f"--tiny_data {eval_data}"]  # fmt: skip
     if max_steps:
         command += ["--max_steps", str(max_steps), "--logging_steps", str(max(1, min(10, max_steps // 5)))]
-    if method != "lora":  # LoRA checkpoints are adapters: merged and scored below
-        command += ["--eval_suite", "tiny", "--eval_args", f"--tiny_data {eval_data}"]
-        if args.eval_limit:
-            command += ["--eval_limit", str(args.eval_limit)]
-    else:
-        command += ["--eval_suite", "none"]
+    if args.eval_limit:
+        command += ["--eval_limit", str(args.eval_limit)]
+    if final:
+        command += ["--save_strategy", "steps", "--save_steps", "0.25"]
     started = time.perf_counter()
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = subprocess_env(args)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     if result.returncode != 0:
-        sys.exit(f"{method} seed {seed} lr {learning_rate:g} failed:\n{result.stderr[-3000:]}")
-    if method == "lora":
-        score_lora(run_dir, eval_data, args)
-    seconds = time.perf_counter() - started
+        raise RuntimeError(f"{method} seed {seed} lr {learning_rate:g} failed:\n{result.stderr[-3000:]}")
     summary = json.loads((run_dir / "eval" / "lm_eval_tiny.json").read_text())["gmt"]
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     kept = [entry["mask/kept_fraction"] for entry in history if "mask/kept_fraction" in entry]
@@ -117,36 +120,60 @@ def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None,
         "scored_on": eval_data.name,
         "score": summary["score"],
         "kept_fraction": statistics.fmean(kept) if kept else None,  # None: no logging step ran
-        "updated_fraction": updated_fraction(args.model, run_dir if method != "lora" else run_dir / "merged"),
-        "seconds": seconds,
+        "updated_fraction": updated_fraction(args.model, run_dir),
     }
-    if forgetting:
-        record["equations_score"] = equations_score(run_dir if method != "lora" else run_dir / "merged", args,
-                                                    run_dir / "eval")  # fmt: skip
+    if final:
+        checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+        record["optimizer_state_bytes"] = optimizer_state_bytes(checkpoints[-1])
+        jobs = [(run_dir, "tiny_equations", args.equations, run_dir / "eval")]
+        if seed == 0:  # the learning curve: every checkpoint but the last (the final model is scored above)
+            jobs += [(path, "tiny", eval_data, path / "eval") for path in checkpoints[:-1]]
+        scores = score_in_subprocess(jobs, args, env)
+        record["equations_score"] = scores[0]
+        steps = json.loads((run_dir / "trainer_state.json").read_text())["global_step"]
+        record["curve"] = [{"step": int(path.name.split("-")[1]), "score": score}
+                           for path, score in zip(checkpoints[:-1], scores[1:])] if seed == 0 else []  # fmt: skip
+        record["curve"].append({"step": steps, "score": summary["score"]})
+        for path in checkpoints:  # scored and measured: the final model stays in run_dir
+            shutil.rmtree(path)
+    record["seconds"] = time.perf_counter() - started
     (run_dir / "result.json").write_text(json.dumps(record, indent=2))
     return record
 
 
-def score_lora(run_dir: Path, eval_data: Path, args) -> None:
-    """Merge the adapter into the base and score the merged model with the tiny suite."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def subprocess_env(args) -> dict[str, str]:
+    """The environment of a run: with ``--jobs`` runs side by side, each gets its share of the cores."""
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
+
+def score_in_subprocess(jobs: list[tuple[Path, str, Path, Path]], args, env: dict[str, str]) -> list[float]:
+    """The score of each (model, suite, data, output_dir), in one process (the harness's task index
+    is built once)."""
+    spec = [{"model": str(model), "suite": suite, "tiny_data": str(data), "output_dir": str(out),
+             "limit": args.eval_limit} for model, suite, data, out in jobs]  # fmt: skip
+    command = [sys.executable, str(Path(__file__).resolve()), "--score_jobs", json.dumps(spec)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"scoring {[job[0] for job in jobs]} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def score_jobs(spec: str) -> None:
+    """``--score_jobs``: score each job of the JSON list; print the scores as one JSON line."""
     from gmt.evaluation import evaluate_checkpoint
 
-    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(args.model), run_dir).merge_and_unload()
-    merged.save_pretrained(run_dir / "merged")
-    AutoTokenizer.from_pretrained(run_dir).save_pretrained(run_dir / "merged")
-    evaluate_checkpoint(run_dir / "merged", "tiny", limit=args.eval_limit, output_dir=run_dir / "eval",
-                        tiny_data=eval_data)  # fmt: skip
+    scores = [evaluate_checkpoint(job.pop("model"), job.pop("suite"), **job)["score"] for job in json.loads(spec)]
+    print(json.dumps(scores))
 
 
-def equations_score(model: Path, args, output_dir: Path) -> float:
-    """The tiny_equations score of ``model``: how much of what pretraining taught it still knows."""
-    from gmt.evaluation import evaluate_checkpoint
+def optimizer_state_bytes(checkpoint: Path) -> int:
+    """Bytes of every tensor in the optimizer state the trainer saved in ``checkpoint``."""
+    import torch
 
-    return evaluate_checkpoint(model, "tiny_equations", limit=args.eval_limit, output_dir=output_dir,
-                               tiny_data=args.equations)["score"]  # fmt: skip
+    state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)["state"]
+    return sum(tensor.numel() * tensor.element_size() for entry in state.values() for tensor in entry.values()
+               if isinstance(tensor, torch.Tensor))  # fmt: skip
 
 
 def cached_run(run_dir: Path, *run_args) -> dict:
@@ -181,16 +208,24 @@ def best_rate(records: list[dict]) -> float:
 
 
 def updated_fraction(base: Path, tuned: Path) -> float:
-    """Fraction of the base model's entries whose final value differs from the base."""
+    """Fraction of the base model's entries whose final value differs from the base (a PEFT run's
+    adapter merged into the base first)."""
     from transformers import AutoModelForCausalLM
 
     before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
-    after = dict(AutoModelForCausalLM.from_pretrained(tuned).named_parameters())
+    if (tuned / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tuned).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(tuned)
+    after = dict(model.named_parameters())
     changed = sum(int((after[name] != before[name]).sum()) for name in before)
     return changed / sum(p.numel() for p in before.values())
 
 
 def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
+    """One row per method: its final runs' mean and spread, and what they measured."""
     rows = []
     for method in methods:
         runs = [r for r in records if r["method"] == method]
@@ -203,9 +238,13 @@ def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
             "seeds": len(runs),
             "score_mean": statistics.fmean(scores),
             "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
-            "kept_fraction": _mean_or_none([r["kept_fraction"] for r in runs]),
+            # a PEFT run's kept fraction is of its adapter, not of the model's entries
+            "kept_fraction": None if "--use_peft" in METHODS[method] else _mean_or_none(
+                [r["kept_fraction"] for r in runs]),
             "updated_fraction": statistics.fmean(r["updated_fraction"] for r in runs),
             "equations": _mean_or_none([r.get("equations_score") for r in runs]),
+            "optimizer_state_bytes": _mean_or_none([r.get("optimizer_state_bytes") for r in runs]),
+            "curve": next((r["curve"] for r in runs if r["seed"] == 0 and r.get("curve")), None),
             # median: a run that shared the machine with other work does not move it much
             "seconds": statistics.median(r["seconds"] for r in runs),
         })  # fmt: skip
@@ -218,18 +257,68 @@ def _mean_or_none(values: list) -> float | None:
 
 
 def markdown(rows: list[dict], header: str, base_equations: float | None = None) -> str:
+    """The final table: a row per method, its rate and memory relative to full fine-tuning's."""
+    full = next((row for row in rows if row["method"] == "full"), None)
     base = "" if base_equations is None else f" (base {100 * base_equations:.1f}%)"
-    columns = ("| method | learning rate | seeds | exact match (mean ± std) | pretraining equations" + base +
-               " | kept per step | entries changed | wall time (median) |")  # fmt: skip
-    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    columns = ("| method | learning rate (× full's) | seeds | exact match (mean ± std) | pretraining equations"
+               f"{base} | optimizer state (× full's) | kept per step | entries changed | wall time (median) |")
+    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         equations = "-" if row.get("equations") is None else f"{100 * row['equations']:.1f}%"
+        rate = f"{row['learning_rate']:g}" + (f" ({row['learning_rate'] / full['learning_rate']:g}×)" if full else "")
+        state = row.get("optimizer_state_bytes")
+        memory = "-" if state is None else f"{state / 2**20:.2f} MiB" + (
+            f" ({state / full['optimizer_state_bytes']:.3f}×)" if full and full.get("optimizer_state_bytes") else "")
         lines.append(
-            f"| {row['method']} | {row['learning_rate']:g} | {row['seeds']} | {100 * row['score_mean']:.1f} ± "
-            f"{100 * row['score_std']:.1f}% | {equations} | {_fraction(row['kept_fraction'])} | "
+            f"| {row['method']} | {rate} | {row['seeds']} | {100 * row['score_mean']:.1f} ± "
+            f"{100 * row['score_std']:.1f}% | {equations} | {memory} | {_fraction(row['kept_fraction'])} | "
             f"{row['updated_fraction']:.3f} | {row['seconds'] / 60:.1f} min |"
-        )
+        )  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def curve_markdown(rows: list[dict], header: str) -> str:
+    """Test score at every saved checkpoint of each method's seed-0 final run."""
+    rows = [row for row in rows if row.get("curve")]
+    steps = sorted({point["step"] for row in rows for point in row["curve"]})
+    lines = [header, "", "| method | " + " | ".join(f"step {step}" for step in steps) + " |",
+             "|---|" + "---:|" * len(steps)]  # fmt: skip
+    for row in rows:
+        by_step = {point["step"]: point["score"] for point in row["curve"]}
+        cells = ["-" if step not in by_step else f"{100 * by_step[step]:.1f}" for step in steps]
+        lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curve_methods(rows: list[dict]) -> list[str]:
+    """The learning curves drawn: full, gmt at its ratios, random, the best fixed-mask method, LoRA."""
+    fixed = [row for row in rows if row["method"] in FIXED_MASK]
+    chosen = ["full", *(f"gmt-grad-{ratio}" for ratio in RATIOS), "random-0.5", "lora"]
+    if fixed:
+        chosen.insert(-1, max(fixed, key=lambda row: row["score_mean"])["method"])
+    return [method for method in chosen if any(row["method"] == method and row.get("curve") for row in rows)]
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Test score against the step, at each saved checkpoint of the seed-0 final runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method = {row["method"]: row for row in rows}
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for index, method in enumerate(curve_methods(rows)):
+        curve = by_method[method]["curve"]
+        axis.plot([p["step"] for p in curve], [100 * p["score"] for p in curve], marker="o", label=method,
+                  color=f"C{index}")  # fmt: skip
+    axis.set_xlabel("optimizer step (checkpoints of one run, seed 0)")
+    axis.set_ylabel("test exact match (%)")
+    axis.set_title("learning curves, each method at its best validation rate")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def sweep_markdown(sweeps: dict[str, list[dict]], header: str) -> str:
@@ -271,30 +360,49 @@ def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, base_equations: float | None = None) -> None:
+    """Each method's test score (mean ± std over seeds) against its optimizer-state memory, against
+    the fraction of entries it changed, and against what it kept of the base's pretraining task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    panels = [("optimizer_state_bytes", "optimizer state (MiB, log scale)", 1 / 2**20),
+              ("updated_fraction", "fraction of entries that differ from the base", 1.0),
+              ("equations", "pretraining equations still solved (%)", 100.0)]  # fmt: skip
+    figure, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
     colors: dict[str, str] = {}  # one color per family (gmt-grad, random, ...), in the legend's order
-    for row in rows:
-        family = row["method"].split("-")[0] if not row["method"].startswith("gmt-") else "-".join(
-            row["method"].split("-")[:2])  # fmt: skip
-        color = colors.setdefault(family, f"C{len(colors) % 10}")
-        axis.errorbar(row["updated_fraction"], 100 * row["score_mean"], yerr=100 * row["score_std"], fmt="o",
-                      capsize=3, label=family, color=color)  # fmt: skip
-        axis.annotate(row["method"], (row["updated_fraction"], 100 * row["score_mean"]), fontsize=7,
-                      xytext=(4, 3), textcoords="offset points")  # fmt: skip
-    handles, labels = axis.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    axis.legend(unique.values(), unique.keys(), fontsize=8)
-    axis.set_xlabel("fraction of entries that differ from the base after training")
-    axis.set_ylabel("tiny suite exact match (%)")
-    axis.set_title("methods on the tiny recipe")
+    for axis, (key, label, scale) in zip(axes, panels):
+        for row in rows:
+            if row.get(key) is None:
+                continue
+            family = row["method"].split("-")[0] if not row["method"].startswith("gmt-") else "-".join(
+                row["method"].split("-")[:2])  # fmt: skip
+            color = colors.setdefault(family, f"C{len(colors) % 10}")
+            x = row[key] * scale
+            axis.errorbar(x, 100 * row["score_mean"], yerr=100 * row["score_std"], fmt="o", capsize=3,
+                          label=family, color=color)  # fmt: skip
+            axis.annotate(row["method"], (x, 100 * row["score_mean"]), fontsize=7, xytext=(4, 3),
+                          textcoords="offset points")  # fmt: skip
+        axis.set_xlabel(label)
+    axes[0].set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    axes[0].xaxis.set_major_formatter(plain)
+    axes[0].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if base_equations is not None:
+        axes[2].axvline(100 * base_equations, color="grey", linestyle=":", label="the base")
+    handles, labels = [], []
+    for axis in axes:
+        for handle, name in zip(*axis.get_legend_handles_labels()):
+            if name not in labels:
+                handles.append(handle)
+                labels.append(name)
+    axes[0].legend(handles, labels, fontsize=8)
+    axes[0].set_ylabel("test exact match (%)")
+    figure.suptitle("each method at its best validation learning rate")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -313,8 +421,17 @@ def main() -> None:
     parser.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
     parser.add_argument("--equations", type=Path, default=None,
                         help="pretraining equations (tiny_equations) for forgetting; default: beside --data")
-    parser.add_argument("--smoke", action="store_true", help="2 methods, 2 rates, 1 seed, 5 steps, 8 problems")
+    parser.add_argument("--smoke", action="store_true", help="3 methods, 2 rates, 1 seed, 5 steps, 8 problems")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs side by side, each with its share of the cores (on 2 cores, 2 jobs finish "
+                             "about 1.6x the runs per hour of 1)")  # fmt: skip
+    parser.add_argument("--score_jobs", help=argparse.SUPPRESS)  # internal: score_in_subprocess's worker
     args = parser.parse_args()
+    if args.score_jobs:
+        score_jobs(args.score_jobs)
+        return
+    if args.jobs < 1:
+        sys.exit(f"--jobs must be at least 1, got {args.jobs}")
     factors = LR_FACTORS
     if args.smoke:
         args.methods = args.methods or list(SMOKE_METHODS)
@@ -330,12 +447,17 @@ def main() -> None:
     args.data_dir = prepare_data(args.data, args.out / "data", args.validation_rows)
     args.equations = args.equations or args.data.parent / "equations" / "test.jsonl"
 
+    # transformers' lazy imports are not thread-safe: resolve what the worker threads use first
+    from peft import PeftModel  # noqa: F401
     from tqdm import tqdm
+    from transformers import AutoModelForCausalLM  # noqa: F401
 
     command = "python scripts/compare.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    machine += f", {args.jobs} runs at a time" if args.jobs > 1 else ""
     with tqdm(total=len(methods) * len(factors), desc="sweep runs", unit="run") as progress:
-        sweeps = {method: sweep(method, factors, args, progress) for method in methods}
+        with ThreadPoolExecutor(args.jobs) as pool:  # a thread per running method: the runs are subprocesses
+            sweeps = dict(zip(methods, pool.map(lambda method: sweep(method, factors, args, progress), methods)))
     sweep_runs = [record for records in sweeps.values() for record in records]
     sweep_header = (f"`{command.strip()}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on "
                     f"{args.validation_rows} validation rows held out of the training data "
@@ -348,16 +470,21 @@ def main() -> None:
     if args.phase == "sweep":
         return
 
-    records = []
-    jobs = [(method, seed) for seed in seeds for method in methods]  # every method's first seed comes first
-    for method, seed in tqdm(jobs, desc="final runs", unit="run"):
+    def final_run(job: tuple[str, int]) -> dict:
+        method, seed = job
         run_dir = args.out / "runs" / "final" / method / f"seed{seed}"
-        records.append(cached_run(run_dir, method, seed, best_rate(sweeps[method]), args.max_steps,
-                                  args.data_dir / "test.jsonl", True, args))  # fmt: skip
+        return cached_run(run_dir, method, seed, best_rate(sweeps[method]), args.max_steps,
+                          args.data_dir / "test.jsonl", True, args)  # fmt: skip
+
+    jobs = [(method, seed) for seed in seeds for method in methods]  # every method's first seed comes first
+    with ThreadPoolExecutor(args.jobs) as pool:
+        records = list(tqdm(pool.map(final_run, jobs), total=len(jobs), desc="final runs", unit="run"))
     rows = aggregate(records, methods)
     base_file = args.out / "base_equations.json"  # the base's own score, for the forgetting column
     if not base_file.is_file():
-        base_file.write_text(json.dumps({"score": equations_score(args.model, args, args.out / "base-eval")}))
+        (score,) = score_in_subprocess([(args.model, "tiny_equations", args.equations, args.out / "base-eval")],
+                                       args, subprocess_env(args))  # fmt: skip
+        base_file.write_text(json.dumps({"score": score}))
     base_equations = json.loads(base_file.read_text())["score"]
     total_minutes = sum(r["seconds"] for r in records) / 60
     header = (f"`{command.strip()}` ({len(records)} runs at each method's best validation learning rate, "
@@ -366,10 +493,11 @@ def main() -> None:
     (args.out / "compare.json").write_text(json.dumps({"command": command.strip(), "base_equations": base_equations,
                                                        "rows": rows, "runs": records}, indent=2))  # fmt: skip
     (args.out / "compare.md").write_text(markdown(rows, header, base_equations))
-    plot(rows, args.out / "compare.png")
-    if not args.smoke and args.out.resolve() == (REPO / "docs" / "compare").resolve():
-        image = "![score against the fraction of entries updated](docs/compare/compare.png)"
-        replace_readme_section(START, END, f"{markdown(rows, header, base_equations)}\n{image}\n")
+    plot(rows, args.out / "compare.png", base_equations)
+    curve_header = ("Test exact match (%) at each checkpoint of the seed-0 final run (the learning-rate "
+                    "schedule is the full run's, so an early point is not a shorter run)")  # fmt: skip
+    (args.out / "curve.md").write_text(curve_markdown(rows, curve_header))
+    plot_curves(rows, args.out / "curve.png")
     print(markdown(rows, header, base_equations))
 
 

@@ -165,7 +165,7 @@ def test_tiny_suite_scores_the_fine_tune_above_its_base(scored_assets, tmp_path)
 def smoke(tiny_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
-               "--data", str(tiny_assets / "data/sft"), "--out", str(out)]  # fmt: skip
+               "--data", str(tiny_assets / "data/sft"), "--out", str(out), "--jobs", "2"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
@@ -173,18 +173,61 @@ def smoke(tiny_assets, tmp_path_factory):
 
 def test_compare_smoke_writes_table_and_plot(smoke):
     rows = json.loads((smoke / "compare.json").read_text())["rows"]
-    assert [row["method"] for row in rows] == ["full", "gmt-grad-0.5"]
+    assert [row["method"] for row in rows] == ["full", "gmt-grad-0.5", "lora"]
     kept = {row["method"]: row["kept_fraction"] for row in rows}
-    assert kept["full"] == 1.0 and kept["gmt-grad-0.5"] == pytest.approx(0.5, abs=0.01)
+    assert kept["full"] == 1.0 and kept["gmt-grad-0.5"] == pytest.approx(0.5, abs=0.01) and kept["lora"] is None
     table = (smoke / "compare.md").read_text()
-    assert all(f"| {row['method']} | {row['learning_rate']:g} | 1 |" in table for row in rows)
-    assert (smoke / "compare.png").stat().st_size > 10_000 and (smoke / "sweep.png").stat().st_size > 10_000
-    # eval_suite ran after training, beside each checkpoint; so did the forgetting check.
-    assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny.json").is_file()
+    full_rate = rows[0]["learning_rate"]
+    assert all(f"| {row['method']} | {row['learning_rate']:g} ({row['learning_rate'] / full_rate:g}×) | 1 |" in table
+               for row in rows)  # fmt: skip
+    for name in ("compare.png", "sweep.png", "curve.png"):
+        assert (smoke / name).stat().st_size > 10_000
+    # eval_suite ran after training, beside each checkpoint (LoRA's: its adapter on the base); so did
+    # the forgetting check.
+    assert (smoke / "runs/final/lora/seed0/adapter_config.json").is_file()
+    assert (smoke / "runs/final/lora/seed0/eval/lm_eval_tiny.json").is_file()
     base = json.loads((smoke / "compare.json").read_text())["base_equations"]
     assert f"pretraining equations (base {100 * base:.1f}%)" in table
     assert all(0 <= row["equations"] <= 1 for row in rows)
     assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny_equations.json").is_file()
+
+
+def test_compare_measures_optimizer_state_and_learning_curves(smoke, tiny_assets):
+    from transformers import AutoModelForCausalLM
+
+    rows = {row["method"]: row for row in json.loads((smoke / "compare.json").read_text())["rows"]}
+    entries = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_assets / "base").parameters())
+    # AdamW's two fp32 moments per entry, plus a step count per tensor; gmt's masked AdamW keeps them
+    # dense; LoRA keeps them for its adapters only.
+    assert 8 * entries <= rows["full"]["optimizer_state_bytes"] < 8 * entries + 4096
+    assert rows["gmt-grad-0.5"]["optimizer_state_bytes"] == rows["full"]["optimizer_state_bytes"]
+    assert rows["lora"]["optimizer_state_bytes"] < 0.2 * rows["full"]["optimizer_state_bytes"]
+    # LoRA's merged adapter changes every entry of the linear layers it wraps, and nothing else.
+    assert 0.5 < rows["lora"]["updated_fraction"] < rows["full"]["updated_fraction"]
+    for row in rows.values():  # seed 0's checkpoints at each quarter, then the final model
+        steps = [point["step"] for point in row["curve"]]
+        assert steps == sorted(steps) and len(steps) >= 2 and steps[-1] == 5
+        assert row["curve"][-1]["score"] == row["score_mean"]
+        assert not list((smoke / "runs/final" / row["method"] / "seed0").glob("checkpoint-*"))  # scored, removed
+    assert "| full | " in (smoke / "curve.md").read_text()
+
+
+def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- compare:start -->\nOLD-TABLE\n<!-- compare:end -->\n<!-- lr-scale:start -->\n"
+                      "<!-- lr-scale:end -->\nend\n")  # fmt: skip
+    command = [sys.executable, "scripts/compare_report.py", "--tasks", f"smoke={smoke}", "--out",
+               str(tmp_path / "report.md"), "--readme", str(readme)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "OLD-TABLE" not in text
+    rows = {row["method"]: row for row in json.loads((smoke / "compare.json").read_text())["rows"]}
+    # the budget "any" goes to the best mean score; a claim about methods the smoke did not run says so
+    best = max(rows, key=lambda method: rows[method]["score_mean"])
+    assert f"| any | {best} |" in text
+    assert "not run (random-0.5)" in text and "not run (gps)" in text
+    assert f"| full | {rows['full']['learning_rate']:g} (1× full's) |" in text
 
 
 def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
@@ -210,7 +253,7 @@ def test_compare_resumes_without_rerunning(smoke, tiny_assets):
                "--data", str(tiny_assets / "data/sft"), "--out", str(smoke)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [path.stat().st_mtime_ns for path in results] == stamps and len(results) == 6
+    assert [path.stat().st_mtime_ns for path in results] == stamps and len(results) == 9
 
 
 def test_plot_mask_draws_the_heatmap_of_a_run(smoke, tmp_path):

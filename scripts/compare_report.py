@@ -1,0 +1,203 @@
+"""The comparison's answers, from the finished comparisons of every task: README's comparison section.
+
+    python scripts/compare.py && python scripts/compare.py --data .cache/gmt-tiny/data/sft_twostep \\
+        --out docs/compare/twostep --methods ...              # the two tasks (see README)
+    python scripts/compare_report.py                         # docs/compare/report.md and README
+
+Reads each task's ``compare.json`` and ``sweep.json`` (written by ``scripts/compare.py``) and
+writes, for README between the ``compare:start`` / ``compare:end`` markers and in
+``docs/compare/report.md``: each task's final table, sweep table, learning curves and plots; the
+learning rate that won each method's sweep as a multiple of full fine-tuning's; every claim of the
+papers with the measured numbers and the verdict the rule below gives; and which method to start
+from for a memory budget. The learning-rate table also goes into README's strategy section
+(``lr-scale:start`` / ``lr-scale:end``).
+
+Rules (fixed before the runs; every number is a mean over the final seeds):
+
+- "A ≥ B" holds when A's mean is at least B's; it is "within noise" when the gap is smaller than
+  the larger of the two seed standard deviations.
+- "insensitive to the ratio": gmt's spread over its ratios is within the largest seed std among them.
+- "near full fine-tuning": at least 90% of full fine-tuning's score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import compare
+from compare import FIXED_MASK, best_rate
+from readme_section import replace_readme_section
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = {"word problems": REPO / "docs" / "compare", "two-step problems": REPO / "docs" / "compare" / "twostep"}
+RATIOS = tuple(str(ratio) for ratio in compare.RATIOS)  # gmt's and random's, as in compare.py's method names
+NEAR_FULL = 0.9  # "near full fine-tuning": this share of its score
+BUDGETS = (0.05, 0.15, 0.6, None)  # optimizer state as a share of full AdamW's (None: any)
+
+
+def load(task_dir: Path) -> tuple[dict, dict]:
+    """A task's final comparison (``compare.json``) and its sweep (``sweep.json``)."""
+    return json.loads((task_dir / "compare.json").read_text()), json.loads((task_dir / "sweep.json").read_text())
+
+
+def versus(a: dict, b: dict) -> str:
+    """"A ≥ B" by the rule above, with the numbers."""
+    gap = a["score_mean"] - b["score_mean"]
+    noise = max(a["score_std"], b["score_std"])
+    verdict = "holds" if gap >= 0 else "within noise" if -gap < noise else "does not hold"
+    return (f"{verdict}: {100 * a['score_mean']:.1f} vs {100 * b['score_mean']:.1f}% "
+            f"({100 * gap:+.1f} points, seed std up to {100 * noise:.1f})")  # fmt: skip
+
+
+def claims(tasks: dict[str, dict[str, dict]]) -> str:
+    """A table: each claim, per task, measured and judged by the rules above."""
+    lines = ["| claim | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+
+    def row(claim: str, judge) -> None:
+        cells = []
+        for rows in tasks.values():
+            try:
+                cells.append(judge(rows))
+            except KeyError as missing:  # a method this task's comparison did not run
+                cells.append(f"not run ({missing.args[0]})")
+        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+
+    def best_gmt(rows: dict[str, dict]) -> dict:
+        present = [rows[f"gmt-grad-{ratio}"] for ratio in RATIOS if f"gmt-grad-{ratio}" in rows]
+        if not present:
+            raise KeyError("gmt-grad")
+        return max(present, key=lambda r: r["score_mean"])
+
+    row("GMT ≥ full SFT (gmt's best ratio)",
+        lambda rows: f"{best_gmt(rows)['method']}: " + versus(best_gmt(rows), rows["full"]))  # fmt: skip
+    for ratio in RATIOS:
+        row(f"gradient-chosen ≥ random at ratio {ratio}",
+            lambda rows, ratio=ratio: versus(rows[f"gmt-grad-{ratio}"], rows[f"random-{ratio}"]))  # fmt: skip
+
+    def insensitive(rows: dict[str, dict]) -> str:
+        gmt = [rows[f"gmt-grad-{ratio}"] for ratio in RATIOS]
+        spread = max(r["score_mean"] for r in gmt) - min(r["score_mean"] for r in gmt)
+        noise = max(r["score_std"] for r in gmt)
+        scores = ", ".join(f"{100 * r['score_mean']:.1f}" for r in gmt)
+        return (f"{'holds' if spread <= noise else 'does not hold'}: {scores}% at ratios {', '.join(RATIOS)} "
+                f"(spread {100 * spread:.1f} points, seed std up to {100 * noise:.1f})")  # fmt: skip
+
+    row("GMT insensitive to the mask ratio", insensitive)
+    for method in FIXED_MASK:
+        def near(rows: dict[str, dict], method: str = method) -> str:
+            share = rows[method]["score_mean"] / rows["full"]["score_mean"]
+            changed = rows[method]["updated_fraction"]
+            kept = rows[method]["kept_fraction"]
+            verdict = "holds" if share >= NEAR_FULL and kept <= 0.1 else "does not hold"
+            return (f"{verdict}: {100 * rows[method]['score_mean']:.1f}% = {100 * share:.0f}% of full's, "
+                    f"training {100 * kept:.1f}% of the entries per step ({100 * changed:.1f}% changed in all)")
+
+        row(f"{method} near full fine-tuning with ≤ 10% of the entries", near)
+
+    def scope(rows: dict[str, dict]) -> str:
+        scopes = {"global": rows["gmt-grad-0.5"], **{s: rows[f"gmt-grad-0.5-{s}"] for s in ("tensor", "layer")}}
+        best = max(scopes, key=lambda s: scopes[s]["score_mean"])
+        scores = ", ".join(f"{s} {100 * r['score_mean']:.1f} ± {100 * r['score_std']:.1f}%" for s, r in scopes.items())
+        return f"best: {best} ({scores}); {best} vs global: " + versus(scopes[best], scopes["global"])
+
+    row("mask scope at ratio 0.5 (default: global)", scope)
+    return "\n".join(lines) + "\n"
+
+
+def lr_scale_table(sweeps: dict[str, dict]) -> str:
+    """The learning rate that won each method's sweep, as a multiple of full fine-tuning's, per task."""
+    methods = list(dict.fromkeys(method for sweep in sweeps.values() for method in sweep["sweeps"]))
+    lines = ["| method | " + " | ".join(sweeps) + " |", "|---|" + "---:|" * len(sweeps)]
+    for method in methods:
+        cells = []
+        for sweep in sweeps.values():
+            if method not in sweep["sweeps"] or "full" not in sweep["sweeps"]:
+                cells.append("-")
+                continue
+            rate, full = best_rate(sweep["sweeps"][method]), best_rate(sweep["sweeps"]["full"])
+            cells.append(f"{rate:g} ({rate / full:g}× full's)")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def recommendations(tasks: dict[str, dict[str, dict]]) -> str:
+    """For each optimizer-state budget, the method with the best mean score over the tasks that ran
+    it, and its learning rate as a multiple of full fine-tuning's."""
+    methods = set.intersection(*(set(rows) for rows in tasks.values()))
+    lines = ["| optimizer state (× full AdamW's) | start from | mean test score over the tasks | "
+             "its learning rate, × full's |", "|---|---|---:|---|"]  # fmt: skip
+    for budget in BUDGETS:
+        fits = [method for method in methods if all(
+            rows[method]["optimizer_state_bytes"] <= (budget or 1e9) * rows["full"]["optimizer_state_bytes"]
+            for rows in tasks.values())]  # fmt: skip
+        if not fits:
+            continue
+        best = max(fits, key=lambda m: statistics.fmean(rows[m]["score_mean"] for rows in tasks.values()))
+        score = statistics.fmean(rows[best]["score_mean"] for rows in tasks.values())
+        scales = ", ".join(f"{rows[best]['learning_rate'] / rows['full']['learning_rate']:g}×"
+                           for rows in tasks.values())  # fmt: skip
+        lines.append(f"| {'any' if budget is None else f'≤ {budget:g}'} | {best} | {100 * score:.1f}% | {scales} |")
+    return "\n".join(lines) + "\n"
+
+
+def task_section(name: str, task_dir: Path, document: Path) -> str:
+    """One task's tables (final, sweep, learning curves) and plots, as compare.py wrote them; the
+    plots linked relative to ``document``'s folder."""
+    relative = Path(os.path.relpath(task_dir, document.resolve().parent)).as_posix()
+    parts = [f"#### {name}", "", (task_dir / "compare.md").read_text(),
+             f"![score against optimizer state, entries changed and pretraining kept]({relative}/compare.png)", "",
+             "Learning-rate sweep:", "", (task_dir / "sweep.md").read_text(),
+             f"![validation score against the learning rate]({relative}/sweep.png)", "",
+             "Learning curves:", "", (task_dir / "curve.md").read_text(),
+             f"![test score against the step]({relative}/curve.png)", ""]  # fmt: skip
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=[f"{name}={path}" for name, path in TASKS.items()],
+                        help="NAME=DIR for each task's comparison (compare.py's --out)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "compare" / "report.md")
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    args = parser.parse_args()
+    task_dirs = {name: Path(path).resolve() for name, path in (task.split("=", 1) for task in args.tasks)}
+    loaded = {name: load(path) for name, path in task_dirs.items()}
+    rows = {name: {row["method"]: row for row in compare["rows"]} for name, (compare, _) in loaded.items()}
+    sweeps = {name: sweep for name, (_, sweep) in loaded.items()}
+    scale = lr_scale_table(sweeps)
+
+    def report(document: Path) -> str:
+        return "\n".join([
+            "### What we recommend",
+            "",
+            "The best-scoring method whose optimizer state fits a budget (measured from each run's saved "
+            "optimizer state), averaged over the tasks that ran every method:",
+            "",
+            recommendations(rows),
+            "### The papers' claims, measured",
+            "",
+            "Rules: A ≥ B holds when its mean is at least B's, *within noise* when the gap is below the "
+            "larger seed std; *insensitive* when gmt's spread over the ratios is within its largest seed std; "
+            f"*near full* is ≥ {100 * NEAR_FULL:.0f}% of full fine-tuning's score while training ≤ 10% of the "
+            "entries.",
+            "",
+            claims(rows),
+            "### Learning rate that won each sweep",
+            "",
+            scale,
+            *(task_section(name, task_dirs[name], document) for name in loaded),
+        ])  # fmt: skip
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report(args.out))
+    replace_readme_section("<!-- compare:start -->", "<!-- compare:end -->", report(args.readme), args.readme)
+    replace_readme_section("<!-- lr-scale:start -->", "<!-- lr-scale:end -->", scale, args.readme)
+    print(report(args.out))
+
+
+if __name__ == "__main__":
+    main()
