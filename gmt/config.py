@@ -14,7 +14,15 @@ from typing import Optional
 from trl import DatasetMixtureConfig, DPOConfig, ScriptArguments, SFTConfig
 
 from gmt.evaluation.suites import SUITES
-from gmt.masking import COMMON_OPTIONS, STRATEGIES, MaskStrategy, Option, resolve_strategy_options, strategy_class
+from gmt.masking import (
+    COMMON_OPTIONS,
+    STRATEGIES,
+    MaskStrategy,
+    Option,
+    dense_phase_steps,
+    resolve_strategy_options,
+    strategy_class,
+)
 from gmt.masking.prepare import optimizer_requirement
 from gmt.masking.registry import seal_registry, strategies_taking, strategy_options
 from gmt.prompts import PROMPT_FORMATS
@@ -91,7 +99,14 @@ def check_mask_arguments(args) -> MaskStrategy:
     for option in COMMON_OPTIONS:
         option.check(getattr(args, option.name))
     resolve_strategy_options(args)
-    return cls.from_args(args)
+    strategy = cls.from_args(args)
+    if args.dense_phase_learning_rate is not None and dense_phase_steps(strategy, args.mask_start_step) == 0:
+        raise ValueError(
+            "dense_phase_learning_rate is the rate of the steps that update every entry before the mask starts, "
+            f"and mask_strategy {strategy.name!r} with mask_start_step {args.mask_start_step} has none: set "
+            "mask_start_step (or gspf's gspf_warmup_steps), or use learning_rate"
+        )
+    return strategy
 
 
 @dataclass

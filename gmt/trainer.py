@@ -29,10 +29,12 @@ from gmt.masking import (
     LocalGradientAccess,
     MaskedStep,
     MaskStrategy,
+    dense_phase_steps,
     effective_frozen_params,
     freeze_parameters,
     masking_optimizer,
     optimizer_requirement,
+    scale_dense_phase,
     strategy_class,
     unwrap_optimizer,
 )
@@ -46,12 +48,14 @@ class MaskingMixin:
     _step: MaskedStep | None = None
     _resumed_state: dict | None = None  # one rank's mask state, read from the checkpoint being resumed
     _pending_logs: dict[str, float] | None = None  # telemetry collected for the next training log
+    _dense_phase_scaled = False  # create_scheduler scaled the dense steps to dense_phase_learning_rate
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.strategy: MaskStrategy = strategy_class(self.args.mask_strategy).from_args(self.args)
         self._check_engine_supported()
         self._check_matrix_orientation()
+        self.dense_steps = dense_phase_steps(self.strategy, self.args.mask_start_step)
         # Before the optimizer and the engine exist, so frozen parameters get neither gradients nor state.
         freeze_parameters(self.model.named_parameters(), effective_frozen_params(self.args))
         self.add_callback(_MaskStepCallback(self))
@@ -109,6 +113,17 @@ class MaskingMixin:
             )
         return super().create_optimizer(model)
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The configured schedule; with ``dense_phase_learning_rate``, its dense steps scaled to that
+        peak rate (the masked steps keep ``learning_rate``'s)."""
+        built = self.lr_scheduler is not None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        rate = self.args.dense_phase_learning_rate
+        if rate is not None and not built:
+            scale_dense_phase(scheduler, self.dense_steps, rate / self.args.learning_rate)
+            self._dense_phase_scaled = True
+        return scheduler
+
     @property
     def masker(self) -> GradientMasker:
         """The masker of the current (or last) ``train()`` call."""
@@ -127,6 +142,11 @@ class MaskingMixin:
     def _bind(self) -> None:
         """Bind strategy, masker and step to this ``train()`` call's engine (a second call may build
         a new one), restore a resumed run's mask state, and hook the engine's step if it has one."""
+        if self.args.dense_phase_learning_rate is not None and not self._dense_phase_scaled:
+            raise ValueError(
+                "dense_phase_learning_rate needs the Trainer's own learning-rate schedule (lr_scheduler_type); "
+                "remove the 'scheduler' block from the DeepSpeed config"
+            )
         access = self._gradient_access()
         self._masker = GradientMasker(
             self.strategy, access, mask_start_step=self.args.mask_start_step, total_steps=self.state.max_steps

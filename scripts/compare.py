@@ -55,6 +55,9 @@ METHODS: dict[str, tuple[str, ...]] = {
     "gps": ("--mask_strategy", "gps", "--gps_k", "16"),
     "grft": ("--mask_strategy", "grft", "--grft_k", "16"),
     "gspf": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
+    # gspf whose dense warm-up runs at full fine-tuning's best rate (dense_phase_learning_rate), the
+    # swept rate being that of its sparse phase only
+    "gspf-dense-lr": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
     # gmt at one ratio with the other two scopes (the default is global: one top-k over everything).
     **{f"gmt-grad-0.5-{scope}": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad",
                                  "--mask_scope", scope) for scope in ("tensor", "layer")},  # fmt: skip
@@ -63,7 +66,9 @@ METHODS: dict[str, tuple[str, ...]] = {
              "--lora_target_modules", "all-linear"),  # fmt: skip
 }
 SMOKE_METHODS = ("full", "gmt-grad-0.5", "lora")
-FIXED_MASK = ("gps", "grft", "gspf")  # the methods that train one fixed subset (gspf: after its warm-up)
+# the methods that train one fixed subset (gspf: after its warm-up)
+FIXED_MASK = ("gps", "grft", "gspf", "gspf-dense-lr")
+DENSE_PHASE_AT_FULLS_RATE = ("gspf-dense-lr",)  # their dense phase at full's best validation rate
 BASE_LR = 1e-3  # the tiny recipe's (full fine-tuning's) learning rate
 LR_FACTORS = (0.3, 1, 3, 10, 30)  # the sweep grid, as multiples of BASE_LR
 SMOKE_LR_FACTORS = (1, 3)
@@ -104,6 +109,8 @@ def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None,
         command += ["--eval_limit", str(args.eval_limit)]
     if final:
         command += ["--save_strategy", "steps", "--save_steps", "0.25"]
+    if method in DENSE_PHASE_AT_FULLS_RATE:
+        command += ["--dense_phase_learning_rate", str(fulls_best_rate(args))]
     started = time.perf_counter()
     env = subprocess_env(args)
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
@@ -200,6 +207,14 @@ def sweep(method: str, factors: tuple[float, ...], args, progress) -> list[dict]
         rates.append(best * 3 if best == max(rates) else best / 3)
         progress.total += 1
     return [records[rate] for rate in sorted(records)]
+
+
+def fulls_best_rate(args) -> float:
+    """Full fine-tuning's best validation rate, from its finished sweep runs."""
+    runs = [json.loads(path.read_text()) for path in (args.out / "runs" / "sweep" / "full").glob("lr*/result.json")]
+    if not runs:
+        raise RuntimeError(f"{DENSE_PHASE_AT_FULLS_RATE} take full fine-tuning's best rate: sweep full first")
+    return best_rate(runs)
 
 
 def best_rate(records: list[dict]) -> float:
@@ -456,8 +471,13 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     machine += f", {args.jobs} runs at a time" if args.jobs > 1 else ""
     with tqdm(total=len(methods) * len(factors), desc="sweep runs", unit="run") as progress:
-        with ThreadPoolExecutor(args.jobs) as pool:  # a thread per running method: the runs are subprocesses
-            sweeps = dict(zip(methods, pool.map(lambda method: sweep(method, factors, args, progress), methods)))
+        # full's sweep first where a method takes its best rate; then a thread per running method
+        first = ["full"] if "full" in methods and set(methods) & set(DENSE_PHASE_AT_FULLS_RATE) else []
+        sweeps = {method: sweep(method, factors, args, progress) for method in first}
+        rest = [method for method in methods if method not in first]
+        with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses
+            sweeps |= dict(zip(rest, pool.map(lambda method: sweep(method, factors, args, progress), rest)))
+        sweeps = {method: sweeps[method] for method in methods}
     sweep_runs = [record for records in sweeps.values() for record in records]
     sweep_header = (f"`{command.strip()}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on "
                     f"{args.validation_rows} validation rows held out of the training data "

@@ -42,6 +42,13 @@ BASE = {"output_dir": "unused", "bf16": False}
         ({"mask_strategy": "gspf", "gspf_reselect_every": -1}, "gspf_reselect_every"),
         ({"mask_strategy": "gspf", "optim": "sgd"}, "optim"),
         ({"frozen_params": "(unclosed"}, "frozen_params"),
+        # a dense-phase rate needs a dense phase
+        ({"mask_strategy": "gmt", "dense_phase_learning_rate": 1e-3}, "dense_phase_learning_rate"),
+        ({"mask_strategy": "full", "mask_start_step": 5, "dense_phase_learning_rate": 1e-3},
+         "dense_phase_learning_rate"),
+        ({"mask_strategy": "gspf", "gspf_warmup_steps": 0, "dense_phase_learning_rate": 1e-3},
+         "dense_phase_learning_rate"),
+        ({"mask_strategy": "gspf", "dense_phase_learning_rate": 0.0}, "dense_phase_learning_rate"),
     ],
 )
 def test_config_refuses_bad_settings(override, setting):

@@ -7,7 +7,7 @@ from test_dpo_trainer import train as dpo_trainer
 from test_sft_trainer import base_weights, train, weights
 from transformers import TrainerCallback
 
-from gmt.masking import GSPFStrategy, keep_count
+from gmt.masking import GSPFStrategy, keep_count, scale_dense_phase
 from gmt.masking.sparse_optim import SparseMaskedAdamW, optimizer_state_bytes
 
 pytestmark = pytest.mark.slow
@@ -134,6 +134,28 @@ def test_gspf_reselects_on_schedule_and_keeps_its_budget(tiny_assets, tmp_path, 
     # Sparse state: 16 bytes per kept entry against dense AdamW's 8 per entry.
     assert optimizer_state_bytes(sparse_optimizer(trainer)) <= 0.02 * 8 * total
     assert trainer.masker.strategy.scores is None  # score buffers freed after the last selection
+
+
+@pytest.mark.parametrize(("strategy", "dense"), [({"mask_strategy": "gspf", "gspf_warmup_steps": 3}, 3),
+                                               ({"mask_strategy": "gmt", "mask_start_step": 2}, 2)])
+def test_dense_phase_learning_rate_scales_the_dense_steps_only(tiny_assets, tmp_path, strategy, dense):
+    rates = []
+
+    class Rates(TrainerCallback):  # the rate each optimizer step is taken with
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            rates.append(optimizer.param_groups[0]["lr"])
+
+    train(tiny_assets, tmp_path, **strategy, max_steps=6, learning_rate=1e-2, dense_phase_learning_rate=1e-3,
+          lr_scheduler_type="linear", warmup_steps=0, callbacks=[Rates()])  # fmt: skip
+    scheduled = [1e-2 * (6 - step) / 6 for step in range(6)]  # the linear decay, the same in both phases
+    expected = [rate / 10 if step < dense else rate for step, rate in enumerate(scheduled)]
+    assert rates == pytest.approx(expected, rel=1e-6)
+
+
+def test_dense_phase_learning_rate_needs_a_lambda_schedule():
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-2)
+    with pytest.raises(ValueError, match="dense_phase_learning_rate .* ReduceLROnPlateau"):
+        scale_dense_phase(torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer), 3, 0.1)
 
 
 def test_fixed_strategies_train_the_dpo_policy_only(tiny_assets, tmp_path):

@@ -14,7 +14,14 @@ from gmt.masking.finite import NonFiniteGradientError, check_finite
 from gmt.masking.masker import GradientMasker
 from gmt.masking.optim import MaskedAdamW
 from gmt.masking.options import COMMON_OPTIONS, Option
-from gmt.masking.prepare import freeze_parameters, masking_optimizer, optimizer_requirement, unwrap_optimizer
+from gmt.masking.prepare import (
+    dense_phase_steps,
+    freeze_parameters,
+    masking_optimizer,
+    optimizer_requirement,
+    scale_dense_phase,
+    unwrap_optimizer,
+)
 from gmt.masking.registry import (
     STRATEGIES,
     build_strategy,
@@ -66,6 +73,7 @@ __all__ = [
     "ThresholdSearch",
     "TopKStrategy",
     "build_strategy",
+    "dense_phase_steps",
     "check_finite",
     "effective_frozen_params",
     "freeze_parameters",
@@ -76,6 +84,7 @@ __all__ = [
     "optimizer_requirement",
     "register_strategy",
     "resolve_strategy_options",
+    "scale_dense_phase",
     "scope_groups",
     "strategy_class",
     "topk_thresholds",

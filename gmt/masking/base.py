@@ -221,6 +221,11 @@ class MaskStrategy(ABC):
                 "dense_params": args.dense_params}  # fmt: skip
 
     @property
+    def dense_steps(self) -> int:
+        """Optimizer steps at the start of training that update every entry (gspf's warm-up)."""
+        return 0
+
+    @property
     def optimizer_kind(self) -> str:
         """What the optimizer must be: ``any`` (the configured one), ``masked`` (``MaskedAdamW``,
         which leaves dropped entries alone) or ``sparse`` (``SparseMaskedAdamW``, state for kept

@@ -120,5 +120,17 @@ DENSE_PARAMS = Option(
     regex=True,
 )
 
+DENSE_PHASE_LEARNING_RATE = Option(
+    "dense_phase_learning_rate",
+    float,
+    None,
+    "Peak learning rate of the optimizer steps that update every entry before the mask starts (mask_start_step; "
+    "gspf's warm-up), on the same schedule as learning_rate, which the masked steps keep. Unset: learning_rate. "
+    "A method that trains few entries often wants a rate that full updates cannot take.",
+    low=0,
+    low_open=True,
+)
+
 # The settings of every strategy (mask_strategy itself is declared by the registry, whose names it takes).
-COMMON_OPTIONS: tuple[Option, ...] = (MASK_START_STEP, MAX_NONFINITE_STEPS, FROZEN_PARAMS, DENSE_PARAMS)
+COMMON_OPTIONS: tuple[Option, ...] = (MASK_START_STEP, MAX_NONFINITE_STEPS, FROZEN_PARAMS, DENSE_PARAMS,
+                                      DENSE_PHASE_LEARNING_RATE)  # fmt: skip

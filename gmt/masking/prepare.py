@@ -72,3 +72,30 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     while not isinstance(optimizer, (MaskedAdamW, SparseMaskedAdamW)) and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     return optimizer
+
+
+def dense_phase_steps(strategy: MaskStrategy, mask_start_step: int) -> int:
+    """Optimizer steps at the start of training that update every entry: before ``mask_start_step``
+    and the strategy's own dense steps (gspf's warm-up). 0 for ``full``, which has no masked phase."""
+    return 0 if strategy.name == "full" else max(mask_start_step, strategy.dense_steps)
+
+
+def scale_dense_phase(scheduler: torch.optim.lr_scheduler.LRScheduler, dense_steps: int, scale: float) -> None:
+    """Multiply the learning rate of optimizer steps ``[0, dense_steps)`` by ``scale``, in place: the
+    schedule (warm-up, decay) stays the configured one. ``scheduler`` must be a ``LambdaLR`` (every
+    schedule ``transformers.get_scheduler`` builds but ``reduce_lr_on_plateau``)."""
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise ValueError(
+            f"dense_phase_learning_rate scales the learning-rate schedule of the dense steps, which needs a "
+            f"LambdaLR schedule; this run's is {type(scheduler).__name__} (lr_scheduler_type)"
+        )
+
+    def scaled(schedule):
+        return lambda step: schedule(step) * (scale if step < dense_steps else 1.0)
+
+    scheduler.lr_lambdas = [scaled(schedule) for schedule in scheduler.lr_lambdas]
+    # LambdaLR set the rate of the step to come when it was built: set it again, scaled.
+    step = scheduler.last_epoch
+    for group, base, schedule in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * schedule(step)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -49,6 +49,10 @@ class GSPFStrategy(FixedMaskStrategy):
     gspf_reselect_every: int
     gspf_alpha: float
 
+    @property
+    def dense_steps(self) -> int:
+        return self.gspf_warmup_steps
+
     def setup(self, access: GradientAccess, total_steps: int = 0) -> None:
         super().setup(access, total_steps)
         self.selectable_total = sum(self.layout.numels[i] for i in self.selectable)
