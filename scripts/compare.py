@@ -421,6 +421,19 @@ def plot(rows: list[dict], path: Path, base_equations: float | None = None) -> N
     plt.close(figure)
 
 
+def result_arguments(argv: list[str]) -> list[str]:
+    """The command-line arguments that shape the results: without ``--phase`` and ``--jobs``."""
+    kept, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+        elif argument in ("--phase", "--jobs"):
+            skip = True
+        elif not argument.startswith(("--phase=", "--jobs=")):
+            kept.append(argument)
+    return kept
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", choices=("sweep", "final", "all"), default="all")
@@ -467,9 +480,8 @@ def main() -> None:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM  # noqa: F401
 
-    command = "python scripts/compare.py " + " ".join(sys.argv[1:])
+    command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:]))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    machine += f", {args.jobs} runs at a time" if args.jobs > 1 else ""
     with tqdm(total=len(methods) * len(factors), desc="sweep runs", unit="run") as progress:
         # full's sweep first where a method takes its best rate; then a thread per running method
         first = ["full"] if "full" in methods and set(methods) & set(DENSE_PHASE_AT_FULLS_RATE) else []
@@ -481,7 +493,8 @@ def main() -> None:
     sweep_runs = [record for records in sweeps.values() for record in records]
     sweep_header = (f"`{command.strip()}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on "
                     f"{args.validation_rows} validation rows held out of the training data "
-                    f"({sum(r['seconds'] for r in sweep_runs) / 60:.0f} min on {machine})")  # fmt: skip
+                    f"(the runs took {sum(r['seconds'] for r in sweep_runs) / 60:.0f} min in all on "
+                    f"{machine})")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.json").write_text(json.dumps({"command": command.strip(), "sweeps": sweeps}, indent=2))
     (args.out / "sweep.md").write_text(sweep_markdown(sweeps, sweep_header))
@@ -508,8 +521,8 @@ def main() -> None:
     base_equations = json.loads(base_file.read_text())["score"]
     total_minutes = sum(r["seconds"] for r in records) / 60
     header = (f"`{command.strip()}` ({len(records)} runs at each method's best validation learning rate, "
-              f"{total_minutes:.0f} min of training and scoring on {machine}; scored on the test "
-              "problems)")  # fmt: skip
+              f"the runs took {total_minutes:.0f} min of training and scoring in all on {machine}; scored on "
+              "the test problems)")  # fmt: skip
     (args.out / "compare.json").write_text(json.dumps({"command": command.strip(), "base_equations": base_equations,
                                                        "rows": rows, "runs": records}, indent=2))  # fmt: skip
     (args.out / "compare.md").write_text(markdown(rows, header, base_equations))

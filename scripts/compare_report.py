@@ -136,7 +136,9 @@ def recommendations(tasks: dict[str, dict[str, dict]]) -> str:
             for rows in tasks.values())]  # fmt: skip
         if not fits:
             continue
-        best = max(fits, key=lambda m: statistics.fmean(rows[m]["score_mean"] for rows in tasks.values()))
+        # the best mean score; a tie goes to the smaller optimizer state
+        best = max(sorted(fits), key=lambda m: (statistics.fmean(rows[m]["score_mean"] for rows in tasks.values()),
+                                                -max(rows[m]["optimizer_state_bytes"] for rows in tasks.values())))
         score = statistics.fmean(rows[best]["score_mean"] for rows in tasks.values())
         scales = ", ".join(f"{rows[best]['learning_rate'] / rows['full']['learning_rate']:g}×"
                            for rows in tasks.values())  # fmt: skip
