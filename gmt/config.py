@@ -19,7 +19,6 @@ from gmt.masking import (
     STRATEGIES,
     MaskStrategy,
     Option,
-    dense_phase_steps,
     resolve_strategy_options,
     strategy_class,
 )
@@ -100,7 +99,7 @@ def check_mask_arguments(args) -> MaskStrategy:
         option.check(getattr(args, option.name))
     resolve_strategy_options(args)
     strategy = cls.from_args(args)
-    if args.dense_phase_learning_rate is not None and dense_phase_steps(strategy, args.mask_start_step) == 0:
+    if args.dense_phase_learning_rate is not None and strategy.dense_phase_steps(args.mask_start_step) == 0:
         raise ValueError(
             "dense_phase_learning_rate is the rate of the steps that update every entry before the mask starts, "
             f"and mask_strategy {strategy.name!r} with mask_start_step {args.mask_start_step} has none: set "

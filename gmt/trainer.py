@@ -29,7 +29,6 @@ from gmt.masking import (
     LocalGradientAccess,
     MaskedStep,
     MaskStrategy,
-    dense_phase_steps,
     effective_frozen_params,
     freeze_parameters,
     masking_optimizer,
@@ -48,14 +47,12 @@ class MaskingMixin:
     _step: MaskedStep | None = None
     _resumed_state: dict | None = None  # one rank's mask state, read from the checkpoint being resumed
     _pending_logs: dict[str, float] | None = None  # telemetry collected for the next training log
-    _dense_phase_scaled = False  # create_scheduler scaled the dense steps to dense_phase_learning_rate
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.strategy: MaskStrategy = strategy_class(self.args.mask_strategy).from_args(self.args)
         self._check_engine_supported()
         self._check_matrix_orientation()
-        self.dense_steps = dense_phase_steps(self.strategy, self.args.mask_start_step)
         # Before the optimizer and the engine exist, so frozen parameters get neither gradients nor state.
         freeze_parameters(self.model.named_parameters(), effective_frozen_params(self.args))
         self.add_callback(_MaskStepCallback(self))
@@ -76,6 +73,11 @@ class MaskingMixin:
                 raise NotImplementedError(
                     f"mask_strategy {self.strategy.name!r} under DeepSpeed needs ZeRO stage 1, 2 or 3 (the mask "
                     f"hooks the ZeRO optimizer's step); the config has stage {stage}."
+                )
+            if self.args.dense_phase_learning_rate is not None and "scheduler" in ds_config:
+                raise ValueError(
+                    "dense_phase_learning_rate scales the Trainer's own learning-rate schedule (lr_scheduler_type): "
+                    "remove the 'scheduler' block from the DeepSpeed config"
                 )
             need = optimizer_requirement(self.strategy)
             if need is not None and "optimizer" in ds_config:
@@ -120,8 +122,8 @@ class MaskingMixin:
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         rate = self.args.dense_phase_learning_rate
         if rate is not None and not built:
-            scale_dense_phase(scheduler, self.dense_steps, rate / self.args.learning_rate)
-            self._dense_phase_scaled = True
+            dense_steps = self.strategy.dense_phase_steps(self.args.mask_start_step)
+            scale_dense_phase(scheduler, dense_steps, rate / self.args.learning_rate)
         return scheduler
 
     @property
@@ -142,11 +144,6 @@ class MaskingMixin:
     def _bind(self) -> None:
         """Bind strategy, masker and step to this ``train()`` call's engine (a second call may build
         a new one), restore a resumed run's mask state, and hook the engine's step if it has one."""
-        if self.args.dense_phase_learning_rate is not None and not self._dense_phase_scaled:
-            raise ValueError(
-                "dense_phase_learning_rate needs the Trainer's own learning-rate schedule (lr_scheduler_type); "
-                "remove the 'scheduler' block from the DeepSpeed config"
-            )
         access = self._gradient_access()
         self._masker = GradientMasker(
             self.strategy, access, mask_start_step=self.args.mask_start_step, total_steps=self.state.max_steps

@@ -15,7 +15,6 @@ from gmt.masking.masker import GradientMasker
 from gmt.masking.optim import MaskedAdamW
 from gmt.masking.options import COMMON_OPTIONS, Option
 from gmt.masking.prepare import (
-    dense_phase_steps,
     freeze_parameters,
     masking_optimizer,
     optimizer_requirement,
@@ -73,7 +72,6 @@ __all__ = [
     "ThresholdSearch",
     "TopKStrategy",
     "build_strategy",
-    "dense_phase_steps",
     "check_finite",
     "effective_frozen_params",
     "freeze_parameters",

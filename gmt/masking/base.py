@@ -220,10 +220,10 @@ class MaskStrategy(ABC):
         return {**{option.name: getattr(args, option.name) for option in cls.declared_options()},
                 "dense_params": args.dense_params}  # fmt: skip
 
-    @property
-    def dense_steps(self) -> int:
-        """Optimizer steps at the start of training that update every entry (gspf's warm-up)."""
-        return 0
+    def dense_phase_steps(self, mask_start_step: int) -> int:
+        """Optimizer steps at the start of training that update every entry before the mask starts:
+        those before ``mask_start_step`` (a strategy with a warm-up of its own adds it)."""
+        return mask_start_step
 
     @property
     def optimizer_kind(self) -> str:

@@ -74,12 +74,6 @@ def unwrap_optimizer(optimizer: Any) -> Any:
     return optimizer
 
 
-def dense_phase_steps(strategy: MaskStrategy, mask_start_step: int) -> int:
-    """Optimizer steps at the start of training that update every entry: before ``mask_start_step``
-    and the strategy's own dense steps (gspf's warm-up). 0 for ``full``, which has no masked phase."""
-    return 0 if strategy.name == "full" else max(mask_start_step, strategy.dense_steps)
-
-
 def scale_dense_phase(scheduler: torch.optim.lr_scheduler.LRScheduler, dense_steps: int, scale: float) -> None:
     """Multiply the learning rate of optimizer steps ``[0, dense_steps)`` by ``scale``, in place: the
     schedule (warm-up, decay) stays the configured one. ``scheduler`` must be a ``LambdaLR`` (every

@@ -15,5 +15,8 @@ class FullStrategy(MaskStrategy):
     name = "full"
     summary = "plain fine-tuning (every entry updated)"
 
+    def dense_phase_steps(self, mask_start_step: int) -> int:
+        return 0  # every step is dense: there is no masked phase to set apart
+
     def select(self, grads: Sequence[Tensor | None], step: int) -> None:
         return None

@@ -49,9 +49,8 @@ class GSPFStrategy(FixedMaskStrategy):
     gspf_reselect_every: int
     gspf_alpha: float
 
-    @property
-    def dense_steps(self) -> int:
-        return self.gspf_warmup_steps
+    def dense_phase_steps(self, mask_start_step: int) -> int:
+        return max(mask_start_step, self.gspf_warmup_steps)
 
     def setup(self, access: GradientAccess, total_steps: int = 0) -> None:
         super().setup(access, total_steps)
