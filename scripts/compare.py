@@ -178,9 +178,9 @@ def optimizer_state_bytes(checkpoint: Path) -> int:
     """Bytes of every tensor in the optimizer state the trainer saved in ``checkpoint``."""
     import torch
 
-    state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)["state"]
-    return sum(tensor.numel() * tensor.element_size() for entry in state.values() for tensor in entry.values()
-               if isinstance(tensor, torch.Tensor))  # fmt: skip
+    from gmt.masking.sparse_optim import state_bytes
+
+    return state_bytes(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)["state"])
 
 
 def cached_run(run_dir: Path, *run_args) -> dict:

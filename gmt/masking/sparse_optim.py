@@ -15,7 +15,8 @@ entries that stay selected and starts newly selected entries from zero moments; 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -157,9 +158,11 @@ def flat_numel(param: Tensor) -> int:
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes held by the tensors in an optimizer's state (moments, indices, step counts)."""
-    return sum(
-        value.numel() * value.element_size()
-        for state in optimizer.state.values()
-        for value in state.values()
-        if torch.is_tensor(value)
-    )
+    return state_bytes(optimizer.state)
+
+
+def state_bytes(state: Mapping[Any, Mapping[str, Any]]) -> int:
+    """Bytes of the tensors in an optimizer state: ``optimizer.state``, or the ``"state"`` of a
+    saved ``optimizer.state_dict()``."""
+    return sum(value.numel() * value.element_size() for entry in state.values() for value in entry.values()
+               if torch.is_tensor(value))  # fmt: skip
