@@ -247,6 +247,40 @@ def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
     assert "| full |" in (smoke / "sweep.md").read_text()
 
 
+def test_compare_report_rules_on_known_numbers():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_report import claims, recommendations, versus
+
+    def row(method, score, std, kept=1.0, state=100, rate=1e-3):
+        return {"method": method, "score_mean": score, "score_std": std, "kept_fraction": kept,
+                "updated_fraction": kept, "optimizer_state_bytes": state, "learning_rate": rate}  # fmt: skip
+
+    full = row("full", 0.42, 0.01)
+    assert versus(row("a", 0.45, 0.02), full).startswith("holds")
+    assert versus(row("a", 0.41, 0.03), full).startswith("within noise")  # 1 point below, std 3
+    assert versus(row("a", 0.30, 0.01), full).startswith("does not hold")
+    rows = {"full": full, "gmt-grad-0.2": row("gmt-grad-0.2", 0.43, 0.02),
+            "gmt-grad-0.5": row("gmt-grad-0.5", 0.42, 0.02), "gmt-grad-0.8": row("gmt-grad-0.8", 0.415, 0.02),
+            "random-0.2": row("random-0.2", 0.44, 0.01),
+            "random-0.5": row("random-0.5", 0.30, 0.01), "random-0.8": row("random-0.8", 0.40, 0.01),
+            "gps": row("gps", 0.40, 0.01, kept=0.1, state=20, rate=3e-2),
+            "grft": row("grft", 0.30, 0.01, kept=0.08, state=15, rate=1e-2),
+            "lora": row("lora", 0.35, 0.01, state=9, rate=1e-2)}  # fmt: skip
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in claims({"t": rows}).splitlines()[2:]]
+    table = dict(cells)
+    assert table["GMT ≥ full SFT (gmt's best ratio)"].startswith("gmt-grad-0.2: holds")
+    assert table["gradient-chosen ≥ random at ratio 0.2"].startswith("within noise")
+    assert table["gradient-chosen ≥ random at ratio 0.5"].startswith("holds")
+    assert table["GMT insensitive to the mask ratio"].startswith("holds")  # spread 1.5 points, std 2
+    assert table["gps near full fine-tuning with ≤ 10% of the entries"].startswith("holds")  # 95% of full's
+    assert table["grft near full fine-tuning with ≤ 10% of the entries"].startswith("does not hold")  # 71%
+    assert table["gspf near full fine-tuning with ≤ 10% of the entries"] == "not run (gspf)"
+    budgets = recommendations({"t": rows})
+    assert "| ≤ 0.15 | lora | 35.0% | 10× |" in budgets  # only LoRA's 9% of full's state fits
+    assert "| ≤ 0.6 | gps | 40.0% | 30× |" in budgets
+    assert "| any | random-0.2 | 44.0% | 1× |" in budgets
+
+
 def test_compare_resumes_without_rerunning(smoke, tiny_assets):
     results = sorted(smoke.glob("runs/*/*/*/result.json"))
     stamps = [path.stat().st_mtime_ns for path in results]
