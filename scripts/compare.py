@@ -117,7 +117,8 @@ def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None,
     if result.returncode != 0:
         raise RuntimeError(f"{method} seed {seed} lr {learning_rate:g} failed:\n{result.stderr[-3000:]}")
     summary = json.loads((run_dir / "eval" / "lm_eval_tiny.json").read_text())["gmt"]
-    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    trainer_state = json.loads((run_dir / "trainer_state.json").read_text())
+    history = trainer_state["log_history"]
     kept = [entry["mask/kept_fraction"] for entry in history if "mask/kept_fraction" in entry]
     record = {
         "method": method,
@@ -137,10 +138,9 @@ def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None,
             jobs += [(path, "tiny", eval_data, path / "eval") for path in checkpoints[:-1]]
         scores = score_in_subprocess(jobs, args, env)
         record["equations_score"] = scores[0]
-        steps = json.loads((run_dir / "trainer_state.json").read_text())["global_step"]
         record["curve"] = [{"step": int(path.name.split("-")[1]), "score": score}
                            for path, score in zip(checkpoints[:-1], scores[1:])] if seed == 0 else []  # fmt: skip
-        record["curve"].append({"step": steps, "score": summary["score"]})
+        record["curve"].append({"step": trainer_state["global_step"], "score": summary["score"]})
         for path in checkpoints:  # scored and measured: the final model stays in run_dir
             shutil.rmtree(path)
     record["seconds"] = time.perf_counter() - started

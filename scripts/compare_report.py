@@ -28,13 +28,13 @@ import os
 import statistics
 from pathlib import Path
 
-import compare
 from compare import FIXED_MASK, best_rate
+from compare import RATIOS as COMPARED_RATIOS
 from readme_section import replace_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {"word problems": REPO / "docs" / "compare", "two-step problems": REPO / "docs" / "compare" / "twostep"}
-RATIOS = tuple(str(ratio) for ratio in compare.RATIOS)  # gmt's and random's, as in compare.py's method names
+RATIOS = tuple(str(ratio) for ratio in COMPARED_RATIOS)  # gmt's and random's, as in compare.py's method names
 NEAR_FULL = 0.9  # "near full fine-tuning": this share of its score
 BUDGETS = (0.05, 0.15, 0.6, None)  # optimizer state as a share of full AdamW's (None: any)
 
