@@ -13,7 +13,9 @@ learning rate and ``--seed``, scored with the tiny suite (exact match).
 2. Sweep: every method at ``base × LR_FACTORS`` (base: the recipe's 1e-3), seed 0,
    ``--sweep_steps`` steps, scored on the validation rows; where the best rate is at an edge of the
    grid the grid grows by one factor of 3 that way (at most ``--max_extensions`` times).
-   ``<out>/sweep.{json,md,png}``.
+   ``--sweep_around OTHER/sweep.json`` starts each method's grid instead at its winning rate on
+   another task and one half-decade either side (a second task's sweep in 3 runs a method, not 5;
+   the validation rows of this task still choose). ``<out>/sweep.{json,md,png}``.
 3. Final: every method at its best validation rate (ties: the lower rate), ``--seeds``, the
    recipe's full length, scored on the test problems, which no choice ever saw, and on the base's
    pretraining equations (forgetting). A checkpoint saved at each quarter of the steps gives the
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -189,9 +192,24 @@ def cached_run(run_dir: Path, *run_args) -> dict:
     return json.loads(done.read_text()) if done.is_file() else run_one(*run_args, run_dir)
 
 
-def sweep(method: str, factors: tuple[float, ...], args, progress) -> list[dict]:
+def half_decade(rate: float, steps: int) -> float:
+    """The rate ``steps`` places away on the ladder 1e-3, 3e-3, 1e-2, ... (``rate`` snapped onto it)."""
+    place = round(2 * math.log10(rate)) + steps
+    return float(f"{1 if place % 2 == 0 else 3}e{place // 2}")
+
+
+def sweep_grid(method: str, factors: tuple[float, ...], around: dict[str, list[dict]] | None) -> list[float]:
+    """The rates a method's sweep starts from: ``BASE_LR × factors``, or, given another task's sweeps
+    (``--sweep_around``), that task's winning rate for the method and one half-decade either side."""
+    if around is None or method not in around:
+        return [BASE_LR * factor for factor in factors]
+    best = best_rate(around[method])
+    return [half_decade(best, -1), half_decade(best, 0), half_decade(best, 1)]
+
+
+def sweep(method: str, rates: list[float], args, progress) -> list[dict]:
     """One method at every rate of the grid (grown at an edge that wins), scored on validation."""
-    rates = [BASE_LR * factor for factor in factors]
+    rates = list(rates)
     records: dict[float, dict] = {}
     for extension in range(args.max_extensions + 1):
         for rate in rates:
@@ -444,6 +462,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "compare")
     parser.add_argument("--validation_rows", type=int, default=400, help="training rows held out for the sweep")
     parser.add_argument("--sweep_steps", type=int, default=300, help="steps of a sweep run (the recipe: 1000)")
+    parser.add_argument("--sweep_around", type=Path, default=None,
+                        help="another task's sweep.json: start each method's grid at its winning rate there and one "
+                             "half-decade either side (3 runs, not 5) instead of the base grid")  # fmt: skip
     parser.add_argument("--max_extensions", type=int, default=2, help="times the grid may grow at a winning edge")
     parser.add_argument("--max_steps", type=int, default=None, help="override the recipe's length (final phase)")
     parser.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
@@ -482,13 +503,15 @@ def main() -> None:
 
     command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:]))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    with tqdm(total=len(methods) * len(factors), desc="sweep runs", unit="run") as progress:
+    around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
+    grids = {method: sweep_grid(method, factors, around) for method in methods}
+    with tqdm(total=sum(map(len, grids.values())), desc="sweep runs", unit="run") as progress:
         # full's sweep first where a method takes its best rate; then a thread per running method
         first = ["full"] if "full" in methods and set(methods) & set(DENSE_PHASE_AT_FULLS_RATE) else []
-        sweeps = {method: sweep(method, factors, args, progress) for method in first}
+        sweeps = {method: sweep(method, grids[method], args, progress) for method in first}
         rest = [method for method in methods if method not in first]
         with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses
-            sweeps |= dict(zip(rest, pool.map(lambda method: sweep(method, factors, args, progress), rest)))
+            sweeps |= dict(zip(rest, pool.map(lambda method: sweep(method, grids[method], args, progress), rest)))
         sweeps = {method: sweeps[method] for method in methods}
     sweep_runs = [record for records in sweeps.values() for record in records]
     sweep_header = (f"`{command.strip()}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on "

@@ -247,6 +247,19 @@ def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
     assert "| full |" in (smoke / "sweep.md").read_text()
 
 
+def test_second_task_sweep_starts_at_each_methods_rate_on_the_first():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import LR_FACTORS, sweep_grid
+
+    first_task = {"gps": [{"learning_rate": 0.03, "score": 0.16}, {"learning_rate": 0.09, "score": 0.04}],
+                  "full": [{"learning_rate": 1e-3, "score": 0.3}, {"learning_rate": 3e-3, "score": 0.3}]}  # fmt: skip
+    assert sweep_grid("gps", LR_FACTORS, first_task) == [0.01, 0.03, 0.1]
+    assert sweep_grid("full", LR_FACTORS, first_task) == [3e-4, 1e-3, 3e-3]  # a tie: the lower rate
+    # a method the first task did not sweep, or no first task: the base grid
+    assert sweep_grid("lora", LR_FACTORS, first_task) == sweep_grid("lora", LR_FACTORS, None)
+    assert sweep_grid("lora", LR_FACTORS, None) == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+
+
 def test_compare_report_rules_on_known_numbers():
     sys.path.insert(0, str(REPO / "scripts"))
     from compare_report import claims, recommendations, versus
