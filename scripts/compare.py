@@ -298,7 +298,7 @@ def markdown(rows: list[dict], header: str, base_equations: float | None = None)
     lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         equations = "-" if row.get("equations") is None else f"{100 * row['equations']:.1f}%"
-        rate = f"{row['learning_rate']:g}" + (f" ({row['learning_rate'] / full['learning_rate']:g}×)" if full else "")
+        rate = f"{row['learning_rate']:g}" + (f" ({row['learning_rate'] / full['learning_rate']:.3g}×)" if full else "")
         state = row.get("optimizer_state_bytes")
         memory = "-" if state is None else f"{state / 2**20:.2f} MiB" + (
             f" ({state / full['optimizer_state_bytes']:.3f}×)" if full and full.get("optimizer_state_bytes") else "")

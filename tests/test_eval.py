@@ -178,7 +178,7 @@ def test_compare_smoke_writes_table_and_plot(smoke):
     assert kept["full"] == 1.0 and kept["gmt-grad-0.5"] == pytest.approx(0.5, abs=0.01) and kept["lora"] is None
     table = (smoke / "compare.md").read_text()
     full_rate = rows[0]["learning_rate"]
-    assert all(f"| {row['method']} | {row['learning_rate']:g} ({row['learning_rate'] / full_rate:g}×) | 1 |" in table
+    assert all(f"| {row['method']} | {row['learning_rate']:g} ({row['learning_rate'] / full_rate:.3g}×) | 1 |" in table
                for row in rows)  # fmt: skip
     for name in ("compare.png", "sweep.png", "curve.png"):
         assert (smoke / name).stat().st_size > 10_000
@@ -275,6 +275,7 @@ def test_compare_report_rules_on_known_numbers():
     assert versus(row("a", 0.45, 0.02), full).startswith("holds")
     assert versus(row("a", 0.41, 0.03), full).startswith("within noise")  # 1 point below, std 3
     assert versus(row("a", 0.30, 0.01), full).startswith("does not hold")
+    assert versus(row("a", 0.425, 0.02), full).startswith("holds, within noise")  # 0.5 points above, std 2
     rows = {"full": full, "gmt-grad-0.2": row("gmt-grad-0.2", 0.43, 0.02),
             "gmt-grad-0.5": row("gmt-grad-0.5", 0.42, 0.02), "gmt-grad-0.8": row("gmt-grad-0.8", 0.415, 0.02),
             "random-0.2": row("random-0.2", 0.44, 0.01),
@@ -297,6 +298,19 @@ def test_compare_report_rules_on_known_numbers():
     assert table["gspf near full fine-tuning with ≤ 10% of the entries"] == "not run (gspf)"
     # by optimizer state: lora (0.09 of full's), then gps (0.2) outscores it, grft (0.15) does not
     # outscore lora, and among the dense ones random-0.2 scores best
+    # scope: 0.5 points above global with std 2 does not replace the default; 3 points with std 2 would
+    rows |= {"gmt-grad-0.5-tensor": row("gmt-grad-0.5-tensor", 0.425, 0.01),
+             "gmt-grad-0.5-layer": row("gmt-grad-0.5-layer", 0.41, 0.01)}  # fmt: skip
+    scope_claim = "mask scope at ratio 0.5 (default: global)"
+
+    def scope_cell() -> str:
+        return dict([cell.strip() for cell in line.strip("|").split("|")]
+                    for line in claims({"t": rows}).splitlines()[2:])[scope_claim]  # fmt: skip
+
+    assert scope_cell().startswith("global is not beaten beyond noise (global 42.0 ± 2.0%, tensor 42.5")
+    rows["gmt-grad-0.5-layer"] = row("gmt-grad-0.5-layer", 0.45, 0.01)
+    assert scope_cell().startswith("layer beats global beyond noise")
+    rows["gmt-grad-0.5-layer"] = row("gmt-grad-0.5-layer", 0.41, 0.01)
     budgets = recommendations({"t": rows}).splitlines()[2:]
     assert budgets == ["| 0.09 | lora | 35.0% | 10× |", "| 0.2 | gps | 40.0% | 30× |",
                        "| 1 | random-0.2 | 44.0% | 1× |"]  # fmt: skip
