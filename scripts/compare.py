@@ -187,9 +187,20 @@ def optimizer_state_bytes(checkpoint: Path) -> int:
 
 
 def cached_run(run_dir: Path, *run_args) -> dict:
-    """The run's result: read back if it finished before, else run it now."""
+    """The run's result: read back if it finished before, else run it now. A finished run of
+    another length is refused: resuming must not mix lengths."""
     done = run_dir / "result.json"
-    return json.loads(done.read_text()) if done.is_file() else run_one(*run_args, run_dir)
+    if not done.is_file():
+        return run_one(*run_args, run_dir)
+    record = json.loads(done.read_text())
+    max_steps = run_args[3]
+    if record["max_steps"] != max_steps:
+        def length(steps: int | None) -> str:
+            return f"{steps} steps" if steps else "the recipe's length"
+
+        sys.exit(f"{done} ran {length(record['max_steps'])}, this comparison asks {length(max_steps)} "
+                 "(--sweep_steps / --max_steps): remove those runs or use another --out")
+    return record
 
 
 def half_decade(rate: float, steps: int) -> float:

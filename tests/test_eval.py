@@ -263,6 +263,16 @@ def test_second_task_sweep_starts_at_each_methods_rate_on_the_first():
     assert sweep_grid("lora", LR_FACTORS, None) == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
 
 
+def test_compare_refuses_to_resume_runs_of_another_length(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import cached_run
+
+    (tmp_path / "result.json").write_text(json.dumps({"max_steps": 300, "score": 0.1}))
+    assert cached_run(tmp_path, "full", 0, 1e-3, 300, None, False, None)["score"] == 0.1
+    with pytest.raises(SystemExit, match="ran 300 steps, this comparison asks 600 steps"):
+        cached_run(tmp_path, "full", 0, 1e-3, 600, None, False, None)
+
+
 def test_compare_report_rules_on_known_numbers():
     sys.path.insert(0, str(REPO / "scripts"))
     from compare_report import claims, recommendations, versus
