@@ -186,14 +186,14 @@ def optimizer_state_bytes(checkpoint: Path) -> int:
     return state_bytes(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)["state"])
 
 
-def cached_run(run_dir: Path, *run_args) -> dict:
-    """The run's result: read back if it finished before, else run it now. A finished run of
-    another length is refused: resuming must not mix lengths."""
+def cached_run(run_dir: Path, method: str, seed: int, learning_rate: float, max_steps: int | None,
+               eval_data: Path, final: bool, args) -> dict:  # fmt: skip
+    """``run_one``'s result: read back if the run finished before, else run it now. A finished run
+    of another length is refused: resuming must not mix lengths."""
     done = run_dir / "result.json"
     if not done.is_file():
-        return run_one(*run_args, run_dir)
+        return run_one(method, seed, learning_rate, max_steps, eval_data, final, args, run_dir)
     record = json.loads(done.read_text())
-    max_steps = run_args[3]
     if record["max_steps"] != max_steps:
         def length(steps: int | None) -> str:
             return f"{steps} steps" if steps else "the recipe's length"
@@ -514,6 +514,8 @@ def main() -> None:
 
     command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:]))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    if args.sweep_around and not args.sweep_around.is_file():
+        sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
     around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
     grids = {method: sweep_grid(method, factors, around) for method in methods}
     with tqdm(total=sum(map(len, grids.values())), desc="sweep runs", unit="run") as progress:

@@ -45,10 +45,15 @@ def load(task_dir: Path) -> tuple[dict, dict]:
     return json.loads((task_dir / "compare.json").read_text()), json.loads((task_dir / "sweep.json").read_text())
 
 
+def seed_noise(a: dict, b: dict) -> float:
+    """The noise a gap between two methods' means is judged against: the larger seed std."""
+    return max(a["score_std"], b["score_std"])
+
+
 def versus(a: dict, b: dict) -> str:
     """"A ≥ B" by the rule above, with the numbers."""
     gap = a["score_mean"] - b["score_mean"]
-    noise = max(a["score_std"], b["score_std"])
+    noise = seed_noise(a, b)
     verdict = ("holds" if gap >= noise else "holds, within noise" if gap >= 0 else "within noise" if -gap < noise
                else "does not hold")  # fmt: skip
     return (f"{verdict}: {100 * a['score_mean']:.1f} vs {100 * b['score_mean']:.1f}% "
@@ -107,7 +112,7 @@ def claims(tasks: dict[str, dict[str, dict]]) -> str:
         best = max(scopes, key=lambda s: scopes[s]["score_mean"])
         scores = ", ".join(f"{s} {100 * r['score_mean']:.1f} ± {100 * r['score_std']:.1f}%" for s, r in scopes.items())
         gap = scopes[best]["score_mean"] - scopes["global"]["score_mean"]
-        clearly = best != "global" and gap >= max(scopes[best]["score_std"], scopes["global"]["score_std"])
+        clearly = best != "global" and gap >= seed_noise(scopes[best], scopes["global"])
         return (f"{best + ' beats global beyond noise' if clearly else 'global is not beaten beyond noise'} "
                 f"({scores})")  # fmt: skip
 
