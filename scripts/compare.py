@@ -218,18 +218,24 @@ def sweep_grid(method: str, factors: tuple[float, ...], around: dict[str, list[d
     return [half_decade(best, -1), half_decade(best, 0), half_decade(best, 1)]
 
 
-def sweep(method: str, rates: list[float], args, progress) -> list[dict]:
-    """One method at every rate of the grid (grown at an edge that wins), scored on validation."""
+def sweep(method: str, rates: list[float], args, progress, jobs: int = 1) -> list[dict]:
+    """One method at every rate of the grid (grown at an edge that wins), scored on validation;
+    ``jobs`` rates of a round side by side."""
     rates = list(rates)
     records: dict[float, dict] = {}
+
+    def run_rate(rate: float) -> dict:
+        progress.set_postfix_str(f"{method} lr {rate:g}")
+        run_dir = args.out / "runs" / "sweep" / method / f"lr{rate:g}"
+        record = cached_run(run_dir, method, 0, rate, args.sweep_steps, args.data_dir / "validation.jsonl",
+                            False, args)  # fmt: skip
+        progress.update()
+        return record
+
     for extension in range(args.max_extensions + 1):
-        for rate in rates:
-            if rate not in records:
-                progress.set_postfix_str(f"{method} lr {rate:g}")
-                run_dir = args.out / "runs" / "sweep" / method / f"lr{rate:g}"
-                records[rate] = cached_run(run_dir, method, 0, rate, args.sweep_steps,
-                                           args.data_dir / "validation.jsonl", False, args)  # fmt: skip
-                progress.update()
+        missing = [rate for rate in rates if rate not in records]
+        with ThreadPoolExecutor(jobs) as pool:  # the runs are subprocesses
+            records |= dict(zip(missing, pool.map(run_rate, missing)))
         best = best_rate(list(records.values()))
         if extension == args.max_extensions or best not in (min(rates), max(rates)):
             break
@@ -519,9 +525,10 @@ def main() -> None:
     around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
     grids = {method: sweep_grid(method, factors, around) for method in methods}
     with tqdm(total=sum(map(len, grids.values())), desc="sweep runs", unit="run") as progress:
-        # full's sweep first where a method takes its best rate; then a thread per running method
+        # full's sweep first (its rates side by side) where a method takes its best rate; then a
+        # thread per running method
         first = ["full"] if "full" in methods and set(methods) & set(DENSE_PHASE_AT_FULLS_RATE) else []
-        sweeps = {method: sweep(method, grids[method], args, progress) for method in first}
+        sweeps = {method: sweep(method, grids[method], args, progress, args.jobs) for method in first}
         rest = [method for method in methods if method not in first]
         with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses
             sweeps |= dict(zip(rest, pool.map(lambda method: sweep(method, grids[method], args, progress), rest)))
