@@ -108,7 +108,11 @@ def claims(tasks: dict[str, dict[str, dict]]) -> str:
         row(f"{method} near full fine-tuning with ≤ 10% of the entries", near)
 
     def scope(rows: dict[str, dict]) -> str:
-        scopes = {"global": rows["gmt-grad-0.5"], **{s: rows[f"gmt-grad-0.5-{s}"] for s in ("tensor", "layer")}}
+        # the scopes this task ran (the second task runs tensor only); global and one other at least
+        others = {s: rows[f"gmt-grad-0.5-{s}"] for s in ("tensor", "layer") if f"gmt-grad-0.5-{s}" in rows}
+        if not others:
+            raise KeyError("gmt-grad-0.5-tensor")
+        scopes = {"global": rows["gmt-grad-0.5"], **others}
         best = max(scopes, key=lambda s: scopes[s]["score_mean"])
         scores = ", ".join(f"{s} {100 * r['score_mean']:.1f} ± {100 * r['score_std']:.1f}%" for s, r in scopes.items())
         gap = scopes[best]["score_mean"] - scopes["global"]["score_mean"]

@@ -321,6 +321,9 @@ def test_compare_report_rules_on_known_numbers():
     rows["gmt-grad-0.5-layer"] = row("gmt-grad-0.5-layer", 0.45, 0.01)
     assert scope_cell().startswith("layer beats global beyond noise")
     rows["gmt-grad-0.5-layer"] = row("gmt-grad-0.5-layer", 0.41, 0.01)
+    layer = rows.pop("gmt-grad-0.5-layer")  # a task that ran the tensor scope only is judged on it
+    assert scope_cell() == "global is not beaten beyond noise (global 42.0 ± 2.0%, tensor 42.5 ± 1.0%)"
+    rows["gmt-grad-0.5-layer"] = layer
     budgets = recommendations({"t": rows}).splitlines()[2:]
     assert budgets == ["| 0.09 | lora | 35.0% | 10× |", "| 0.2 | gps | 40.0% | 30× |",
                        "| 1 | random-0.2 | 44.0% | 1× |"]  # fmt: skip
