@@ -79,6 +79,22 @@ def run_sft(
     return subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """``run_sft`` run once a session for each set of arguments, as ``(output_dir, result)``: the
+    one-process references that several engines' runs are compared with are trained once."""
+    runs: dict[tuple, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def run(recipe: str, model: Path, data: Path, *overrides: str) -> tuple[Path, subprocess.CompletedProcess]:
+        key = (recipe, str(model), str(data), overrides)
+        if key not in runs:
+            out = tmp_path_factory.mktemp("shared-run")
+            runs[key] = (out, run_sft(recipe, model, data, out, *overrides))
+        return runs[key]
+
+    return run
+
+
 def logged(stdout: str, key: str) -> list[float]:
     """Values of ``key`` in the Trainer's printed log dicts."""
     return [float(value) for value in re.findall(rf"'{re.escape(key)}': '?([^',}}]+)", stdout)]

@@ -109,19 +109,19 @@ def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
 
 
 @pytest.mark.parametrize(("engine", "strategy"), [("zero2", "random"), ("zero3", "random"), ("zero3", "magnitude")])
-def test_baselines_are_shard_invariant(tiny_assets, tmp_path, engine, strategy):
+def test_baselines_are_shard_invariant(tiny_assets, tmp_path, shared_run, engine, strategy):
     # random: the keys come from each entry's global index; magnitude: |θ| of the local fp32
     # partition. Either way ZeRO's partitions choose the mask a single process chooses: exactly
     # the same entries move (update mode, one step).
     base, data = tiny_assets / "base", tiny_assets / "data/sft"
     random = ("--mask_strategy", strategy, "--gmt_mode", "update", "--max_steps", "1")
-    one = run_sft(RECIPE, base, data, tmp_path / "one", *COMMON, *random, "--gradient_accumulation_steps", "2")
+    one_out, one = shared_run(RECIPE, base, data, *COMMON, *random, "--gradient_accumulation_steps", "2")
     assert one.returncode == 0, one.stderr[-3000:]
     launcher, engine_args = ENGINES[engine]
     two = run_sft(RECIPE, base, data, tmp_path / "two", *COMMON, *random, *engine_args,
                   "--gradient_accumulation_steps", "1", "--ddp_backend", "gloo", launcher=launcher())  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    start, w_one, w_two = state(base), state(tmp_path / "one"), state(tmp_path / "two")
+    start, w_one, w_two = state(base), state(one_out), state(tmp_path / "two")
     for name in start:
         assert torch.equal(w_one[name] != start[name], w_two[name] != start[name]), name
 

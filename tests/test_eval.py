@@ -134,13 +134,16 @@ def test_a_failed_evaluation_keeps_the_model_and_exits_non_zero(tiny_assets, tmp
 
 @pytest.fixture(scope="module")
 def scored_assets(tmp_path_factory):
-    """A base that knows some arithmetic (600 pretraining steps) and a short SFT of it."""
+    """A base that knows some arithmetic (600 pretraining steps) and a short SFT of it. Half the
+    tiny model's width and depth: it learns as much here (16% of the test problems after the SFT,
+    against 9% for the full-size one) in a third of the pretraining time."""
     from test_sft_trainer import train
 
     from gmt.tiny import TinySettings, ensure_tiny_assets
 
-    settings = TinySettings(pretrain_steps=600, sft_train_examples=2000, sft_test_examples=64,
-                            dpo_train_examples=16, dpo_test_examples=16)  # fmt: skip
+    settings = TinySettings(hidden_size=64, intermediate_size=176, num_hidden_layers=2, pretrain_steps=600,
+                            sft_train_examples=2000, sft_test_examples=64, dpo_train_examples=16,
+                            dpo_test_examples=16)  # fmt: skip
     assets = ensure_tiny_assets(tmp_path_factory.mktemp("gmt-tiny-scored"), settings)
     out = tmp_path_factory.mktemp("tuned")
     trainer = train(assets, out, mask_strategy="gmt", mask_ratio=0.2, max_steps=400, per_device_train_batch_size=16,
