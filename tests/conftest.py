@@ -45,19 +45,26 @@ TINY_TRAINING_ARGS = dict(
 )
 
 
-# How tests launch gmt/sft.py: plain python, or one of these module launchers.
-ACCELERATE_ONE_CPU = ("-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu")
-ACCELERATE_CPU_ZERO3 = ("-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_zero3.yaml")
-ACCELERATE_CPU_ZERO2 = ("-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu_zero2.yaml")
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# How tests launch gmt/sft.py: plain python, or one of these module launchers. The 2-process ones
+# rendezvous on a port of this test process's own, not accelerate's default 29500, so that test
+# processes side by side do not meet on one port.
+ACCELERATE = ("-m", "accelerate.commands.launch", "--main_process_port", str(free_port()))
+ACCELERATE_ONE_CPU = (*ACCELERATE, "--num_processes", "1", "--cpu")
+ACCELERATE_CPU_ZERO3 = (*ACCELERATE, "--config_file", "recipes/accelerate/cpu_zero3.yaml")
+ACCELERATE_CPU_ZERO2 = (*ACCELERATE, "--config_file", "recipes/accelerate/cpu_zero2.yaml")
 
 
 def torchrun_two_cpu() -> tuple[str, ...]:
     """torchrun with 2 processes on a free port (accelerate's own multi-CPU launcher expects mpirun;
     torchrun is what it runs for multi-GPU DDP)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port))
+    return ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
 
 
 def run_sft(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import ACCELERATE_CPU_ZERO2, ACCELERATE_CPU_ZERO3, logged, run_sft, torchrun_two_cpu
+from conftest import ACCELERATE, ACCELERATE_CPU_ZERO2, ACCELERATE_CPU_ZERO3, logged, run_sft, torchrun_two_cpu
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +172,7 @@ def test_deepspeed_blocks_that_replace_what_gmt_needs_are_refused(tiny_assets, t
         f"  deepspeed_config_file: {tmp_path / 'ds.json'}\n  zero3_init_flag: false\nmachine_rank: 0\n"
         "num_machines: 1\nnum_processes: 2\nrdzv_backend: static\nsame_network: true\nuse_cpu: true\n"
     )
-    launcher = ("-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "accelerate.yaml"))
+    launcher = (*ACCELERATE, "--config_file", str(tmp_path / "accelerate.yaml"))
     result = run_sft("recipes/tiny/sft_full.yaml", tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "run",
                      "--mask_strategy", "gspf", "--gspf_warmup_steps", "2", "--dense_phase_learning_rate", "1e-4",
                      "--max_steps", "3", "--ddp_backend", "gloo", launcher=launcher)  # fmt: skip
