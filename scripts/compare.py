@@ -498,6 +498,8 @@ def main() -> None:
         return
     if args.jobs < 1:
         sys.exit(f"--jobs must be at least 1, got {args.jobs}")
+    if args.sweep_around and not args.sweep_around.is_file():
+        sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
     factors = LR_FACTORS
     if args.smoke:
         args.methods = args.methods or list(SMOKE_METHODS)
@@ -520,8 +522,6 @@ def main() -> None:
 
     command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:]))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    if args.sweep_around and not args.sweep_around.is_file():
-        sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
     around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
     grids = {method: sweep_grid(method, factors, around) for method in methods}
     with tqdm(total=sum(map(len, grids.values())), desc="sweep runs", unit="run") as progress:

@@ -276,6 +276,15 @@ def test_compare_refuses_to_resume_runs_of_another_length(tmp_path):
         cached_run(tmp_path, "full", 0, 1e-3, 600, None, False, None)
 
 
+def test_compare_refuses_a_missing_sweep_around_before_any_run(tiny_assets, tmp_path):
+    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+               "--data", str(tiny_assets / "data/sft"), "--out", str(tmp_path / "out"),
+               "--sweep_around", str(tmp_path / "no.json")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"--sweep_around {tmp_path / 'no.json'}: no such file" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing prepared, nothing trained
+
+
 def test_compare_report_rules_on_known_numbers():
     sys.path.insert(0, str(REPO / "scripts"))
     from compare_report import claims, recommendations, versus
