@@ -40,19 +40,6 @@ def state(path) -> dict[str, torch.Tensor]:
     return {n: p.detach().float() for n, p in AutoModelForCausalLM.from_pretrained(path).named_parameters()}
 
 
-@pytest.fixture(scope="module")
-def one_process_runs(tiny_assets, tmp_path_factory):
-    """The single-process reference for each gmt_mode: 2 accumulated micro-batches of 4."""
-    runs = {}
-    for mode in ("grad", "update"):
-        out = tmp_path_factory.mktemp(f"one-{mode}")
-        result = run_sft(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", out, *COMMON,
-                         "--gmt_mode", mode, "--gradient_accumulation_steps", "2")  # fmt: skip
-        assert result.returncode == 0, result.stderr[-3000:]
-        runs[mode] = (out, result.stdout)
-    return runs
-
-
 ENGINES = {
     "zero3": (lambda: ACCELERATE_CPU_ZERO3, ()),
     "zero2": (lambda: ACCELERATE_CPU_ZERO2, ()),
@@ -62,8 +49,12 @@ ENGINES = {
 
 @pytest.mark.parametrize("gmt_mode", ["grad", "update"])
 @pytest.mark.parametrize("engine", sorted(ENGINES))
-def test_two_ranks_match_one_process(tiny_assets, tmp_path, one_process_runs, engine, gmt_mode):
-    one_out, one_stdout = one_process_runs[gmt_mode]
+def test_two_ranks_match_one_process(tiny_assets, tmp_path, shared_run, engine, gmt_mode):
+    # the single-process reference (2 accumulated micro-batches of 4), trained once for the engines
+    one_out, one = shared_run(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", *COMMON, "--gmt_mode", gmt_mode,
+                              "--gradient_accumulation_steps", "2")  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    one_stdout = one.stdout
     launcher, engine_args = ENGINES[engine]
     out = tmp_path / engine
     result = run_sft(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", out, *COMMON, *engine_args,
