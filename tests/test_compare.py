@@ -1,0 +1,215 @@
+"""scripts/compare.py and its report: one smoke comparison (a sweep, final runs, table, plots) checked
+from every side, resuming, the choice of rates on validation rows only, the claims' rules on known
+numbers; plot_mask.py draws the mask heatmap of one of its runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+               "--data", str(tiny_assets / "data/sft"), "--out", str(out), "--jobs", "2"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_compare_smoke_writes_table_and_plot(smoke):
+    rows = json.loads((smoke / "compare.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["full", "gmt-grad-0.5", "lora"]
+    kept = {row["method"]: row["kept_fraction"] for row in rows}
+    assert kept["full"] == 1.0 and kept["gmt-grad-0.5"] == pytest.approx(0.5, abs=0.01) and kept["lora"] is None
+    table = (smoke / "compare.md").read_text()
+    full_rate = rows[0]["learning_rate"]
+    assert all(f"| {row['method']} | {row['learning_rate']:g} ({row['learning_rate'] / full_rate:.3g}×) | 1 |" in table
+               for row in rows)  # fmt: skip
+    for name in ("compare.png", "sweep.png", "curve.png"):
+        assert (smoke / name).stat().st_size > 10_000
+    # eval_suite ran after training, beside each checkpoint (LoRA's: its adapter on the base); so did
+    # the forgetting check.
+    assert (smoke / "runs/final/lora/seed0/adapter_config.json").is_file()
+    assert (smoke / "runs/final/lora/seed0/eval/lm_eval_tiny.json").is_file()
+    base = json.loads((smoke / "compare.json").read_text())["base_equations"]
+    assert f"pretraining equations (base {100 * base:.1f}%)" in table
+    assert all(0 <= row["equations"] <= 1 for row in rows)
+    assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny_equations.json").is_file()
+
+
+def test_compare_measures_optimizer_state_and_learning_curves(smoke, tiny_assets):
+    from transformers import AutoModelForCausalLM
+
+    rows = {row["method"]: row for row in json.loads((smoke / "compare.json").read_text())["rows"]}
+    entries = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_assets / "base").parameters())
+    # AdamW's two fp32 moments per entry, plus a step count per tensor; gmt's masked AdamW keeps them
+    # dense; LoRA keeps them for its adapters only.
+    assert 8 * entries <= rows["full"]["optimizer_state_bytes"] < 8 * entries + 4096
+    assert rows["gmt-grad-0.5"]["optimizer_state_bytes"] == rows["full"]["optimizer_state_bytes"]
+    assert rows["lora"]["optimizer_state_bytes"] < 0.2 * rows["full"]["optimizer_state_bytes"]
+    # LoRA's merged adapter changes every entry of the linear layers it wraps, and nothing else.
+    assert 0.5 < rows["lora"]["updated_fraction"] < rows["full"]["updated_fraction"]
+    for row in rows.values():  # seed 0's checkpoints at each quarter, then the final model
+        steps = [point["step"] for point in row["curve"]]
+        assert steps == sorted(steps) and len(steps) >= 2 and steps[-1] == 5
+        assert row["curve"][-1]["score"] == row["score_mean"]
+        assert not list((smoke / "runs/final" / row["method"] / "seed0").glob("checkpoint-*"))  # scored, removed
+    assert "| full | " in (smoke / "curve.md").read_text()
+
+
+def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- compare:start -->\nOLD-TABLE\n<!-- compare:end -->\n<!-- lr-scale:start -->\n"
+                      "<!-- lr-scale:end -->\nend\n")  # fmt: skip
+    command = [sys.executable, "scripts/compare_report.py", "--tasks", f"smoke={smoke}", "--out",
+               str(tmp_path / "report.md"), "--readme", str(readme)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "OLD-TABLE" not in text
+    rows = {row["method"]: row for row in json.loads((smoke / "compare.json").read_text())["rows"]}
+    # the largest budget's row is the best mean score (a tie: the smaller optimizer state); a claim
+    # about methods the smoke did not run says so
+    best = max(rows, key=lambda method: (rows[method]["score_mean"], -rows[method]["optimizer_state_bytes"]))
+    share = rows[best]["optimizer_state_bytes"] / rows["full"]["optimizer_state_bytes"]
+    recommended = text.split("### What we recommend")[1].split("###")[0]
+    assert [line for line in recommended.splitlines() if line.startswith("| ")][-1].startswith(
+        f"| {share:.3g} | {best} |")
+    assert "not run (random-0.5)" in text and "not run (gps)" in text
+    assert f"| full | {rows['full']['learning_rate']:g} (1× full's) |" in text
+
+
+def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
+    train = (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()
+    held_out = (smoke / "data/validation.jsonl").read_text().splitlines()
+    kept = (smoke / "data/train.jsonl").read_text().splitlines()
+    assert len(held_out) == 16 and len(kept) == len(train) - 16 and not set(held_out) & set(kept)
+    sweeps = json.loads((smoke / "sweep.json").read_text())["sweeps"]
+    finals = json.loads((smoke / "compare.json").read_text())["runs"]
+    for method, records in sweeps.items():
+        assert sorted(r["learning_rate"] for r in records) == [1e-3, 3e-3]
+        assert {r["scored_on"] for r in records} == {"validation.jsonl"}
+        best = max(records, key=lambda r: (r["score"], -r["learning_rate"]))["learning_rate"]
+        (final,) = [r for r in finals if r["method"] == method]
+        assert final["learning_rate"] == best and final["scored_on"] == "test.jsonl"
+    assert "| full |" in (smoke / "sweep.md").read_text()
+
+
+def test_second_task_sweep_starts_at_each_methods_rate_on_the_first():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import LR_FACTORS, sweep_grid
+
+    first_task = {"gps": [{"learning_rate": 0.03, "score": 0.16}, {"learning_rate": 0.09, "score": 0.04}],
+                  "full": [{"learning_rate": 1e-3, "score": 0.3}, {"learning_rate": 3e-3, "score": 0.3}]}  # fmt: skip
+    assert sweep_grid("gps", LR_FACTORS, first_task) == [0.01, 0.03, 0.1]
+    assert sweep_grid("full", LR_FACTORS, first_task) == [3e-4, 1e-3, 3e-3]  # a tie: the lower rate
+    # a method the first task did not sweep, or no first task: the base grid
+    assert sweep_grid("lora", LR_FACTORS, first_task) == sweep_grid("lora", LR_FACTORS, None)
+    assert sweep_grid("lora", LR_FACTORS, None) == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+
+
+def test_compare_refuses_to_resume_runs_of_another_length(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import cached_run
+
+    (tmp_path / "result.json").write_text(json.dumps({"max_steps": 300, "score": 0.1}))
+    assert cached_run(tmp_path, "full", 0, 1e-3, 300, None, False, None)["score"] == 0.1
+    with pytest.raises(SystemExit, match="ran 300 steps, this comparison asks 600 steps"):
+        cached_run(tmp_path, "full", 0, 1e-3, 600, None, False, None)
+
+
+def test_compare_refuses_a_missing_sweep_around_before_any_run(tiny_assets, tmp_path):
+    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+               "--data", str(tiny_assets / "data/sft"), "--out", str(tmp_path / "out"),
+               "--sweep_around", str(tmp_path / "no.json")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"--sweep_around {tmp_path / 'no.json'}: no such file" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing prepared, nothing trained
+
+
+def test_compare_report_rules_on_known_numbers():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_report import claims, recommendations, versus
+
+    def row(method, score, std, kept=1.0, state=100, rate=1e-3):
+        return {"method": method, "score_mean": score, "score_std": std, "kept_fraction": kept,
+                "updated_fraction": kept, "optimizer_state_bytes": state, "learning_rate": rate}  # fmt: skip
+
+    full = row("full", 0.42, 0.01)
+    assert versus(row("a", 0.45, 0.02), full).startswith("holds")
+    assert versus(row("a", 0.41, 0.03), full).startswith("within noise")  # 1 point below, std 3
+    assert versus(row("a", 0.30, 0.01), full).startswith("does not hold")
+    assert versus(row("a", 0.425, 0.02), full).startswith("holds, within noise")  # 0.5 points above, std 2
+    rows = {"full": full, "gmt-grad-0.2": row("gmt-grad-0.2", 0.43, 0.02),
+            "gmt-grad-0.5": row("gmt-grad-0.5", 0.42, 0.02), "gmt-grad-0.8": row("gmt-grad-0.8", 0.415, 0.02),
+            "random-0.2": row("random-0.2", 0.44, 0.01),
+            "random-0.5": row("random-0.5", 0.30, 0.01), "random-0.8": row("random-0.8", 0.40, 0.01),
+            "gps": row("gps", 0.40, 0.01, kept=0.1, state=20, rate=3e-2),
+            "grft": row("grft", 0.30, 0.01, kept=0.08, state=15, rate=1e-2),
+            "lora": row("lora", 0.35, 0.01, state=9, rate=1e-2)}  # fmt: skip
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in claims({"t": rows}).splitlines()[2:]]
+    table = dict(cells)
+    assert table["GMT ≥ full SFT (gmt's best ratio)"].startswith("gmt-grad-0.2: holds")
+    assert table["gradient-chosen ≥ random at ratio 0.2"].startswith("within noise")
+    assert table["gradient-chosen ≥ random at ratio 0.5"].startswith("holds")
+    assert table["GMT insensitive to the mask ratio"].startswith("holds")  # spread 1.5 points, std 2
+    assert table["gps near full fine-tuning with ≤ 10% of the entries"].startswith("holds")  # 95% of full's
+    assert table["grft near full fine-tuning with ≤ 10% of the entries"].startswith("does not hold (below 90%")
+    rows["gps"]["kept_fraction"] = 0.108  # a score near full's, but more than the claim's budget
+    table = dict([cell.strip() for cell in line.strip("|").split("|")] for line in claims({"t": rows}).splitlines()[2:])
+    assert table["gps near full fine-tuning with ≤ 10% of the entries"].startswith(
+        "does not hold (trains more than 10%)")
+    assert table["gspf near full fine-tuning with ≤ 10% of the entries"] == "not run (gspf)"
+    # by optimizer state: lora (0.09 of full's), then gps (0.2) outscores it, grft (0.15) does not
+    # outscore lora, and among the dense ones random-0.2 scores best
+    # scope: 0.5 points above global with std 2 does not replace the default; 3 points with std 2 would
+    rows |= {"gmt-grad-0.5-tensor": row("gmt-grad-0.5-tensor", 0.425, 0.01),
+             "gmt-grad-0.5-layer": row("gmt-grad-0.5-layer", 0.41, 0.01)}  # fmt: skip
+    scope_claim = "mask scope at ratio 0.5 (default: global)"
+
+    def scope_cell() -> str:
+        return dict([cell.strip() for cell in line.strip("|").split("|")]
+                    for line in claims({"t": rows}).splitlines()[2:])[scope_claim]  # fmt: skip
+
+    assert scope_cell().startswith("global is not beaten beyond noise (global 42.0 ± 2.0%, tensor 42.5")
+    rows["gmt-grad-0.5-layer"] = row("gmt-grad-0.5-layer", 0.45, 0.01)
+    assert scope_cell().startswith("layer beats global beyond noise")
+    rows["gmt-grad-0.5-layer"] = row("gmt-grad-0.5-layer", 0.41, 0.01)
+    layer = rows.pop("gmt-grad-0.5-layer")  # a task that ran the tensor scope only is judged on it
+    assert scope_cell() == "global is not beaten beyond noise (global 42.0 ± 2.0%, tensor 42.5 ± 1.0%)"
+    rows["gmt-grad-0.5-layer"] = layer
+    budgets = recommendations({"t": rows}).splitlines()[2:]
+    assert budgets == ["| 0.09 | lora | 35.0% | 10× |", "| 0.2 | gps | 40.0% | 30× |",
+                       "| 1 | random-0.2 | 44.0% | 1× |"]  # fmt: skip
+
+
+def test_compare_resumes_without_rerunning(smoke, tiny_assets):
+    results = sorted(smoke.glob("runs/*/*/*/result.json"))
+    stamps = [path.stat().st_mtime_ns for path in results]
+    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+               "--data", str(tiny_assets / "data/sft"), "--out", str(smoke)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [path.stat().st_mtime_ns for path in results] == stamps and len(results) == 9
+
+
+def test_plot_mask_draws_the_heatmap_of_a_run(smoke, tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from plot_mask import kept_matrix, log_history
+
+    run = smoke / "runs/final/gmt-grad-0.5/seed0"
+    layers, steps, matrix = kept_matrix(log_history(run))
+    assert layers[0] == "model.embed_tokens" and layers[-1] == "lm_head" and "model.layers.3" in layers
+    assert all(0 <= value <= 1 for row in matrix for value in row) and len(steps) == len(matrix[0])
+    out = tmp_path / "heatmap.png"
+    result = subprocess.run([sys.executable, "scripts/plot_mask.py", str(run), "--out", str(out)], cwd=REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
