@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import ACCELERATE_ONE_CPU, logged, run_sft
 
 
-@pytest.mark.slow
 def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_path):
     out = tmp_path / "sft_gmt"
     result = run_sft(
@@ -36,7 +35,6 @@ def test_tiny_recipe_end_to_end_saves_a_loadable_checkpoint(tiny_assets, tmp_pat
     assert len(fractions) == 3 and all(0.5 <= f < 0.51 for f in fractions)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["prompt_completion_jsonl", "parquet_file"])
 def test_prompt_completion_data_and_single_files(tiny_assets, tmp_path, layout):
     rows = [json.loads(line) for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()[:64]]
@@ -56,7 +54,6 @@ def test_prompt_completion_data_and_single_files(tiny_assets, tmp_path, layout):
     assert (out / "model.safetensors").exists()
 
 
-@pytest.mark.slow
 def test_missing_columns_are_refused_with_their_names(tiny_assets, tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps({"question": "1 + 1?", "reply": "2"}) + "\n")

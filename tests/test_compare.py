@@ -10,8 +10,6 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def smoke(tiny_assets, tmp_path_factory):
@@ -23,6 +21,7 @@ def smoke(tiny_assets, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_compare_smoke_writes_table_and_plot(smoke):
     rows = json.loads((smoke / "compare.json").read_text())["rows"]
     assert [row["method"] for row in rows] == ["full", "gmt-grad-0.5", "lora"]
@@ -44,6 +43,7 @@ def test_compare_smoke_writes_table_and_plot(smoke):
     assert (smoke / "runs/final/full/seed0/eval/lm_eval_tiny_equations.json").is_file()
 
 
+@pytest.mark.slow
 def test_compare_measures_optimizer_state_and_learning_curves(smoke, tiny_assets):
     from transformers import AutoModelForCausalLM
 
@@ -64,6 +64,7 @@ def test_compare_measures_optimizer_state_and_learning_curves(smoke, tiny_assets
     assert "| full | " in (smoke / "curve.md").read_text()
 
 
+@pytest.mark.slow
 def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- compare:start -->\nOLD-TABLE\n<!-- compare:end -->\n<!-- lr-scale:start -->\n"
@@ -86,6 +87,7 @@ def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
     assert f"| full | {rows['full']['learning_rate']:g} (1× full's) |" in text
 
 
+@pytest.mark.slow
 def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
     train = (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()
     held_out = (smoke / "data/validation.jsonl").read_text().splitlines()
@@ -190,6 +192,7 @@ def test_compare_report_rules_on_known_numbers():
                        "| 1 | random-0.2 | 44.0% | 1× |"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_compare_resumes_without_rerunning(smoke, tiny_assets):
     results = sorted(smoke.glob("runs/*/*/*/result.json"))
     stamps = [path.stat().st_mtime_ns for path in results]
@@ -200,14 +203,18 @@ def test_compare_resumes_without_rerunning(smoke, tiny_assets):
     assert [path.stat().st_mtime_ns for path in results] == stamps and len(results) == 9
 
 
-def test_plot_mask_draws_the_heatmap_of_a_run(smoke, tmp_path):
+def test_plot_mask_draws_the_heatmap_of_a_run(tiny_assets, tmp_path):
+    from test_sft_trainer import train
+
     sys.path.insert(0, str(REPO / "scripts"))
     from plot_mask import kept_matrix, log_history
 
-    run = smoke / "runs/final/gmt-grad-0.5/seed0"
+    run = tmp_path / "run"
+    train(tiny_assets, tmp_path, mask_strategy="gmt", mask_ratio=0.5).save_state()  # 3 steps, logged each
     layers, steps, matrix = kept_matrix(log_history(run))
     assert layers[0] == "model.embed_tokens" and layers[-1] == "lm_head" and "model.layers.3" in layers
-    assert all(0 <= value <= 1 for row in matrix for value in row) and len(steps) == len(matrix[0])
+    assert steps == [1, 2, 3] and all(0 <= value <= 1 for row in matrix for value in row)
+    assert 0 < min(min(row) for row in matrix) < max(max(row) for row in matrix) <= 1  # the layers differ
     out = tmp_path / "heatmap.png"
     result = subprocess.run([sys.executable, "scripts/plot_mask.py", str(run), "--out", str(out)], cwd=REPO,
                             capture_output=True, text=True)  # fmt: skip

@@ -35,7 +35,6 @@ def test_mismatched_weights_are_refused():
         compute_delta({"a": torch.zeros(2)}, {"a": torch.zeros(3)})
 
 
-@pytest.mark.slow
 def test_cli_round_trip_on_a_masked_fine_tune(tiny_assets, tmp_path):
     from datasets import load_dataset
 

@@ -9,8 +9,6 @@ from transformers import AutoModelForCausalLM
 
 from conftest import ACCELERATE, ACCELERATE_CPU_ZERO2, ACCELERATE_CPU_ZERO3, logged, run_sft, torchrun_two_cpu
 
-pytestmark = pytest.mark.slow
-
 RECIPE = "recipes/tiny/sft_gmt.yaml"
 # Constant learning rate, no warm-up: every step moves the weights. Logged every step.
 COMMON = ("--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_size", "4",
@@ -47,8 +45,14 @@ ENGINES = {
 }
 
 
-@pytest.mark.parametrize("gmt_mode", ["grad", "update"])
-@pytest.mark.parametrize("engine", sorted(ENGINES))
+# Every engine in grad mode and ZeRO-3 in update mode run in the quick suite; update mode under DDP
+# and ZeRO-2 are marked slow (README: Tests).
+ENGINE_MODES = [("ddp", "grad"), pytest.param("ddp", "update", marks=pytest.mark.slow), ("zero2", "grad"),
+                pytest.param("zero2", "update", marks=pytest.mark.slow), ("zero3", "grad"),
+                ("zero3", "update")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("engine", "gmt_mode"), ENGINE_MODES)
 def test_two_ranks_match_one_process(tiny_assets, tmp_path, shared_run, engine, gmt_mode):
     # the single-process reference (2 accumulated micro-batches of 4), trained once for the engines
     one_out, one = shared_run(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", *COMMON, "--gmt_mode", gmt_mode,
@@ -99,7 +103,10 @@ def test_zero3_with_accumulation_masks_once_per_window(tiny_assets, tmp_path):
     assert relative_distance(weights[2], weights[1], weights[0], leave_out=FLIPS_ALLOWED) <= 1e-4
 
 
-@pytest.mark.parametrize(("engine", "strategy"), [("zero2", "random"), ("zero3", "random"), ("zero3", "magnitude")])
+@pytest.mark.parametrize(
+    ("engine", "strategy"),
+    [("zero2", "random"), pytest.param("zero3", "random", marks=pytest.mark.slow), ("zero3", "magnitude")],
+)
 def test_baselines_are_shard_invariant(tiny_assets, tmp_path, shared_run, engine, strategy):
     # random: the keys come from each entry's global index; magnitude: |θ| of the local fp32
     # partition. Either way ZeRO's partitions choose the mask a single process chooses: exactly

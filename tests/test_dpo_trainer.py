@@ -14,8 +14,6 @@ from gmt.config import GMTDPOConfig
 from gmt.masking import keep_count
 from gmt.trainer import GMTDPOTrainer
 
-pytestmark = pytest.mark.slow
-
 COMMON = TINY_TRAINING_ARGS
 
 

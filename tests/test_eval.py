@@ -11,8 +11,6 @@ import pytest
 from conftest import ACCELERATE_CPU_ZERO3, run_sft
 from gmt.evaluation import SUITES, EvalArguments, evaluate, load_suite, resolve_tasks, task_manager
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def manager(tiny_assets):

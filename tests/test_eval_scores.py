@@ -7,8 +7,6 @@ import pytest
 
 from gmt.evaluation import evaluate_checkpoint
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def scored_assets(tmp_path_factory):

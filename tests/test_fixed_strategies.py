@@ -10,8 +10,6 @@ from transformers import TrainerCallback
 from gmt.masking import GSPFStrategy, keep_count, scale_dense_phase
 from gmt.masking.sparse_optim import SparseMaskedAdamW, optimizer_state_bytes
 
-pytestmark = pytest.mark.slow
-
 
 def kept_masks(trainer) -> dict[str, torch.Tensor | None]:
     """The strategy's fixed mask of each trainable parameter (None: dense), shaped like it."""

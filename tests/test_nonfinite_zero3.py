@@ -1,12 +1,9 @@
 """Non-finite gradients under 2-process DeepSpeed ZeRO-3: the step is skipped in the engine."""
 
-import pytest
 import torch
 from test_distributed import state
 
 from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
-
-pytestmark = pytest.mark.slow
 
 
 def test_zero3_skips_nonfinite_steps_and_counts_them(tiny_assets, tmp_path, monkeypatch):

@@ -14,8 +14,6 @@ from gmt.config import GMTSFTConfig
 from gmt.masking import NonFiniteGradientError, keep_count
 from gmt.trainer import GMTSFTTrainer
 
-pytestmark = pytest.mark.slow
-
 COMMON = {**TINY_TRAINING_ARGS, "assistant_only_loss": True}
 
 

@@ -26,7 +26,6 @@ def assert_trained(recipe, output_dir) -> dict:
     return summary
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_trains_on_its_standins(recipe, standin_cache, tmp_path):
     standin = standin_run(recipe, tmp_path / "out", standin_cache)
@@ -40,7 +39,6 @@ def test_recipe_trains_on_its_standins(recipe, standin_cache, tmp_path):
         assert summary["chat_template"] == (REPO / settings["chat_template_path"]).read_text()
 
 
-@pytest.mark.slow
 def test_tulu_recipe_under_two_process_zero3(standin_cache, tmp_path):
     standin = standin_run(TULU, tmp_path / "out", standin_cache)
     finished = run(standin, launcher=ACCELERATE_CPU_ZERO3, extra=("--ddp_backend", "gloo"))

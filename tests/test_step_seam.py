@@ -15,8 +15,6 @@ from gmt.config import GMTSFTConfig
 from gmt.masking import MaskNotAppliedError, NonFiniteGradientError
 from gmt.trainer import GMTSFTTrainer, mask_state_name
 
-pytestmark = pytest.mark.slow
-
 
 def make_trainer(tiny_assets, output_dir, trainer_cls=GMTSFTTrainer, model=None, **overrides):
     settings = {**COMMON, "max_steps": 3, "output_dir": str(output_dir), **overrides}

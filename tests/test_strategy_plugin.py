@@ -65,7 +65,6 @@ def test_the_plugin_option_belongs_to_its_strategy_only(tmp_path):
     assert "keep_every applies to mask_strategy 'every_nth' only; mask_strategy is 'gmt'" in result.stderr
 
 
-@pytest.mark.slow
 def test_the_plugin_strategy_trains_from_the_cli(tiny_assets, tmp_path):
     from transformers import AutoModelForCausalLM
 
