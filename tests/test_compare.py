@@ -11,6 +11,8 @@ import pytest
 from conftest import REPO
 
 
+# The smoke comparison (22 launched processes) is marked slow; the quick suite keeps the logic tests
+# below that need no runs (rate grids, resume refusals, the report's rules on known numbers).
 @pytest.fixture(scope="module")
 def smoke(tiny_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
