@@ -24,13 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_assets(tmp_path_factory) -> Path:
-    from gmt.tiny import TinySettings, ensure_tiny_assets
+    from outcomes import FAST_ASSETS
 
-    out = tmp_path_factory.mktemp("gmt-tiny")
-    settings = TinySettings(
-        pretrain_steps=20, sft_train_examples=256, sft_test_examples=16, dpo_train_examples=256, dpo_test_examples=64
-    )
-    return ensure_tiny_assets(out, settings)
+    from gmt.tiny import ensure_tiny_assets
+
+    return ensure_tiny_assets(tmp_path_factory.mktemp("gmt-tiny"), FAST_ASSETS)
 
 
 # Training arguments of the in-process trainer tests: CPU, tiny, logged every step, and a constant

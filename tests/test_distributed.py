@@ -21,7 +21,9 @@ COMMON = ("--max_steps", "3", "--logging_steps", "1", "--per_device_train_batch_
 # exact (test_threshold_distributed), but Adam turns such a flip into a full-size step: one flip
 # costs about 1/sqrt(kept entries x steps) ≈ 9e-4 on the weight measure for this model, more
 # than the 1e-4 the rest agrees to. So the measure leaves out the few entries (at most
-# FLIPS_ALLOWED, out of 0.86M) that differ the most, and bounds how far apart they are.
+# FLIPS_ALLOWED, out of 0.86M) that differ the most, and bounds how far apart they are. Both
+# distances are rounding results compared across two process layouts, so their spread over seeds
+# is measured (scripts/check_margins.py, the shard_distance rows of docs/margins/margins.md).
 FLIPS_ALLOWED = 6
 
 

@@ -2,41 +2,21 @@
 above that base, and the harness's numbers are the ones gmt writes."""
 
 import json
+from dataclasses import replace
 
-import pytest
+from outcomes import OUTCOMES, SCORED_ASSETS, TEST_SEED, check
 
-from gmt.evaluation import evaluate_checkpoint
-
-
-@pytest.fixture(scope="module")
-def scored_assets(tmp_path_factory):
-    """A base that knows some arithmetic (600 pretraining steps) and a short SFT of it. Half the
-    tiny model's width and depth: it learns as much here (16% of the test problems after the SFT,
-    against 9% for the full-size one) in a third of the pretraining time."""
-    from test_sft_trainer import train
-
-    from gmt.tiny import TinySettings, ensure_tiny_assets
-
-    settings = TinySettings(hidden_size=64, intermediate_size=176, num_hidden_layers=2, pretrain_steps=600,
-                            sft_train_examples=2000, sft_test_examples=64, dpo_train_examples=16,
-                            dpo_test_examples=16)  # fmt: skip
-    assets = ensure_tiny_assets(tmp_path_factory.mktemp("gmt-tiny-scored"), settings)
-    out = tmp_path_factory.mktemp("tuned")
-    trainer = train(assets, out, mask_strategy="gmt", mask_ratio=0.2, max_steps=400, per_device_train_batch_size=16,
-                    logging_steps=50)  # fmt: skip
-    trainer.save_model(str(out / "model"))
-    return assets, out / "model"
+from gmt.tiny import ensure_tiny_assets
 
 
-def test_tiny_suite_scores_the_fine_tune_above_its_base(scored_assets, tmp_path):
-    assets, tuned = scored_assets
-    data = assets / "data/sft/test.jsonl"
-    base = evaluate_checkpoint(assets / "base", "tiny", tiny_data=data, output_dir=tmp_path / "base")
-    after = evaluate_checkpoint(tuned, "tiny", tiny_data=data, output_dir=tmp_path / "tuned")
-    assert after["score"] > base["score"]
-    assert after["score"] > 0.05
-    written = json.loads((tmp_path / "tuned" / "lm_eval_tiny.json").read_text())
-    assert written["results"]["gmt_tiny_arith"]["exact_match,answer"] == after["score"]
-    assert "| gmt_tiny_arith | exact_match,answer |" in (tmp_path / "tuned" / "eval_tiny.md").read_text()
-
-
+def test_tiny_suite_scores_the_fine_tune_above_its_base(tmp_path_factory):
+    # Why the limit holds on other machines: see SCORED_BOUNDS in tests/outcomes.py and the spread
+    # over seeds and thread counts in docs/margins/margins.md.
+    outcome = OUTCOMES["scored_fine_tune"]
+    assets = ensure_tiny_assets(tmp_path_factory.mktemp("gmt-tiny-scored"), replace(SCORED_ASSETS, seed=TEST_SEED))
+    work = tmp_path_factory.mktemp("scored")
+    values = outcome.measure(assets, work, TEST_SEED)
+    check(values, outcome.bounds)
+    written = json.loads((work / "eval-tuned" / "lm_eval_tiny.json").read_text())
+    assert written["results"]["gmt_tiny_arith"]["exact_match,answer"] == values["tuned"]
+    assert "| gmt_tiny_arith | exact_match,answer |" in (work / "eval-tuned" / "eval_tiny.md").read_text()

@@ -88,7 +88,10 @@ def test_the_plugin_strategy_trains_from_the_cli(tiny_assets, tmp_path):
         assert not (changed & ~keep).any(), name  # a dropped entry has no gradient and no moment: unmoved
         kept, moved, total = kept + int(keep.sum()), moved + int(changed.sum()), total + start.numel()
     assert fraction == pytest.approx(kept / total, abs=1e-4)
-    assert moved > 0.5 * kept  # the kept entries trained (embedding rows of absent tokens have no gradient)
+    # The kept entries trained: one step moves every kept entry whose gradient is non-zero, and
+    # only the embedding rows of tokens absent from the batch have an exactly-zero one, so the count
+    # is the same on any machine.
+    assert moved > 0.5 * kept
 
 
 if __name__ == "__main__":
