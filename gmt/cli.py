@@ -9,6 +9,7 @@ from pathlib import Path
 from datasets import Dataset
 from trl import ModelConfig, get_dataset, get_peft_config, get_quantization_config
 
+from gmt.attention import check_attention
 from gmt.chat import check_chat_template
 from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
@@ -89,7 +90,8 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
 def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
     data must fit the trainer's ``data_layout`` (see ``gmt.data``)."""
-    quantization = quantization_config(model_args)  # refused first, before any data or model loads
+    check_attention(model_args.attn_implementation)  # refused first, before any data or model loads
+    quantization = quantization_config(model_args)
     set_model_init_kwargs(model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, trainer_cls.data_layout)
     check_chat_template(train_dataset, training_args, model_args, trainer_cls.data_layout.purpose)

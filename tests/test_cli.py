@@ -74,6 +74,22 @@ def test_quantization_that_cannot_be_honoured_is_refused_before_loading(tmp_path
         main(*make_parser().parse_args_and_config(arguments))
 
 
+@pytest.mark.parametrize("implementation", ["flash_attention_2", "flash_attention_3"])
+def test_flash_attention_this_machine_cannot_run_is_refused_before_the_data_loads(tmp_path, implementation):
+    # The GPU recipes name flash_attention_2; without the package (or a GPU) transformers would only
+    # fail at the model load, after the data set. Here the data set does not even exist: the
+    # refusal comes first, names the setting, the GPU extra and the way around it.
+    from gmt.attention import attention_available
+    from gmt.sft import main, make_parser
+
+    if attention_available(implementation):
+        pytest.skip(f"{implementation} runs on this machine")
+    arguments = ["--config", "recipes/tiny/sft_gmt.yaml", "--output_dir", str(tmp_path), "--attn_implementation",
+                 implementation, "--dataset_name", str(tmp_path / "no-data-here"), "--eval_suite", "none"]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"attn_implementation '{implementation}' needs the flash-attn\S* package"):
+        main(*make_parser().parse_args_and_config(arguments))
+
+
 def test_a_trl_user_switches_with_one_import():
     import trl
 

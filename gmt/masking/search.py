@@ -41,6 +41,10 @@ CUDA_CHUNK_ENTRIES = 1 << 24
 # bincount over every entry and a candidate set of ~5% of them; beyond ~2^16 entries the sample,
 # one integer pass and a ~1% band cost less. (Across ranks the limit is a chunk: see __call__.)
 SMALL_ENTRIES = 1 << 16
+# Where the band is selected in with torch.kthvalue on one process. On CUDA kthvalue runs one thread
+# block per slice, so a 1-D band of tens of millions of entries (a 7B model's) takes a large part of
+# a step; there the radix select of the sharded path runs instead, as it does across ranks.
+KTHVALUE_DEVICES = frozenset({"cpu"})
 
 def topk_thresholds(
     tensors: Sequence[Tensor],
@@ -189,7 +193,7 @@ class ThresholdSearch:
 
         if any(bracketed):
             remaining = [k - above_hi if inside else 0 for k, above_hi, inside in zip(keep_counts, count_hi, bracketed)]
-            if all_reduce is None:  # the whole band is here: select in it directly
+            if all_reduce is None and device.type in KTHVALUE_DEVICES:  # the whole band is here: select in it
                 found = _kth_largest(band.keys_by_group, remaining)
             else:
                 by_group = band.keys_by_group
@@ -289,12 +293,17 @@ class ThresholdSearch:
             table[group, buckets + 1] = strides[group]
         if all_reduce is not None:
             all_reduce(table)
-        estimated = table[:, :buckets]
+        # The estimates are whole numbers (counts times an integer stride, exact in float64): summed
+        # as integers, since a floating-point cumsum raises under deterministic algorithms on CUDA
+        # (full_determinism; docs/design.md). Against whole numbers, ">= x" is ">= ceil(x)" and
+        # "> x" is "> floor(x)".
+        estimated = table[:, :buckets].round().to(torch.int64)
         margin = BRACKET_SIGMAS * table[:, buckets].sqrt() + table[:, buckets + 1] + 1
         keep = torch.as_tensor(list(keep_counts), dtype=torch.float64, device=device)
         # from_top[g, j]: estimated keys in the top j + 1 buckets (of bucket buckets - 1 - j and above).
         from_top = estimated.flip(1).cumsum(1)
-        at_least, more_than = (keep + margin).unsqueeze(1), (keep - margin).unsqueeze(1)
+        at_least = (keep + margin).ceil().to(torch.int64).unsqueeze(1)
+        more_than = (keep - margin).floor().to(torch.int64).unsqueeze(1)
         # lo: the highest bucket with at least k + margin estimated keys at or above it.
         lo_bucket = (buckets - 1 - torch.searchsorted(from_top, at_least).squeeze(1)).clamp(min=0)
         # hi: the number of buckets b whose count strictly above b exceeds k - margin (those are all

@@ -7,7 +7,6 @@ finite, the mask ran (its kept fraction is logged at every step), the checkpoint
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import shlex
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from gmt.attention import attention_available
 from gmt.standins.layouts import LAYOUTS, build_layout, sample_texts
 from gmt.standins.models import REPO, build_model
 
@@ -65,11 +65,6 @@ def data_standin(name: str, cache: Path = DEFAULT_DIR) -> Path:
     return _cached(Path(cache) / "data" / name.replace("/", "__"), lambda folder: build_layout(name, folder))
 
 
-def flash_attention_available() -> bool:
-    """Whether flash-attn can run here (the package and a CUDA GPU)."""
-    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
-
-
 @dataclass(frozen=True)
 class StandinRun:
     """One recipe on its stand-ins: the command to launch and where it writes."""
@@ -94,7 +89,7 @@ def standin_run(
     model, data = model_standin(settings["model_name_or_path"], cache), data_standin(settings["dataset_name"], cache)
     overrides = ["--model_name_or_path", str(model.resolve()), "--dataset_name", str(data.resolve()),
                  "--output_dir", str(output_dir), "--max_steps", str(max_steps), "--logging_steps", "1"]  # fmt: skip
-    if settings.get("attn_implementation") == "flash_attention_2" and not flash_attention_available():
+    if not attention_available(settings.get("attn_implementation")):
         overrides += ["--attn_implementation", "sdpa"]
     if not torch.cuda.is_available():  # the Trainer runs bf16 on a CPU (autocast) only when told to use it
         overrides += ["--use_cpu", "true"]
