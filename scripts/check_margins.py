@@ -7,7 +7,9 @@ and 1 and 2 torch threads (an outcome trained by launched single-thread ranks at
 every run in a fresh process with its own assets, and reports, for each assertion, the spread it
 measured and how far the limit sits outside it:
 
-    python scripts/check_margins.py                        # every outcome: about 25 min on 2 cores
+    python scripts/check_margins.py                        # every outcome: about 75 min on 2 cores,
+                                                           # 50 of them README's main job
+    python scripts/check_margins.py --outcomes main_job --resume   # only what an earlier call did not finish
     python scripts/check_margins.py --outcomes dpo_margin  # one of them
     python scripts/check_margins.py --seeds 0 1 --threads 1
 
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,14 +149,19 @@ def readme_main_job(records: list[dict], machine: str) -> None:
         return
     scores = [r["values"]["score"] for r in runs]
     minutes = [r["seconds"] / 60 for r in runs]
-    seeds = sorted({r["seed"] for r in runs})
-    threads = sorted({r["threads"] for r in runs})
+    by_threads = {}
+    for run in runs:
+        by_threads.setdefault(run["threads"], []).append(run["seed"])
+    measured = "; ".join(
+        f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, sorted(seeds)))} on {threads} torch "
+        f"thread{'s' if threads > 1 else ''}"
+        for threads, seeds in sorted(by_threads.items())
+    )
     body = (
-        f"on {machine}, over seeds {seeds[0]}–{seeds[-1]} (of the base's build and of training) and "
-        f"{' and '.join(map(str, threads))} torch threads, it printed scores from {min(scores):.3f} to "
-        f"{max(scores):.3f}, each run (the base's build, then the job) taking {min(minutes):.1f} to "
-        f"{max(minutes):.1f} min (`python scripts/check_margins.py --outcomes main_job`; "
-        "[docs/margins/margins.md](docs/margins/margins.md)).\n"
+        f"On {machine}, over {len(runs)} runs ({measured}; the seed of the base's build and of training), it "
+        f"printed scores from {min(scores):.3f} to {max(scores):.3f}, and a run (the base's build, then the "
+        f"job) took {min(minutes):.1f} to {max(minutes):.1f} min "
+        "(`python scripts/check_margins.py --outcomes main_job`; [docs/margins/margins.md](docs/margins/margins.md)).\n"
     )
     replace_readme_section("<!-- main-job:start -->", "<!-- main-job:end -->", body)
 
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="threads run side by side at most")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "margins")
+    parser.add_argument("--resume", action="store_true", help="keep the finished runs of an earlier call")
     parser.add_argument("--one", nargs=4, metavar=("OUTCOME", "SEED", "THREADS", "WORKDIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:  # a worker process: print the values as the last line
@@ -177,34 +185,43 @@ def main(argv: list[str] | None = None) -> int:
 
     from machine import describe_machine
 
+    machine = describe_machine("cpu").rsplit(",", 1)[0]  # the thread count varies by run
+    saved = args.out / "margins.json"
+    earlier = json.loads(saved.read_text())["runs"] if saved.exists() else []
+    # What an earlier call measured of the outcomes not rerun now is kept; with --resume, so are
+    # its finished runs of the outcomes named, which are then not run again.
+    records = [r for r in earlier if r["outcome"] not in args.outcomes or (args.resume and "values" in r)]
+    done = {(r["outcome"], r["seed"], r["threads"]) for r in records}
     jobs = [(name, seed, threads) for threads in args.threads for name in args.outcomes for seed in args.seeds
-            if not OUTCOMES[name].launched or threads == min(args.threads)]  # fmt: skip
-    records: list[dict] = []
+            if (not OUTCOMES[name].launched or threads == min(args.threads))
+            and (name, seed, threads) not in done]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="check-margins-") as scratch:
         progress = tqdm(total=len(jobs), desc="outcome runs", unit="run")
         for threads in args.threads:  # runs of one thread count side by side, as many as the cores hold
             batch = [job for job in jobs if job[2] == threads]
             with ThreadPoolExecutor(max(1, args.cores // threads)) as pool:
-                for record in pool.map(lambda job: launch(*job, Path(scratch)), batch):
+                for future in as_completed([pool.submit(launch, *job, Path(scratch)) for job in batch]):
+                    record = future.result()
                     records.append(record)
+                    write_results(records, args.out, machine)  # each run kept as soon as it ends
                     progress.update()
                     if "error" in record:
                         tqdm.write(f"{record['outcome']} seed {record['seed']}: crashed\n{record['error']}")
         progress.close()
-    saved = args.out / "margins.json"
-    if saved.exists():  # keep what an earlier call measured of the outcomes not rerun now
-        records += [r for r in json.loads(saved.read_text())["runs"] if r["outcome"] not in args.outcomes]
-    rows = summarize(records)
-    machine = describe_machine("cpu").rsplit(",", 1)[0]  # the thread count varies by run
-    args.out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(json.dumps({"machine": machine, "rows": rows, "runs": records}, indent=2) + "\n")
-    seeds = sorted({r["seed"] for r in records})
-    threads = sorted({r["threads"] for r in records})
-    table = markdown(rows, seeds, threads, machine)
-    (args.out / "margins.md").write_text(table)
+    rows, table = write_results(records, args.out, machine)
     print(table)
     readme_main_job(records, machine)
     return 0 if all(row["safe"] is not False for row in rows) else 1
+
+
+def write_results(records: list[dict], out: Path, machine: str) -> tuple[list[dict], str]:
+    """Write margins.json (every run and the rows) and margins.md (the table) into ``out``."""
+    rows = summarize(records)
+    table = markdown(rows, sorted({r["seed"] for r in records}), sorted({r["threads"] for r in records}), machine)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "margins.json").write_text(json.dumps({"machine": machine, "rows": rows, "runs": records}, indent=2) + "\n")
+    (out / "margins.md").write_text(table)
+    return rows, table
 
 
 if __name__ == "__main__":

@@ -67,12 +67,6 @@ class Outcome:
     launched: bool = False
 
 
-def binomial_standard_error(score: float, count: int) -> float:
-    """The standard error of an exact-match rate measured on ``count`` problems (never below one
-    problem's worth, so that a score of 0 or 1 still has a width)."""
-    return max(math.sqrt(score * (1 - score) / count), 1 / count)
-
-
 def mean(values: list[float]) -> float:
     """The arithmetic mean."""
     return sum(values) / len(values)
