@@ -74,19 +74,30 @@ def test_quantization_that_cannot_be_honoured_is_refused_before_loading(tmp_path
         main(*make_parser().parse_args_and_config(arguments))
 
 
-@pytest.mark.parametrize("implementation", ["flash_attention_2", "flash_attention_3"])
-def test_flash_attention_this_machine_cannot_run_is_refused_before_the_data_loads(tmp_path, implementation):
-    # The GPU recipes name flash_attention_2; without the package (or a GPU) transformers would only
-    # fail at the model load, after the data set. Here the data set does not even exist: the
-    # refusal comes first, names the setting, the GPU extra and the way around it.
-    from gmt.attention import attention_available
-    from gmt.sft import main, make_parser
+FLASH_RECIPES = ["recipes/llama3-8b/sft_math_gmt.yaml", "recipes/llama2-7b/dpo_ultrafeedback_gmt.yaml"]
 
-    if attention_available(implementation):
-        pytest.skip(f"{implementation} runs on this machine")
-    arguments = ["--config", "recipes/tiny/sft_gmt.yaml", "--output_dir", str(tmp_path), "--attn_implementation",
-                 implementation, "--dataset_name", str(tmp_path / "no-data-here"), "--eval_suite", "none"]  # fmt: skip
-    with pytest.raises(ValueError, match=rf"attn_implementation '{implementation}' needs the flash-attn\S* package"):
+
+@pytest.mark.parametrize(("recipe", "implementation"), [(FLASH_RECIPES[0], None), (FLASH_RECIPES[1], None),
+                                                        (FLASH_RECIPES[0], "flash_attention_3")])  # fmt: skip
+def test_flash_attention_this_machine_cannot_run_is_refused_before_anything_loads(tmp_path, recipe, implementation):
+    # The GPU recipes name flash_attention_2; without the package (or a GPU) transformers would only
+    # fail at the model load, after the data set. The recipe runs unchanged (its hub model and data
+    # set, which cannot be fetched here): the refusal comes first, names the setting, the GPU extra
+    # and the way around it.
+    from gmt.attention import attention_available
+    from gmt.dpo import main as dpo_main
+    from gmt.dpo import make_parser as dpo_parser
+    from gmt.sft import main as sft_main
+    from gmt.sft import make_parser as sft_parser
+
+    wanted = implementation or "flash_attention_2"
+    if attention_available(wanted):
+        pytest.skip(f"{wanted} runs on this machine")
+    main, make_parser = (dpo_main, dpo_parser) if "dpo" in recipe else (sft_main, sft_parser)
+    # --use_cpu: what a CPU machine needs to parse the bf16 recipe at all (as gmt.standins runs it)
+    arguments = ["--config", recipe, "--output_dir", str(tmp_path), "--eval_suite", "none", "--use_cpu", "true"]
+    arguments += ["--attn_implementation", implementation] if implementation else []
+    with pytest.raises(ValueError, match=rf"attn_implementation '{wanted}' needs the flash-attn\S* package"):
         main(*make_parser().parse_args_and_config(arguments))
 
 

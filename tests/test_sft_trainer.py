@@ -118,6 +118,8 @@ def test_mask_start_step_and_telemetry(tiny_assets, tmp_path):
     # half of them, so T = 0 there and the tie rule keeps the whole block.
     assert logs[-1]["mask/kept_fraction/model.embed_tokens"] == 1.0
     assert logs[-1]["mask/threshold"] > 0
+    history = trainer.state.log_history
+    assert json.loads(json.dumps(history)) == history  # telemetry is plain numbers, fit for any report_to
 
 
 class PoisonedTrainer(GMTSFTTrainer):
@@ -164,9 +166,3 @@ def test_logged_loss_is_finite_and_drops(tiny_assets, tmp_path):
     # The drop's spread over seeds and thread counts is in docs/margins/margins.md (check_margins).
     outcome = OUTCOMES["sft_loss_drop"]
     check(outcome.measure(tiny_assets, tmp_path, TEST_SEED), outcome.bounds)
-
-
-def test_telemetry_is_plain_numbers(tiny_assets, tmp_path):
-    trainer = train(tiny_assets, tmp_path, mask_ratio=0.5, max_steps=2)
-    assert any("mask/kept_fraction" in entry for entry in trainer.state.log_history)
-    assert json.loads(json.dumps(trainer.state.log_history)) == trainer.state.log_history  # fit for any report_to
