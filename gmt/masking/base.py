@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from gmt.masking.comm import table_device
 from gmt.masking.options import DENSE_PARAMS, Option
 
 AllReduce = Callable[[Tensor], None]  # sums a tensor across ranks, in place
@@ -152,7 +153,7 @@ class _KeptCounts:
 
     def merged(self, grads: Sequence[Tensor | None]) -> Tensor:
         """One float64 tensor, on the gradients' device."""
-        device = next((grad.device for grad in grads if grad is not None), torch.device("cpu"))
+        device = table_device(grads)
         merged = torch.tensor(self.on_host, dtype=torch.float64, device=device)
         if self.tensors:
             merged[torch.tensor(self.indices, device=device)] = torch.stack(self.tensors).to(torch.float64)

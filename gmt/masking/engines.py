@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gmt.masking.base import GradientAccess, ParamLayout, local_shard
+from gmt.masking.comm import RankSum
 from gmt.masking.finite import NonFiniteGradientError
 
 
@@ -52,10 +53,8 @@ class _DeepSpeedAccess(GradientAccess):
     """
 
     def __init__(self, zero_optimizer) -> None:
-        import torch.distributed as dist
-
         self.zero_optimizer = zero_optimizer
-        self.all_reduce = dist.all_reduce
+        self.all_reduce = RankSum()
 
     def install_step_hook(self, before_step: Callable[[], bool]) -> bool:
         zero = self.zero_optimizer
@@ -183,12 +182,17 @@ class DeepSpeedZero12Access(_DeepSpeedAccess):
             offsets.append(0 if mapping is None else mapping.lp_fragment_address.start)
         return offsets
 
+    def _partition_device(self) -> torch.device:
+        """Where this rank's fp32 partition (and, offloaded, its gradient) lives: the one device
+        of every tensor this access hands out (gmt.masking.comm)."""
+        return self.zero_optimizer.single_partition_of_fp32_groups[0].device
+
     def grads(self) -> list[Tensor | None]:
         grads: list[Tensor | None] = []
         for param in self.params:
             mapping = getattr(param, "_hp_mapping", None)
             if mapping is None:  # no entry of this parameter lives on this rank
-                grads.append(param.new_empty(0, dtype=torch.float32))
+                grads.append(torch.empty(0, dtype=torch.float32, device=self._partition_device()))
                 continue
             fragment = mapping.get_lp_grad_fragment(param._index_in_param_group).view(-1)
             address = mapping.lp_fragment_address
@@ -203,7 +207,10 @@ class DeepSpeedZero12Access(_DeepSpeedAccess):
         weights = []
         for param in self.params:
             mapping = getattr(param, "_hp_mapping", None)
-            weights.append(param.new_empty(0, dtype=torch.float32) if mapping is None else mapping.get_hp_fragment())
+            if mapping is None:
+                weights.append(torch.empty(0, dtype=torch.float32, device=self._partition_device()))
+            else:
+                weights.append(mapping.get_hp_fragment())
         return weights
 
     def optimizer_masks(self, keeps: dict[int, Tensor], fill: bool = True) -> dict[Tensor, Tensor]:
@@ -230,10 +237,8 @@ class FSDP2Access(GradientAccess):
     """
 
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], group=None) -> None:
-        import torch.distributed as dist
-
         self.params, self.layout = trainable_layout(named_parameters)
-        self.all_reduce = lambda tensor: dist.all_reduce(tensor, group=group)
+        self.all_reduce = RankSum(group)
 
     def grads(self) -> list[Tensor | None]:
         return [None if param.grad is None else local_shard(param.grad) for param in self.params]

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from gmt.masking.base import AllReduce
+from gmt.masking.comm import table_device
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -16,8 +17,7 @@ class NonFiniteGradientError(FloatingPointError):
 
 def check_finite(tensors: Sequence[Tensor], all_reduce: AllReduce | None = None) -> None:
     """Raise ``NonFiniteGradientError`` on every rank if any rank's tensors hold NaN or inf."""
-    device = tensors[0].device if tensors else torch.device("cpu")
-    count = torch.zeros(1, dtype=torch.int64, device=device)
+    count = torch.zeros(1, dtype=torch.int64, device=table_device(tensors, all_reduce))
     present = [tensor for tensor in tensors if tensor.numel()]
     if present:
         # One read of everything, in one call: a NaN or inf entry makes its tensor's norm NaN or

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from gmt.masking.base import GradientAccess, MaskStrategy
+from gmt.masking.comm import table_device
 from gmt.masking.finite import check_finite
 from gmt.masking.optim import MaskedAdamW
 from gmt.masking.scopes import layer_groups
@@ -36,9 +37,7 @@ class GradientMasker:
         self.mask_start_step = mask_start_step
         strategy.setup(access, total_steps)
         self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
-        # Counters live where the gradients do: no host sync per step, and NCCL can all-reduce them.
-        self._device = access.params[0].device if access.params else torch.device("cpu")
-        self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device=self._device)
+        self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device="cpu")
         self._reset_telemetry()
 
     @torch.no_grad()  # strategies read weights (|θ|, W - W_pre) that are leaves requiring grad
@@ -76,7 +75,8 @@ class GradientMasker:
         nonzero_grad = selection.nonzero_grad_masks(grads) if update_masks and self.access.steps_grads else None
         want_keep = (update_masks and nonzero_grad is None) or new_fixed_masks
         kept, keeps = selection.apply_all(grads, want_keep)
-        self._kept += kept  # one add for all parameters, no host sync
+        # Counted where the gradients are (gmt.masking.comm): one add for all parameters, no host sync.
+        self._kept = kept if self._kept is None else self._kept.add_(kept)
         if new_fixed_masks:  # a dense parameter: its optimizer state stays (or turns) dense
             for index, grad in enumerate(grads):
                 if grad is not None and index not in keeps:
@@ -95,9 +95,7 @@ class GradientMasker:
     def check_optimizer_agrees(self, optimizer: torch.optim.Optimizer) -> None:
         """Refuse a fixed mask that the optimizer's sparse state does not share (after a resume, the
         two come from different files of the checkpoint): ``ValueError`` naming the first tensor."""
-        params = self.access.params
-        device = params[0].device if params else torch.device("cpu")
-        keeps = self.strategy.fixed_keep_masks(self.access.local_numels(), device)
+        keeps = self.strategy.fixed_keep_masks(self.access.local_numels(), table_device(self.access.params))
         if keeps is None:
             return
         optimizer.check_fixed_masks(self.access.optimizer_masks(keeps, fill=False))
@@ -110,19 +108,23 @@ class GradientMasker:
         """
         if self._steps == 0:
             return {}
-        kept = self._kept.clone()
+        all_reduce = self.access.all_reduce
+        if self._kept is None:  # nothing masked here since the last call: still a part in the sum
+            kept = torch.zeros(len(self._numels), dtype=torch.float64, device=table_device([], all_reduce))
+        else:
+            kept = self._kept.clone()
         # one all-reduce per logging step, never per optimizer step
-        if self.access.all_reduce is not None:
-            self.access.all_reduce(kept)
-        per_step = (kept + self._unmasked_steps * self._numels) / self._steps
-        per_step, numels = per_step.cpu(), self._numels.cpu()
+        if all_reduce is not None:
+            all_reduce(kept)
+        numels = self._numels
+        per_step = (kept.cpu() + self._unmasked_steps * numels) / self._steps
         logs = {"mask/kept_fraction": float(per_step.sum() / numels.sum())}
         if self._last_thresholds is not None:
             finite = self._last_thresholds[torch.isfinite(self._last_thresholds)]
             logs["mask/threshold"] = float(finite.mean())
-        layer_kept = torch.zeros(len(self.layer_names), dtype=torch.float64)
+        layer_kept = torch.zeros(len(self.layer_names), dtype=torch.float64, device="cpu")
         layer_total = torch.zeros_like(layer_kept)
-        layer_index = torch.tensor(self._layer_of_param)
+        layer_index = torch.tensor(self._layer_of_param, device="cpu")
         layer_kept.index_add_(0, layer_index, per_step)
         layer_total.index_add_(0, layer_index, numels)
         for name, kept_count, total in zip(self.layer_names, layer_kept, layer_total, strict=True):
@@ -132,7 +134,7 @@ class GradientMasker:
 
     def _reset_telemetry(self) -> None:
         self._steps = self._unmasked_steps = 0
-        self._kept = torch.zeros(len(self._numels), dtype=torch.float64, device=self._device)
+        self._kept: torch.Tensor | None = None
         self._last_thresholds: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from gmt.masking.base import AllReduce
+from gmt.masking.comm import table_device
 from gmt.masking.finite import raise_if_nonfinite
 from gmt.masking.keys import INF_KEY, key_to_float, magnitude_keys
 
@@ -61,10 +62,10 @@ def radix_thresholds(
             so every rank raises together).
     """
     num_groups = len(keep_counts)
-    device = tensors[0].device if tensors else torch.device("cpu")
+    device = table_device(tensors, all_reduce)
     remaining = torch.as_tensor(list(keep_counts), dtype=torch.int64, device=device)
     prefix = torch.zeros(num_groups, dtype=torch.int64, device=device)
-    group_index = torch.as_tensor(list(groups), dtype=torch.int64)
+    group_index = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
     candidates: list[Tensor] = []  # per tensor: keys sharing the chosen prefix, after digit 0
 
     for depth, (bits, shift) in enumerate(zip(DIGIT_BITS, _digit_shifts(), strict=True)):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from gmt.masking.base import AllReduce
+from gmt.masking.comm import table_device
 from gmt.masking.finite import raise_if_nonfinite
 from gmt.masking.keys import ABS_BITS, INF_KEY, key_to_float, magnitude_keys
 from gmt.masking.radix import radix_thresholds
@@ -45,6 +46,7 @@ SMALL_ENTRIES = 1 << 16
 # block per slice, so a 1-D band of tens of millions of entries (a 7B model's) takes a large part of
 # a step; there the radix select of the sharded path runs instead, as it does across ranks.
 KTHVALUE_DEVICES = frozenset({"cpu"})
+
 
 def topk_thresholds(
     tensors: Sequence[Tensor],
@@ -117,7 +119,7 @@ class ThresholdSearch:
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
         # After a search: the kept entries (|x| >= T) of each input tensor (int64), -1 where the
         # search did not count them (a group that missed its bracket, T = 0 or inf).
-        self.kept_counts = torch.empty(0, dtype=torch.int64)
+        self.kept_counts = torch.empty(0, dtype=torch.int64, device="cpu")
 
     def __call__(
         self,
@@ -147,7 +149,7 @@ class ThresholdSearch:
         total_entries: int | None,
     ) -> Tensor:
         num_groups = len(keep_counts)
-        device = tensors[0].device if tensors else torch.device("cpu")
+        device = table_device(tensors, all_reduce)
         self._use_device(device)
         flats = [t.reshape(-1) for t in tensors]
         self.kept_counts = torch.full((len(flats),), -1, dtype=torch.int64, device=device)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from gmt.masking.base import AllReduce, keep_count
+from gmt.masking.comm import table_device
 from gmt.masking.keys import magnitude_keys
 from gmt.masking.search import topk_thresholds
 
@@ -88,9 +89,10 @@ def _row_topk_sharded(values, offsets, shapes, k: int, all_reduce: AllReduce | N
         keys.append(_row_keys(magnitude_keys(value), position % columns))
         global_rows.append(position.floor_divide_(columns).add_(row_start))  # row, numbered across the chunk
         row_start += rows
-    device = values[0].device if values else torch.device("cpu")
-    wanted = torch.cat([torch.full((rows,), min(k, columns), dtype=torch.int64) for rows, columns in shapes])
-    wanted = wanted.to(device)
+    device = table_device(values, all_reduce)
+    wanted = torch.cat(
+        [torch.full((rows,), min(k, columns), dtype=torch.int64, device=device) for rows, columns in shapes]
+    )
     threshold = torch.zeros(row_start, dtype=torch.int64, device=device)
     for bit in range(62, -1, -1):  # the largest T with count(key >= T) >= k is the k-th largest key
         candidate = threshold | (1 << bit)
@@ -190,11 +192,10 @@ def gspf_scores(sensitivity: Sequence[Tensor], params: Sequence[Tensor], all_red
     Computed in place, one tensor at a time: ``sensitivity`` (fp32) is overwritten with the scores,
     so scoring needs no second model-sized buffer.
     """
-    moments = torch.zeros(3, dtype=torch.float64)
-    for s in sensitivity:
-        moments += torch.stack(
-            [torch.tensor(float(s.numel())), s.double().sum().cpu(), s.double().square().sum().cpu()]
-        )
+    moments = torch.zeros(3, dtype=torch.float64, device=table_device(sensitivity, all_reduce))
+    for s in sensitivity:  # no host sync per tensor: the sums stay on the device until the all-reduce
+        moments[0] += s.numel()
+        moments[1:] += torch.stack([s.double().sum(), s.double().square().sum()])
     if all_reduce is not None:
         all_reduce(moments)
     count, total, total_sq = moments.tolist()

@@ -66,7 +66,8 @@ class SparseMaskedAdamW(torch.optim.Optimizer):
             if indices is not None:
                 state["indices"] = indices
             state["exp_avg"], state["exp_avg_sq"] = exp_avg, exp_avg_sq
-            state.setdefault("step", torch.tensor(0.0))
+            # On the host, as torch's AdamW keeps it: read per parameter at every step, no device sync.
+            state.setdefault("step", torch.tensor(0.0, device="cpu"))
 
     def check_fixed_masks(self, masks: dict[Tensor, Tensor]) -> None:
         """Raise ``ValueError`` unless the sparse state keeps exactly the entries of ``masks`` (as
@@ -129,7 +130,7 @@ class SparseMaskedAdamW(torch.optim.Optimizer):
                 if "indices" in state and not state["indices"].numel():
                     continue  # nothing kept (a selection pass): no step counted, so bias correction starts later
                 if "indices" not in state and "exp_avg" not in state:  # unmasked: dense state
-                    state["step"] = torch.tensor(0.0)
+                    state["step"] = torch.tensor(0.0, device="cpu")
                     state["exp_avg"] = torch.zeros(flat_numel(param), dtype=torch.float32, device=param.device)
                     state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
                 state["step"] += 1

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from gmt.masking.base import GradientAccess, MaskSelection, MaskStrategy
+from gmt.masking.comm import table_device
 from gmt.masking.finite import check_finite
 from gmt.masking.options import Option
 
@@ -61,17 +62,13 @@ class FixedMaskStrategy(MaskStrategy):
 
     def _nothing_kept(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
         # Every parameter, dense ones included, is held still (the selection pass updates nothing).
-        return [torch.empty(0, dtype=torch.int64, device=self._device(grads)) for _ in grads]
+        return [torch.empty(0, dtype=torch.int64, device=table_device(grads, self.all_reduce)) for _ in grads]
 
     def _set_masks(self, masks: dict[int, Tensor]) -> FixedSelection:
         self.kept_indices = [None] * len(self.layout.names)
         for index, mask in masks.items():
             self.kept_indices[index] = mask.reshape(-1).nonzero().squeeze(1)
         return FixedSelection(self.kept_indices, changed=True)
-
-    @staticmethod
-    def _device(grads: Sequence[Tensor | None]) -> torch.device:
-        return next((grad.device for grad in grads if grad is not None), torch.device("cpu"))
 
     def _accumulate(self, sums: list[Tensor | None] | None, grads: Sequence[Tensor | None], statistic: str):
         """Add Γ (``signed``), |Γ| (``abs``) or Γ² (``square``) of the selectable parameters to
@@ -91,13 +88,12 @@ class FixedMaskStrategy(MaskStrategy):
 
     def _sums_or_zeros(self, sums: list[Tensor | None], grads: Sequence[Tensor | None]) -> list[Tensor]:
         """The running sums of the selectable parameters (zeros for one that never got a gradient)."""
-        out = []
+        out, device = [], table_device(grads, self.all_reduce)
         for index in self.selectable:
             if sums[index] is None:
                 grad = grads[index]
-                sums[index] = torch.zeros(
-                    grad.shape if grad is not None else (0,), dtype=torch.float32, device=self._device(grads)
-                )
+                shape = grad.shape if grad is not None else (0,)
+                sums[index] = torch.zeros(shape, dtype=torch.float32, device=device)
             out.append(sums[index])
         return out
 

@@ -12,9 +12,7 @@ from gmt.masking.base import GradientAccess
 from gmt.masking.options import Option
 from gmt.masking.strategies.topk import ScoreOf, TopKStrategy
 
-RANDOM_FIXED = Option(
-    "random_fixed", bool, False, "Draw the mask once and keep it (default: a fresh one every step)."
-)
+RANDOM_FIXED = Option("random_fixed", bool, False, "Draw the mask once and keep it (default: a fresh one every step).")
 
 
 def random_keys(global_index: Tensor, seed: int) -> Tensor:
