@@ -15,6 +15,8 @@ from gmt.checkpoints import resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
 from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
+from gmt.masking import strategy_class
+from gmt.parallel import check_parallel_layout
 from gmt.prompts import apply_prompt_format
 from gmt.shutdown import exit_without_finalizing
 
@@ -91,6 +93,7 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
     """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
     data must fit the trainer's ``data_layout`` (see ``gmt.data``)."""
     check_attention(model_args.attn_implementation)  # refused first, before any data or model loads
+    check_parallel_layout(strategy_class(training_args.mask_strategy).from_args(training_args), training_args)
     quantization = quantization_config(model_args)
     set_model_init_kwargs(model_args, training_args)
     train_dataset, eval_dataset = load_splits(script_args, training_args, trainer_cls.data_layout)

@@ -32,12 +32,12 @@ from gmt.masking import (
     effective_frozen_params,
     freeze_parameters,
     masking_optimizer,
-    optimizer_requirement,
     scale_dense_phase,
     strategy_class,
     unwrap_optimizer,
 )
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
+from gmt.parallel import check_parallel_layout
 
 
 class MaskingMixin:
@@ -66,25 +66,7 @@ class MaskingMixin:
                 "shards gmt can mask in place; FSDP1's flat parameters are not supported. Use fsdp_version 2, "
                 "DeepSpeed ZeRO-1/2/3, DDP or a single process."
             )
-        if self.is_deepspeed_enabled:
-            ds_config = self.accelerator.state.deepspeed_plugin.deepspeed_config
-            stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-            if stage not in (1, 2, 3):
-                raise NotImplementedError(
-                    f"mask_strategy {self.strategy.name!r} under DeepSpeed needs ZeRO stage 1, 2 or 3 (the mask "
-                    f"hooks the ZeRO optimizer's step); the config has stage {stage}."
-                )
-            if self.args.dense_phase_learning_rate is not None and "scheduler" in ds_config:
-                raise ValueError(
-                    "dense_phase_learning_rate scales the Trainer's own learning-rate schedule (lr_scheduler_type): "
-                    "remove the 'scheduler' block from the DeepSpeed config"
-                )
-            need = optimizer_requirement(self.strategy)
-            if need is not None and "optimizer" in ds_config:
-                raise ValueError(
-                    f"{need}, as DeepSpeed's optimizer: remove the 'optimizer' block from the DeepSpeed config (the "
-                    "Trainer's optim is used then)"
-                )
+        check_parallel_layout(self.strategy, self.args)  # run before the model loads as well (gmt.cli)
 
     def _check_matrix_orientation(self) -> None:
         """Per-matrix rules (gps, grft) read a weight as torch's Linear stores it, [out, in]. The

@@ -65,6 +65,21 @@ ACCELERATE_CPU_ZERO3 = (*ACCELERATE, "--config_file", "recipes/accelerate/cpu_ze
 ACCELERATE_CPU_ZERO2 = (*ACCELERATE, "--config_file", "recipes/accelerate/cpu_zero2.yaml")
 
 
+def deepspeed_launcher(folder: Path, ds_config: dict) -> tuple[str, ...]:
+    """``accelerate launch`` of 2 gloo CPU processes under the DeepSpeed config ``ds_config``
+    (written to ``folder``, with an accelerate config that points at it)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ds.json").write_text(json.dumps(ds_config))
+    (folder / "accelerate.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\ndeepspeed_config:\n"
+        f"  deepspeed_config_file: {folder / 'ds.json'}\n  zero3_init_flag: false\nmachine_rank: 0\n"
+        "num_machines: 1\nnum_processes: 2\nrdzv_backend: static\nsame_network: true\nuse_cpu: true\n"
+    )
+    return (*ACCELERATE, "--config_file", str(folder / "accelerate.yaml"))
+
+
 def torchrun_two_cpu() -> tuple[str, ...]:
     """torchrun with 2 processes on a free port (accelerate's own multi-CPU launcher expects mpirun;
     torchrun is what it runs for multi-GPU DDP)."""
@@ -79,14 +94,16 @@ def run_sft(
     *overrides: str,
     launcher: tuple[str, ...] = (),
     script: str = "gmt/sft.py",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``script`` (gmt/sft.py or gmt/dpo.py) on ``recipe`` with model, data and output overridden
-    (and no evaluation after training unless ``overrides`` set ``--eval_suite``)."""
+    (and no evaluation after training unless ``overrides`` set ``--eval_suite``); ``env`` adds
+    environment variables."""
     command = [sys.executable, *launcher, script, "--config", recipe]
     command += ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir)]
     if "--eval_suite" not in overrides:
         command += ["--eval_suite", "none"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([*command, *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 

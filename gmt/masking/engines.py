@@ -52,9 +52,22 @@ class _DeepSpeedAccess(GradientAccess):
     update. DeepSpeed offers no hook there; the bound method is wrapped (docs/design.md).
     """
 
-    def __init__(self, zero_optimizer) -> None:
+    def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         self.zero_optimizer = zero_optimizer
-        self.all_reduce = RankSum()
+        experts = [
+            name
+            for name, param in named_parameters
+            if param.requires_grad and getattr(param, "allreduce", True) is False
+        ]
+        if experts:  # deepspeed.moe's expert parameters: partitioned over expert-data-parallel groups
+            raise NotImplementedError(
+                f"DeepSpeed expert parallelism ({experts[0]}, ...): its experts are partitioned over groups other "
+                "than the data-parallel one gmt sums over. An MoE model whose experts are ordinary parameters "
+                "(transformers' own MoE layers) is supported."
+            )
+        # The group that partitions the gradient (the world, in the layouts gmt.parallel lets through).
+        self.group = zero_optimizer.dp_process_group
+        self.all_reduce = RankSum(self.group)
 
     def install_step_hook(self, before_step: Callable[[], bool]) -> bool:
         zero = self.zero_optimizer
@@ -88,20 +101,25 @@ class _DeepSpeedAccess(GradientAccess):
 
 
 class DeepSpeedZero3Access(_DeepSpeedAccess):
-    """DeepSpeed ZeRO-3: each rank holds a flat fp32 partition of every parameter's gradient.
+    """DeepSpeed ZeRO-3: each rank holds a flat partition of every parameter's gradient.
 
     Read right before the ZeRO optimizer's ``step`` (after the last reduce-scatter, before
-    unscaling, clipping and the update) with DeepSpeed's ``safe_get_local_grad``. The last rank's
-    partition is padded; only the real entries are handed out, so counts and the threshold are
-    those of the unsharded model. The histograms are summed over the data-parallel group.
+    unscaling, clipping and the update). The gradient is the engine's own buffer, masked in place
+    in its own dtype and on its own device: the accumulation dtype (bf16 unless the config says
+    fp32) on the GPU, fp32 on the CPU with ``offload_optimizer``. DeepSpeed's public getter would
+    hand out an fp32 copy on the GPU instead (of the whole partition, under offload), which a mask
+    must then be written back from. The last rank's partition is padded; only the real entries
+    are handed out, so counts and the threshold are those of the unsharded model. The histograms
+    are summed over the data-parallel group.
     """
 
     def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
         import torch.distributed as dist
 
-        super().__init__(zero_optimizer)
+        named_parameters = list(named_parameters)
+        super().__init__(zero_optimizer, named_parameters)
         self.params, self.layout = trainable_layout(named_parameters, shape=lambda param: param.ds_shape)
-        rank = dist.get_rank()
+        rank = dist.get_rank(self.group)
         # Rank r holds entries [r * P, (r + 1) * P) of each flattened parameter (P = padded
         # partition size); entries past ds_numel are padding.
         self._real_counts = []
@@ -116,30 +134,31 @@ class DeepSpeedZero3Access(_DeepSpeedAccess):
     def local_offsets(self) -> list[int]:
         import torch.distributed as dist
 
-        return [dist.get_rank() * param.ds_tensor.numel() for param in self.params]
+        return [dist.get_rank(self.group) * param.ds_tensor.numel() for param in self.params]
 
     def grads(self) -> list[Tensor | None]:
-        from deepspeed.utils import safe_get_local_grad
-
-        # With bf16/fp16 gradient buffers the getter returns an fp32 copy: commit() writes it back.
-        self._local = [safe_get_local_grad(param) for param in self.params]
+        zero = self.zero_optimizer
+        # The buffer itself (after the reduce stream is waited for): safe_get_local_grad would copy it.
+        self._local = [zero._get_fp32_grad_state_partition(param, release_swap_buffers=False)[0]
+                       for param in self.params]  # fmt: skip
         return [grad.view(-1).narrow(0, 0, real) for grad, real in zip(self._local, self._real_counts, strict=True)]
 
     def weights(self) -> list[Tensor]:
-        from deepspeed.utils import safe_get_local_fp32_param
-
-        return [
-            safe_get_local_fp32_param(param).view(-1).narrow(0, 0, real)
-            for param, real in zip(self.params, self._real_counts, strict=True)
-        ]
+        # The fp32 master partitions, where the gradients are (safe_get_local_fp32_param copies to the GPU).
+        zero, weights = self.zero_optimizer, []
+        for param, real in zip(self.params, self._real_counts, strict=True):
+            group, offset, _ = zero.grad_position[zero.get_param_id(param)]
+            weights.append(zero.fp32_partitioned_groups_flat[group].narrow(0, offset, real))
+        return weights
 
     def commit(self) -> None:
         from deepspeed.utils import safe_set_local_grad
 
-        # The getter hands out the fp32 buffer itself when gradients accumulate in fp32 params'
-        # precision, and an fp32 copy otherwise: only copies need writing back (a full pass each).
-        for param, grad in zip(self.params, self._local, strict=True):
-            if param.ds_tensor.dtype != torch.float32:
+        # The mask is already in the engine's buffers. With offload_optimizer DeepSpeed clips by
+        # norms it recorded while offloading, before the mask: setting the (masked) buffer onto
+        # itself records them again, and copies nothing (a tensor copied onto itself is skipped).
+        if self.zero_optimizer.offload_optimizer:
+            for param, grad in zip(self.params, self._local, strict=True):
                 safe_set_local_grad(param, grad)
         self._local = []
 
@@ -168,8 +187,10 @@ class DeepSpeedZero12Access(_DeepSpeedAccess):
     """
 
     def __init__(self, zero_optimizer, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:
-        super().__init__(zero_optimizer)
+        named_parameters = list(named_parameters)
+        super().__init__(zero_optimizer, named_parameters)
         self.params, self.layout = trainable_layout(named_parameters)
+        self._fragments: list[tuple[nn.Parameter, Tensor]] = []  # this step's (parameter, gradient fragment)
 
     def local_numels(self) -> list[int]:
         mappings = [getattr(param, "_hp_mapping", None) for param in self.params]
@@ -188,7 +209,11 @@ class DeepSpeedZero12Access(_DeepSpeedAccess):
         return self.zero_optimizer.single_partition_of_fp32_groups[0].device
 
     def grads(self) -> list[Tensor | None]:
+        zero = self.zero_optimizer
+        if zero.cpu_offload:  # the reduced gradients reach the CPU partition by non-blocking copies
+            zero._wait_for_offload_copies()
         grads: list[Tensor | None] = []
+        self._fragments = []
         for param in self.params:
             mapping = getattr(param, "_hp_mapping", None)
             if mapping is None:  # no entry of this parameter lives on this rank
@@ -201,7 +226,19 @@ class DeepSpeedZero12Access(_DeepSpeedAccess):
                 # only the fragment this rank owns, as DeepSpeed's own get_full_hp_grad does.
                 fragment = fragment.narrow(0, address.start, address.numel)
             grads.append(fragment)
+            self._fragments.append((param, fragment))
         return grads
+
+    def commit(self) -> None:
+        from deepspeed.runtime.zero.utils import get_norm_dtype
+
+        # With cpu_offload DeepSpeed clips by per-parameter norms it recorded on the GPU before the
+        # copy to the CPU partition, before the mask: record them again from the masked fragments.
+        zero = self.zero_optimizer
+        if zero.cpu_offload:
+            for param, fragment in self._fragments:
+                zero.norm_for_param_grads[zero.get_param_id(param)] = fragment.to(get_norm_dtype()).norm(2)
+        self._fragments = []
 
     def weights(self) -> list[Tensor]:
         weights = []

@@ -1,0 +1,107 @@
+"""Which distributed layouts gmt can mask, decided from the launch settings before any model loads.
+
+gmt sums its counts over the group that shards the gradient and reads each rank's shard in place
+(docs/design.md, "Where each engine is hooked"). A layout where that sum would count entries
+twice or miss some (replicas of a shard, tensor or sequence parallel slices, MiCS shard groups),
+or where the gradient is not in memory (NVMe offload), is refused here by name; so is an
+optimizer gmt cannot steer. The training arguments already hold DeepSpeed's config
+(``deepspeed_plugin``, from ``--deepspeed`` or ``accelerate launch``) and the parallelism config,
+so every check runs before the model loads, and again when a trainer is built directly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gmt.masking import MaskStrategy, optimizer_requirement
+
+README_LAYOUTS = 'README.md, "Distributed: what is supported"'
+
+
+def check_parallel_layout(strategy: MaskStrategy, args: Any) -> None:
+    """Refuse, with the setting named, a distributed layout ``strategy`` cannot mask right.
+
+    ``args``: the training arguments (``GMTSFTConfig`` / ``GMTDPOConfig``). ``full`` masks nothing
+    and runs everywhere."""
+    if strategy.name == "full":
+        return
+    _check_parallelism_config(strategy, args)
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if plugin is not None:
+        _check_deepspeed(strategy, args, plugin.deepspeed_config)
+
+
+def _check_parallelism_config(strategy: MaskStrategy, args: Any) -> None:
+    config = getattr(args, "parallelism_config", None)
+    if config is None and os.environ.get("ACCELERATE_USE_PARALLELISM_CONFIG", "false").lower() == "true":
+        from accelerate.parallelism_config import ParallelismConfig
+
+        config = ParallelismConfig()  # from accelerate launch's PARALLELISM_CONFIG_* variables
+    if config is None:
+        return
+    why = {
+        "dp_replicate_size": "hybrid sharding (HSDP): every replica of a shard would add its counts again",
+        "tp_size": "tensor parallelism: a tensor-parallel slice is not the dim-0 shard gmt counts",
+        "cp_size": "context parallelism",
+        "sp_size": "sequence parallelism",
+    }
+    for name, reason in why.items():
+        size = getattr(config, name, None) or 1
+        if size > 1:
+            raise NotImplementedError(
+                f"mask_strategy {strategy.name!r} cannot run with parallelism_config {name}={size} ({reason}); "
+                f"supported: DDP, FSDP2 fully sharded, DeepSpeed ZeRO-1/2/3 ({README_LAYOUTS})"
+            )
+
+
+def _check_deepspeed(strategy: MaskStrategy, args: Any, ds_config: dict) -> None:
+    zero = ds_config.get("zero_optimization", {})
+    stage = zero.get("stage", 0)
+    name = repr(strategy.name)
+    if stage not in (1, 2, 3):
+        raise NotImplementedError(
+            f"mask_strategy {name} under DeepSpeed needs ZeRO stage 1, 2 or 3 (the mask hooks the ZeRO "
+            f"optimizer's step); the config has stage {stage}."
+        )
+    if args.dense_phase_learning_rate is not None and "scheduler" in ds_config:
+        raise ValueError(
+            "dense_phase_learning_rate scales the Trainer's own learning-rate schedule (lr_scheduler_type): "
+            "remove the 'scheduler' block from the DeepSpeed config"
+        )
+    need = optimizer_requirement(strategy)
+    if need is not None and "optimizer" in ds_config:
+        raise ValueError(
+            f"{need}, as DeepSpeed's optimizer: remove the 'optimizer' block from the DeepSpeed config (the "
+            "Trainer's optim is used then)"
+        )
+    offload = (zero.get("offload_optimizer") or {}).get("device", "none") or "none"
+    if offload == "nvme":
+        raise NotImplementedError(
+            f"mask_strategy {name} reads each rank's gradient partition in memory; with zero_optimization."
+            "offload_optimizer.device 'nvme' DeepSpeed swaps it to disk. Use device 'cpu' or 'none'."
+        )
+    if offload != "none" and need is not None and ds_config.get("zero_force_ds_cpu_optimizer", True) is not False:
+        raise ValueError(
+            f"{need}; with zero_optimization.offload_optimizer.device {offload!r} DeepSpeed and accelerate put "
+            'DeepSpeedCPUAdam in its place. Set "zero_force_ds_cpu_optimizer": false in the DeepSpeed config '
+            "(gmt's AdamW then steps the CPU partitions, slower than DeepSpeedCPUAdam), or use gmt_mode 'grad' "
+            "with a top-k strategy, which runs with DeepSpeedCPUAdam."
+        )
+    if (zero.get("mics_shard_size") or -1) > 0:
+        raise NotImplementedError(
+            f"mask_strategy {name} cannot run under DeepSpeed MiCS (zero_optimization.mics_shard_size "
+            f"{zero['mics_shard_size']}): its shard groups replicate the gradient, and gmt's counts would add "
+            f"every replica ({README_LAYOUTS})"
+        )
+    layouts = {
+        "sequence_parallel_size": (ds_config.get("sequence_parallel_size") or 1, "sequence parallelism"),
+        "tensor_parallel.autotp_size": (
+            (ds_config.get("tensor_parallel") or {}).get("autotp_size") or 1, "tensor parallelism"),
+    }  # fmt: skip
+    for setting, (size, what) in layouts.items():
+        if size > 1:
+            raise NotImplementedError(
+                f"mask_strategy {name} cannot run with DeepSpeed {what} ({setting} {size}): a slice of a tensor "
+                f"is not the partition gmt counts ({README_LAYOUTS})"
+            )
