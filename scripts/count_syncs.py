@@ -14,13 +14,16 @@ round trip per tensor on a GPU (a 7B Llama has 291, a 70B one 723).
 from __future__ import annotations
 
 import argparse
+import math
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from gmt.masking import GradientMasker, LocalGradientAccess, MaskedAdamW, SparseMaskedAdamW, build_strategy
+import gmt.masking.search as search_module
+from gmt.masking import GradientMasker, LocalGradientAccess, ThresholdSearch, build_strategy, masking_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
@@ -44,6 +47,10 @@ CASES = {
     "gspf": dict(strategy="gspf", gspf_warmup_steps=1, gspf_reselect_every=0),
 }
 TENSOR_COUNTS = (12, 300)
+TOTAL_ENTRIES = 1 << 19
+# The search as on a GPU: the radix select in the band (kthvalue is for a CPU process only), and
+# chunks several times smaller than the gradient, as 2^24-entry chunks are against a 7B model's.
+CHUNK_ENTRIES = 1 << 17
 
 
 class SyncCounter(TorchFunctionMode):
@@ -114,9 +121,10 @@ def _indices(args):
 
 class Blocks(torch.nn.Module):
     """``tensors`` parameters in blocks of 4 (three matrices and a vector), named like a decoder's
-    layers so the layer scope finds them."""
+    layers so the layer scope finds them; about ``TOTAL_ENTRIES`` entries whatever their number."""
 
-    def __init__(self, tensors: int, width: int = 48) -> None:
+    def __init__(self, tensors: int) -> None:
+        width = round(math.sqrt(TOTAL_ENTRIES / (0.75 * tensors)))
         super().__init__()
         self.layers = torch.nn.ModuleList()
         for _ in range(tensors // 4):
@@ -138,24 +146,39 @@ def count_mask_step(case: dict, tensors: int, sharded: bool = False, seed: int =
     access = LocalGradientAccess(model.named_parameters())
     if sharded:
         access.all_reduce = lambda tensor: None
-    if strategy.optimizer_kind == "sparse":
-        optimizer = SparseMaskedAdamW(model.parameters(), lr=1e-3)
-    elif strategy.optimizer_kind == "masked":
-        optimizer = MaskedAdamW(model.parameters(), lr=1e-3)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = optimizer_for(strategy, model.parameters())
+    if hasattr(strategy, "search"):
+        strategy.search = ThresholdSearch(chunk_entries=CHUNK_ENTRIES, small_entries=1 << 10)
     masker = GradientMasker(strategy, access, total_steps=10)
     counter = SyncCounter()
     for step in range(3):  # fixed masks: select at step 0 (and gspf's warm-up); step 2 is a plain masked step
         for param in model.parameters():
             param.grad = torch.randn_like(param)
         if step == 2:
-            with counter:
+            with counter, gpu_band_select():
                 masker.apply(step, optimizer)
         else:
             masker.apply(step, optimizer)
         optimizer.step()
     return counter.counts
+
+
+def optimizer_for(strategy, params, lr: float = 1e-3) -> torch.optim.Optimizer:
+    """The AdamW the strategy needs (``gmt.masking.masking_optimizer``), as the trainer builds it."""
+    optimizer_cls, settings = masking_optimizer(strategy.optimizer_kind, torch.optim.AdamW, {"lr": lr}) or (
+        torch.optim.AdamW, {"lr": lr})  # fmt: skip
+    return optimizer_cls(params, **settings)
+
+
+@contextmanager
+def gpu_band_select():
+    """The band's selection as on a GPU (``KTHVALUE_DEVICES`` names the CPU)."""
+    saved = search_module.KTHVALUE_DEVICES
+    search_module.KTHVALUE_DEVICES = frozenset()
+    try:
+        yield
+    finally:
+        search_module.KTHVALUE_DEVICES = saved
 
 
 def main() -> None:
@@ -174,7 +197,9 @@ def main() -> None:
         "`python scripts/count_syncs.py`",
         "",
         f"Host synchronisations of one mask step (ops that wait for the GPU on CUDA), at {small} and "
-        f"{large} tensors; \"sharded\": the path of ZeRO and FSDP2, whose counts are all-reduced.",
+        f"{large} tensors of {TOTAL_ENTRIES} entries in all, the search in chunks of {CHUNK_ENTRIES} "
+        'entries and selecting in the band as on a GPU; "sharded": the path of ZeRO and FSDP2, whose '
+        "counts are all-reduced.",
         "",
         f"| case | layout | syncs at {small} tensors | syncs at {large} tensors | which |",
         "|---|---|---:|---:|---|",

@@ -3,6 +3,7 @@
 recipe as one process does, so the multi-node launch and its arguments are exercised for real."""
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import yaml
 from test_distributed import COMMON, FLIPS_ALLOWED, RECIPE, relative_distance, state
 
-from conftest import REPO, free_port, logged
+from conftest import REPO, logged
 
 
 def listening(port: int) -> bool:
@@ -29,6 +30,14 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 120) ->
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None and not listening(port):
         time.sleep(0.2)
+
+
+def port_outside_the_ephemeral_range() -> int:
+    """A port nothing listens on, below the range the kernel hands out to sockets bound to port 0
+    (gloo's listeners in the tests running beside this one take those)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = [port for port in range(max(1024, low - 8000), low) if not listening(port)]
+    return random.Random(os.getpid()).choice(candidates)
 
 
 def node_command(tiny_assets: Path, out: Path, accelerate_config: Path, port: int) -> str:
@@ -49,7 +58,7 @@ def test_two_machines_on_one_host_match_one_process(tiny_assets, tmp_path, share
     config["deepspeed_config"]["deepspeed_multinode_launcher"] = "standard"
     config |= {"num_machines": 2, "rdzv_backend": "c10d", "same_network": False}
     (tmp_path / "accelerate.yaml").write_text(yaml.safe_dump(config))
-    port = free_port()
+    port = port_outside_the_ephemeral_range()
     command = node_command(tiny_assets, tmp_path / "two", tmp_path / "accelerate.yaml", port)
     assert "--machine_rank $SLURM_PROCID" in command and "--num_machines 2" in command
 
@@ -62,6 +71,8 @@ def test_two_machines_on_one_host_match_one_process(tiny_assets, tmp_path, share
         machines.append(
             subprocess.Popen(["bash", "-c", command], cwd=REPO, env=rank_env, stdout=logs[0], stderr=logs[1])
         )
+        if rank == 0:  # machine 0 hosts the rendezvous (on one host, the first agent up would)
+            wait_for_port(port, machines[0])
     for rank, machine in enumerate(machines):
         machine.wait(timeout=600)
         assert machine.returncode == 0, (tmp_path / f"machine{rank}.err").read_text()[-3000:]

@@ -32,9 +32,13 @@ def _digit_shifts() -> list[int]:
     return shifts
 
 
+# Entries per histogram op: bounds the int64 bucket indices built at once (32 MiB).
+HISTOGRAM_CHUNK = 1 << 22
+
+
 def radix_thresholds(
     tensors: Sequence[Tensor],
-    groups: Sequence[int],
+    groups: Sequence[int | Tensor],
     keep_counts: Sequence[int],
     all_reduce: AllReduce | None = None,
     check_finite: bool = True,
@@ -42,10 +46,16 @@ def radix_thresholds(
     """Return the k-th largest magnitude of every group, exactly, by radix select over all entries.
 
     The plain algorithm, used on the candidates ``ThresholdSearch`` brackets and as its fallback.
+    Each digit is one histogram of every group (group x bucket, one table) over every entry, with
+    the entries outside their group's chosen prefix counted in a spare row: no entry is filtered
+    out, so nothing has a size that depends on the data and nothing waits for the device (a
+    boolean index or a ``bincount`` would, once per tensor and digit on a GPU).
 
     Args:
         tensors: the (local shards of the) values; each belongs to one group.
-        groups: ``groups[i]`` is the group index of ``tensors[i]``.
+        groups: ``groups[i]`` is the group index of ``tensors[i]``, or an int64 tensor of one group
+            per entry of ``tensors[i]`` (flattened), where ``len(keep_counts)`` marks an entry of
+            no group (never counted).
         keep_counts: ``keep_counts[g]`` is k for group g, counted over all ranks. A group with
             k = 0 gets threshold +inf (nothing to keep).
         all_reduce: sums a count tensor across ranks in place; ``None`` on a single process.
@@ -64,22 +74,20 @@ def radix_thresholds(
     num_groups = len(keep_counts)
     device = table_device(tensors, all_reduce)
     remaining = torch.as_tensor(list(keep_counts), dtype=torch.int64, device=device)
-    prefix = torch.zeros(num_groups, dtype=torch.int64, device=device)
-    group_index = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
-    candidates: list[Tensor] = []  # per tensor: keys sharing the chosen prefix, after digit 0
+    # The chosen high bits of every group so far, and -1 for "no group" (no key matches it).
+    prefix = torch.zeros(num_groups + 1, dtype=torch.int64, device=device)
+    prefix[num_groups] = -1
 
     for depth, (bits, shift) in enumerate(zip(DIGIT_BITS, _digit_shifts(), strict=True)):
         buckets = 1 << bits
-        hist = torch.zeros(num_groups, buckets, dtype=torch.int64, device=device)
-        for i, group in enumerate(groups):
-            if depth == 0:
-                keys = magnitude_keys(tensors[i])
-            else:
-                keys = candidates[i]
-            if keys.numel() == 0:
-                continue
-            digits = (keys >> shift) & (buckets - 1)
-            hist[group] += torch.bincount(digits, minlength=buckets)
+        table = torch.zeros((num_groups + 1) * buckets, dtype=torch.int64, device=device)
+        for tensor, group in zip(tensors, groups, strict=True):
+            values = tensor.reshape(-1)
+            for start in range(0, values.numel(), HISTOGRAM_CHUNK):
+                piece = values[start : start + HISTOGRAM_CHUNK]
+                piece_group = group if isinstance(group, int) else group[start : start + HISTOGRAM_CHUNK]
+                _add_digits(table, magnitude_keys(piece), piece_group, prefix, num_groups, bits, shift, depth)
+        hist = table.view(num_groups + 1, buckets)[:num_groups]
         if all_reduce is not None:
             all_reduce(hist)
 
@@ -98,19 +106,22 @@ def radix_thresholds(
         digit = buckets - 1 - position
         above = from_top.gather(1, position.unsqueeze(1)).squeeze(1) - hist.gather(1, digit.unsqueeze(1)).squeeze(1)
         remaining = remaining - above
-        prefix = (prefix << bits) | digit
+        prefix[:num_groups] = (prefix[:num_groups] << bits) | digit
 
-        if depth + 1 < len(DIGIT_BITS):
-            # Keep only the keys with the chosen prefix; later digits never look at the rest. The
-            # keys are recomputed here rather than kept from the histogram pass: keeping them would
-            # cost 4 bytes per entry of the whole gradient.
-            chosen = prefix[group_index].tolist()
-            next_candidates = []
-            for i in range(len(tensors)):
-                keys = magnitude_keys(tensors[i]) if depth == 0 else candidates[i]
-                next_candidates.append(keys[(keys >> shift) == chosen[i]])
-            candidates = next_candidates
-
-    thresholds = key_to_float(prefix).masked_fill(short, 0.0)
+    thresholds = key_to_float(prefix[:num_groups]).masked_fill(short, 0.0)
     empty = torch.as_tensor([k <= 0 for k in keep_counts], dtype=torch.bool, device=device)
     return thresholds.masked_fill(empty, float("inf"))
+
+
+def _add_digits(
+    table: Tensor, keys: Tensor, group: int | Tensor, prefix: Tensor, num_groups: int, bits: int, shift: int, depth: int
+) -> None:
+    """Count ``keys`` into ``table`` (group x bucket, flat) by their digit at ``shift``; a key whose
+    higher digits are not its group's chosen prefix (after the first digit) goes to the spare row."""
+    buckets = 1 << bits
+    row = group
+    if depth > 0:
+        chosen = prefix[group] if isinstance(group, int) else prefix.index_select(0, group)
+        row = torch.where((keys >> (shift + bits)) != chosen, num_groups, group)
+    index = ((keys >> shift) & (buckets - 1)).to(torch.int64).add_(row * buckets)
+    table.index_add_(0, index, torch.ones(1, dtype=torch.int64, device=table.device).expand(index.numel()))

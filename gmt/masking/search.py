@@ -167,7 +167,7 @@ class ThresholdSearch:
         resident = None
         if self._fits_buffer(flats):
             # This rank's keys fit the buffer: load them once, then sample and count from there.
-            resident = self._load_resident(flats, groups, device)
+            resident = self._load_resident(flats, device)
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device, resident)
 
         group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
@@ -196,10 +196,9 @@ class ThresholdSearch:
         if any(bracketed):
             remaining = [k - above_hi if inside else 0 for k, above_hi, inside in zip(keep_counts, count_hi, bracketed)]
             if all_reduce is None and device.type in KTHVALUE_DEVICES:  # the whole band is here: select in it
-                found = _kth_largest(band.keys_by_group, remaining)
+                found = _kth_largest(band.keys, band.key_groups, remaining)
             else:
-                by_group = band.keys_by_group
-                found = radix_thresholds(by_group, range(num_groups), remaining, all_reduce, check_finite=False)
+                found = radix_thresholds([band.keys], [band.key_groups], remaining, all_reduce, check_finite=False)
             inside_mask = torch.tensor(bracketed, device=device)
             thresholds = torch.where(inside_mask, found, thresholds)
             kept = band.above_per_tensor + band.kept_per_tensor(magnitude_keys(thresholds), flats)
@@ -230,9 +229,9 @@ class ThresholdSearch:
         costs would outweigh the pass it saves)."""
         if not self._fits_buffer(flats):  # only with very many tiny tensors: select on them as they are
             return radix_thresholds(flats, groups, keep_counts, all_reduce, check_finite)
-        resident = self._load_resident(flats, groups, device)
-        keys = [chunk_keys for _, _, chunk_keys in resident]
-        key_groups = [group for group, _, _ in resident]
+        resident = self._load_resident(flats, device)
+        pieces = [(groups[index], keys) for chunk in resident for index, keys in _piece_keys(*chunk)]
+        keys, key_groups = [keys for _, keys in pieces], [group for group, _ in pieces]
         return radix_thresholds(keys, key_groups, keep_counts, all_reduce, check_finite)
 
     def _fits_buffer(self, flats: Sequence[Tensor]) -> bool:
@@ -241,17 +240,17 @@ class ThresholdSearch:
         return sum(_round_up(flat.numel(), 8) for flat in flats) <= self.chunk_entries
 
     def _load_resident(
-        self, flats: Sequence[Tensor], groups: Sequence[int], device: torch.device
-    ) -> list[tuple[int, list[tuple[int, Tensor]], Tensor]]:
+        self, flats: Sequence[Tensor], device: torch.device
+    ) -> list[tuple[list[tuple[int, Tensor]], Tensor]]:
         """Load the keys of every chunk (``_chunks``) side by side into the key buffer, which must
-        hold them all; returns ``(group, pieces, keys)`` per chunk. Each chunk starts at a multiple
-        of 8 entries (the count pass reads its keys 8 at a time)."""
+        hold them all; returns ``(pieces, keys)`` per chunk. Each chunk starts at a multiple of 8
+        entries (the count pass reads its keys 8 at a time)."""
         keys_buffer = self._buffers_for(device)[0]
         resident, start = [], 0
-        for group, pieces in _chunks(flats, groups, self.chunk_entries):
+        for pieces in _chunks(flats, self.chunk_entries):
             end = start + sum(piece.numel() for _, piece in pieces)
             _load_keys([piece for _, piece in pieces], keys_buffer[start:end])
-            resident.append((group, pieces, keys_buffer[start:end]))
+            resident.append((pieces, keys_buffer[start:end]))
             start = _round_up(end, 8)
         return resident
 
@@ -263,7 +262,7 @@ class ThresholdSearch:
         bits: int,
         all_reduce: AllReduce | None,
         device: torch.device,
-        resident: list[tuple[int, list[tuple[int, Tensor]], Tensor]] | None = None,
+        resident: list[tuple[list[tuple[int, Tensor]], Tensor]] | None = None,
     ) -> tuple[list[int], list[int]]:
         """Key ranges ``[lo, hi]`` per group that hold the k-th largest key, from a sample (of the
         ``resident`` keys when loaded already, else of the tensors themselves)."""
@@ -277,22 +276,28 @@ class ThresholdSearch:
         budgets = [max(floor, sample_entries * size // total) for size in local_sizes]
         # An odd stride: weight matrices have power-of-two rows, and an even stride could walk one column.
         strides = [max(1, size // budget) | 1 for size, budget in zip(local_sizes, budgets, strict=True)]
-        members: list[list[Tensor]] = [[] for _ in range(num_groups)]
-        sources = [(group, keys) for group, _, keys in resident] if resident is not None else zip(groups, flats)
+        if resident is not None:
+            sources = [(groups[index], keys) for chunk in resident for index, keys in _piece_keys(*chunk)]
+        else:
+            sources = list(zip(groups, flats))
+        # One histogram of every group (group x bucket): one op per tensor, nothing read back.
+        hist = torch.zeros(num_groups * buckets, dtype=torch.int64, device=device)
         for group, values in sources:
             if values.numel():
                 stride = strides[group]
-                members[group].append(values[stride // 2 :: stride])
+                sample = magnitude_keys(values[stride // 2 :: stride])
+                index = (sample >> shift).to(torch.int64).add_(group * buckets)
+                hist.index_add_(0, index, torch.ones(1, dtype=torch.int64, device=device).expand(index.numel()))
         # Per group: sample counts scaled by the stride (estimated entries), then the variance of
         # that estimate (stride * n * p(1-p) <= stride * n / 4) and the stride, summed across ranks.
         table = torch.zeros(num_groups, buckets + 2, dtype=torch.float64, device=device)
-        for group, samples in enumerate(members):
-            if samples:
-                keys = magnitude_keys(torch.cat(samples) if len(samples) > 1 else samples[0])
-                table[group, :buckets] = torch.bincount(keys >> shift, minlength=buckets)[:buckets].double()
-                table[group, :buckets] *= strides[group]
-            table[group, buckets] = strides[group] * local_sizes[group] / 4
-            table[group, buckets + 1] = strides[group]
+        stride_column = torch.tensor(strides, dtype=torch.float64, device=device)
+        table[:, :buckets] = hist.view(num_groups, buckets).double() * stride_column.unsqueeze(1)
+        table[:, buckets] = torch.tensor(
+            [stride * size / 4 for stride, size in zip(strides, local_sizes, strict=True)],
+            dtype=torch.float64, device=device,
+        )  # fmt: skip
+        table[:, buckets + 1] = stride_column
         if all_reduce is not None:
             all_reduce(table)
         # The estimates are whole numbers (counts times an integer stride, exact in float64): summed
@@ -327,7 +332,7 @@ class ThresholdSearch:
         lo_keys: list[int],
         hi_keys: list[int],
         check_finite: bool,
-        resident: list[tuple[int, list[tuple[int, Tensor]], Tensor]] | None = None,
+        resident: list[tuple[list[tuple[int, Tensor]], Tensor]] | None = None,
     ) -> tuple[Tensor, _Band]:
         """One pass over every entry: per-group counts of keys >= lo and > hi, and the keys between
         (read from ``resident`` when the keys are loaded already).
@@ -349,11 +354,12 @@ class ThresholdSearch:
         # Integer arithmetic only: on CPU a comparison writing bools costs ~4x an int32 add, and
         # count_nonzero ~5x an int32 sum. Chunks are small enough to stay in cache between ops.
         if resident is None:
-            chunks = ((group, pieces, None) for group, pieces in _chunks(flats, groups, self.chunk_entries))
+            chunks = ((pieces, None) for pieces in _chunks(flats, self.chunk_entries))
         else:
             chunks = iter(resident)
-        for group, pieces, loaded in chunks:
+        for pieces, loaded in chunks:
             sizes = [piece.numel() for _, piece in pieces]
+            piece_groups = [groups[index] for index, _ in pieces]
             size = sum(sizes)
             padded = _round_up(size, 8)
             aligned = aligned and all(piece_size % 8 == 0 for piece_size in sizes[:-1])
@@ -367,14 +373,29 @@ class ThresholdSearch:
                 key_rows = keys_buffer[offset : offset + padded]
             if check_finite:
                 largest.append(keys.max())
-            hi_plus_one = hi_keys[group] + 1
+            # One group: its bracket as two numbers. Tensors of several groups packed into one
+            # chunk (layer or tensor scope): each entry's bracket, built on the device (a chunk per
+            # tensor would cost a host sync per tensor below). int64 -> int32 wraps hi + 1 = 2^31
+            # to -2^31 as the scalar does: key - (hi + 1) < 0 for every key then.
+            if len(set(piece_groups)) == 1:
+                lo, hi_plus_one, slot_groups = lo_keys[piece_groups[0]], hi_keys[piece_groups[0]] + 1, None
+            else:
+                piece_of_entry = torch.repeat_interleave(
+                    torch.arange(len(pieces), device=device), torch.tensor(sizes, device=device), output_size=size
+                )
+                lo = torch.tensor([lo_keys[g] for g in piece_groups], device=device).to(torch.int32)[piece_of_entry]
+                hi_plus_one = torch.zeros(padded, dtype=torch.int32, device=device)
+                his = torch.tensor([hi_keys[g] + 1 for g in piece_groups], device=device).to(torch.int32)
+                hi_plus_one[:size] = his[piece_of_entry]
+                slot_groups = torch.full((padded,), num_groups, dtype=torch.int64, device=device)
+                slot_groups[:size] = torch.tensor(piece_groups, device=device)[piece_of_entry]
             from_hi = from_hi_buffer[:padded]
-            torch.sub(keys, hi_plus_one, out=from_hi[:size])  # < 0 iff key <= hi
-            from_hi[size:].zero_()
+            torch.sub(keys, hi_plus_one if slot_groups is None else hi_plus_one[:size], out=from_hi[:size])
+            from_hi[size:].zero_()  # < 0 iff key <= hi
             # In the band iff key - lo >= 0 > key - hi - 1: the only case where their signs differ.
             # The band flags (-1 in the band, else 0) overwrite the keys: the band's keys come back
             # from key - hi - 1, and one buffer less stays in cache.
-            keys.sub_(lo_keys[group]).bitwise_xor_(from_hi[:size]).bitwise_right_shift_(31)
+            keys.sub_(lo).bitwise_xor_(from_hi[:size]).bitwise_right_shift_(31)
             in_band = key_rows
             in_band[size:].zero_()
             # The band is ~1% of the entries. Find the 8-entry rows that hold any of it (one scan of
@@ -383,7 +404,10 @@ class ThresholdSearch:
             flags = flags_buffer[:padded]
             flags.copy_(in_band)  # int32 -> int8: -1 stays -1
             words = flags.view(torch.int64).nonzero().squeeze(1)
-            rows = from_hi.view(-1, 8).index_select(0, words).add_(hi_plus_one)
+            if slot_groups is None:
+                rows = from_hi.view(-1, 8).index_select(0, words).add_(hi_plus_one)
+            else:
+                rows = from_hi.view(-1, 8).index_select(0, words).add_(hi_plus_one.view(-1, 8).index_select(0, words))
             rows.bitwise_and_(in_band.view(-1, 8).index_select(0, words))
             from_hi = from_hi[:size].bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
             above_parts.append(_piece_sums(from_hi, sizes))
@@ -391,8 +415,10 @@ class ThresholdSearch:
             above_sizes += sizes
             row_parts.append(rows)
             row_start_parts.append(words * 8 + position)
-            if num_groups > 1:
-                row_group_parts.append(torch.full_like(words, group))
+            if slot_groups is not None:
+                row_group_parts.append(slot_groups.view(-1, 8).index_select(0, words))
+            elif num_groups > 1:
+                row_group_parts.append(torch.full_like(words, piece_groups[0]).unsqueeze(1).expand(-1, 8))
             position += size
 
         owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
@@ -440,17 +466,26 @@ class _Band:
         self.row_groups = torch.cat(row_group_parts) if row_group_parts else None
         self.above_per_tensor = above_per_tensor  # keys above the band, per tensor
         self.rows_within_tensors = rows_within_tensors  # no row holds entries of two tensors
+        # The band's keys with their groups, in one compaction whatever the number of groups (one
+        # host sync; a split by group would cost one per group).
         present = self.rows != 0
+        self.keys = self.rows[present]
         if self.row_groups is None:
-            self.keys_by_group = [self.rows[present]]
-        else:
-            self.keys_by_group = [self.rows[present & (self.row_groups == g).unsqueeze(1)] for g in range(num_groups)]
-        self.sizes = torch.tensor([keys.numel() for keys in self.keys_by_group], dtype=torch.int64, device=device)
+            self.key_groups = torch.zeros_like(self.keys, dtype=torch.int64)
+        else:  # [rows, 8]: a row may hold entries of two groups
+            self.key_groups = self.row_groups[present]
+        spare = torch.ones(1, dtype=torch.int64, device=device).expand(self.key_groups.numel())
+        sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device).index_add_(0, self.key_groups, spare)
+        self.sizes = sizes[:num_groups]  # band keys per group
 
     def kept_per_tensor(self, threshold_keys: Tensor, flats: Sequence[Tensor]) -> Tensor:
         """The band's keys >= their group's threshold key, counted per tensor of ``flats``."""
         threshold_keys = threshold_keys.clamp(min=1)  # a zeroed slot is never a kept key (T = 0 keeps all)
-        row_thresholds = threshold_keys if self.row_groups is None else threshold_keys[self.row_groups].unsqueeze(1)
+        if self.row_groups is None:
+            row_thresholds = threshold_keys
+        else:  # a slot of no group (chunk padding) is never kept
+            never = torch.full((1,), ABS_BITS, dtype=threshold_keys.dtype, device=threshold_keys.device)
+            row_thresholds = torch.cat([threshold_keys, never])[self.row_groups]
         kept = self.rows >= row_thresholds
         ends = torch.tensor(list(accumulate(flat.numel() for flat in flats)), dtype=torch.int64, device=kept.device)
         if self.rows_within_tensors:  # count per row, then add the rows up per tensor
@@ -478,40 +513,47 @@ def _piece_sums(values: Tensor, sizes: list[int]) -> Tensor:
     return torch.diff(totals, prepend=totals.new_zeros(1))
 
 
-def _kth_largest(keys_by_group: Sequence[Tensor], ranks: Sequence[int]) -> Tensor:
-    """The ``ranks[g]``-th largest of ``keys_by_group[g]`` (int32 keys) as floats; +inf where the
-    rank is 0."""
+def _kth_largest(keys: Tensor, key_groups: Tensor, ranks: Sequence[int]) -> Tensor:
+    """The ``ranks[g]``-th largest of the ``keys`` (int32) of group g (``key_groups``) as floats;
+    +inf where the rank is 0. On the CPU only (``KTHVALUE_DEVICES``): it splits by group."""
     found = []
-    for keys, rank in zip(keys_by_group, ranks, strict=True):
+    for group, rank in enumerate(ranks):
         if rank <= 0:
             found.append(torch.full((), INF_KEY, dtype=torch.int32, device=keys.device))
         else:
-            found.append(torch.kthvalue(keys, keys.numel() - rank + 1).values)
+            members = keys if len(ranks) == 1 else keys[key_groups == group]
+            found.append(torch.kthvalue(members, members.numel() - rank + 1).values)
     return key_to_float(torch.stack(found))
 
 
-def _chunks(flats: Sequence[Tensor], groups: Sequence[int], chunk_entries: int):
-    """Yield ``(group, pieces)`` with ``pieces`` a list of ``(tensor index, flat piece)``: runs of
-    small same-group tensors packed up to ``chunk_entries``, and large tensors cut into pieces of
-    that size."""
+def _chunks(flats: Sequence[Tensor], chunk_entries: int):
+    """Yield ``pieces``, a list of ``(tensor index, flat piece)``: runs of small tensors (of any
+    groups) packed up to ``chunk_entries``, and large tensors cut into pieces of that size."""
     pending: list[tuple[int, Tensor]] = []
-    pending_group, pending_size = -1, 0
-    for index, (flat, group) in enumerate(zip(flats, groups, strict=True)):
+    pending_size = 0
+    for index, flat in enumerate(flats):
         numel = flat.numel()
         if numel == 0:
             continue
-        if pending and (group != pending_group or pending_size + numel > chunk_entries):
-            yield pending_group, pending
+        if pending and pending_size + numel > chunk_entries:
+            yield pending
             pending, pending_size = [], 0
         if numel > chunk_entries:
             for start in range(0, numel, chunk_entries):
-                yield group, [(index, flat[start : start + chunk_entries])]
+                yield [(index, flat[start : start + chunk_entries])]
             continue
-        pending_group = group
         pending.append((index, flat))
         pending_size += numel
     if pending:
-        yield pending_group, pending
+        yield pending
+
+
+def _piece_keys(pieces: list[tuple[int, Tensor]], keys: Tensor):
+    """``(tensor index, keys)`` of each piece of a loaded chunk (views into its ``keys``)."""
+    start = 0
+    for index, piece in pieces:
+        yield index, keys[start : start + piece.numel()]
+        start += piece.numel()
 
 
 def _load_keys(pieces: Sequence[Tensor], keys: Tensor) -> None:
