@@ -357,6 +357,8 @@ class ThresholdSearch:
             chunks = ((pieces, None) for pieces in _chunks(flats, self.chunk_entries))
         else:
             chunks = iter(resident)
+        # Every tensor a multiple of 8 entries: no 8-entry row holds two tensors, so one group per row.
+        rows_of_one_piece = all(flat.numel() % 8 == 0 for flat in flats)
         for pieces, loaded in chunks:
             sizes = [piece.numel() for _, piece in pieces]
             piece_groups = [groups[index] for index, _ in pieces]
@@ -373,29 +375,21 @@ class ThresholdSearch:
                 key_rows = keys_buffer[offset : offset + padded]
             if check_finite:
                 largest.append(keys.max())
-            # One group: its bracket as two numbers. Tensors of several groups packed into one
-            # chunk (layer or tensor scope): each entry's bracket, built on the device (a chunk per
-            # tensor would cost a host sync per tensor below). int64 -> int32 wraps hi + 1 = 2^31
-            # to -2^31 as the scalar does: key - (hi + 1) < 0 for every key then.
-            if len(set(piece_groups)) == 1:
-                lo, hi_plus_one, slot_groups = lo_keys[piece_groups[0]], hi_keys[piece_groups[0]] + 1, None
-            else:
-                piece_of_entry = torch.repeat_interleave(
-                    torch.arange(len(pieces), device=device), torch.tensor(sizes, device=device), output_size=size
-                )
-                lo = torch.tensor([lo_keys[g] for g in piece_groups], device=device).to(torch.int32)[piece_of_entry]
-                hi_plus_one = torch.zeros(padded, dtype=torch.int32, device=device)
-                his = torch.tensor([hi_keys[g] + 1 for g in piece_groups], device=device).to(torch.int32)
-                hi_plus_one[:size] = his[piece_of_entry]
-                slot_groups = torch.full((padded,), num_groups, dtype=torch.int64, device=device)
-                slot_groups[:size] = torch.tensor(piece_groups, device=device)[piece_of_entry]
+            # Tensors of several scope groups share a chunk (a chunk per tensor would cost a host
+            # sync per tensor below): each piece is compared with its own group's bracket.
+            mixed = len(set(piece_groups)) > 1
             from_hi = from_hi_buffer[:padded]
-            torch.sub(keys, hi_plus_one if slot_groups is None else hi_plus_one[:size], out=from_hi[:size])
-            from_hi[size:].zero_()  # < 0 iff key <= hi
+            start = 0
+            for piece_size, group in zip(sizes, piece_groups, strict=True) if mixed else [(size, piece_groups[0])]:
+                piece_keys = keys[start : start + piece_size]
+                torch.sub(piece_keys, hi_keys[group] + 1, out=from_hi[start : start + piece_size])  # < 0 iff key <= hi
+                piece_keys.sub_(lo_keys[group])
+                start += piece_size
+            from_hi[size:].zero_()
             # In the band iff key - lo >= 0 > key - hi - 1: the only case where their signs differ.
             # The band flags (-1 in the band, else 0) overwrite the keys: the band's keys come back
             # from key - hi - 1, and one buffer less stays in cache.
-            keys.sub_(lo).bitwise_xor_(from_hi[:size]).bitwise_right_shift_(31)
+            keys.bitwise_xor_(from_hi[:size]).bitwise_right_shift_(31)
             in_band = key_rows
             in_band[size:].zero_()
             # The band is ~1% of the entries. Find the 8-entry rows that hold any of it (one scan of
@@ -404,10 +398,22 @@ class ThresholdSearch:
             flags = flags_buffer[:padded]
             flags.copy_(in_band)  # int32 -> int8: -1 stays -1
             words = flags.view(torch.int64).nonzero().squeeze(1)
-            if slot_groups is None:
-                rows = from_hi.view(-1, 8).index_select(0, words).add_(hi_plus_one)
+            rows = from_hi.view(-1, 8).index_select(0, words)
+            if mixed:  # each slot's piece, from its position: band-sized work only
+                ends = torch.tensor(list(accumulate(sizes)), dtype=torch.int64, device=device)
+                slots = words.unsqueeze(1) * 8 + torch.arange(8, device=device)
+                if rows_of_one_piece:
+                    slots = slots[:, :1].contiguous()
+                piece = torch.searchsorted(ends, slots, right=True).clamp_(max=len(sizes) - 1)
+                # int64 -> int32 wraps hi + 1 = 2^31 to -2^31, as the scalar path's arithmetic does.
+                his = torch.tensor([hi_keys[g] + 1 for g in piece_groups], dtype=torch.int64, device=device)
+                rows.add_(his.to(torch.int32)[piece])
+                row_group_parts.append(torch.tensor(piece_groups, dtype=torch.int64, device=device)[piece])
             else:
-                rows = from_hi.view(-1, 8).index_select(0, words).add_(hi_plus_one.view(-1, 8).index_select(0, words))
+                rows.add_(hi_keys[piece_groups[0]] + 1)
+                if num_groups > 1:
+                    shape = (words.numel(), 1 if rows_of_one_piece else 8)
+                    row_group_parts.append(torch.full(shape, piece_groups[0], dtype=torch.int64, device=device))
             rows.bitwise_and_(in_band.view(-1, 8).index_select(0, words))
             from_hi = from_hi[:size].bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
             above_parts.append(_piece_sums(from_hi, sizes))
@@ -415,10 +421,6 @@ class ThresholdSearch:
             above_sizes += sizes
             row_parts.append(rows)
             row_start_parts.append(words * 8 + position)
-            if slot_groups is not None:
-                row_group_parts.append(slot_groups.view(-1, 8).index_select(0, words))
-            elif num_groups > 1:
-                row_group_parts.append(torch.full_like(words, piece_groups[0]).unsqueeze(1).expand(-1, 8))
             position += size
 
         owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
@@ -472,8 +474,8 @@ class _Band:
         self.keys = self.rows[present]
         if self.row_groups is None:
             self.key_groups = torch.zeros_like(self.keys, dtype=torch.int64)
-        else:  # [rows, 8]: a row may hold entries of two groups
-            self.key_groups = self.row_groups[present]
+        else:  # [rows, 1], or [rows, 8] where a row may hold entries of two groups
+            self.key_groups = self.row_groups.expand(-1, 8)[present]
         spare = torch.ones(1, dtype=torch.int64, device=device).expand(self.key_groups.numel())
         sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device).index_add_(0, self.key_groups, spare)
         self.sizes = sizes[:num_groups]  # band keys per group
