@@ -76,7 +76,11 @@ class _CheckedMaskArguments:
 
     def __post_init__(self) -> None:
         strategy = check_mask_arguments(self)
+        for name in ("gradient_accumulation_steps", "per_device_train_batch_size"):
+            if getattr(self, name) < 1:  # the Trainer would divide by it at train()
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         super().__post_init__()  # type: ignore[misc]
+        check_masked_steps(strategy, self.mask_start_step, self.max_steps, "max_steps")
         optim = getattr(self.optim, "value", self.optim)
         need = optimizer_requirement(strategy)
         if need is not None and optim not in MASKED_OPTIMIZERS:
@@ -106,6 +110,21 @@ def check_mask_arguments(args) -> MaskStrategy:
             "mask_start_step (or gspf's gspf_warmup_steps), or use learning_rate"
         )
     return strategy
+
+
+def check_masked_steps(strategy: MaskStrategy, mask_start_step: int, steps: int, source: str) -> None:
+    """Refuse a run of ``steps`` optimizer steps (``source`` says where the number comes from; 0 or
+    less: not known yet) in which ``strategy`` would mask no step at all."""
+    if strategy.name == "full" or steps <= 0:
+        return
+    first = strategy.first_masked_step(mask_start_step)
+    if first >= steps:
+        raise ValueError(
+            f"mask_strategy {strategy.name!r} masks from optimizer step {first} on (mask_start_step "
+            f"{mask_start_step}, and the strategy's warm-up or selection steps), but the run has {steps} steps "
+            f"({source}): no step would be masked. Lower mask_start_step (or the warm-up/selection steps) or "
+            "train longer."
+        )
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
+from gmt.config import check_masked_steps
 from gmt.data import DPO_DATA, SFT_DATA
 from gmt.masking import (
     GradientMasker,
@@ -126,6 +127,8 @@ class MaskingMixin:
     def _bind(self) -> None:
         """Bind strategy, masker and step to this ``train()`` call's engine (a second call may build
         a new one), restore a resumed run's mask state, and hook the engine's step if it has one."""
+        # The run's length is known now (epochs-based runs included): a run that masks nothing is refused.
+        check_masked_steps(self.strategy, self.args.mask_start_step, self.state.max_steps, "the run's optimizer steps")
         access = self._gradient_access()
         self._masker = GradientMasker(
             self.strategy, access, mask_start_step=self.args.mask_start_step, total_steps=self.state.max_steps

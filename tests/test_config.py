@@ -101,3 +101,24 @@ def test_cli_refuses_bad_settings(tmp_path, capsys, yaml_text, cli, setting):
         make_parser().parse_args_and_config(["--config", config, *cli])
     message = str(error.value) + capsys.readouterr().err
     assert setting in message
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"mask_start_step": 10, "max_steps": 3}, "masks from optimizer step 10 on"),
+     ({"mask_strategy": "gps", "selection_steps": 3, "max_steps": 3}, "masks from optimizer step 3 on"),
+     ({"mask_strategy": "gspf", "gspf_warmup_steps": 5, "max_steps": 5}, "masks from optimizer step 5 on"),
+     ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be at least 1"),
+     ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be at least 1")],  # fmt: skip
+)
+def test_settings_that_contradict_each_other_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        GMTSFTConfig(**{**BASE, **settings})
+
+
+def test_a_run_whose_epochs_end_before_the_mask_starts_is_refused_at_its_start(tiny_assets, tmp_path):
+    from test_sft_trainer import train
+
+    # 256 rows in batches of 4: 64 optimizer steps in the epoch, all before mask_start_step 100.
+    with pytest.raises(ValueError, match="the run has 64 steps"):
+        train(tiny_assets, tmp_path, max_steps=-1, num_train_epochs=1, mask_ratio=0.5, mask_start_step=100)

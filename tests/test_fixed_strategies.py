@@ -33,9 +33,21 @@ def sparse_optimizer(trainer) -> SparseMaskedAdamW:
     return optimizer
 
 
+class StopAfter(TrainerCallback):
+    """Ends training after ``steps`` optimizer steps (a run of only the selection pass would be refused)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.steps
+
+
 def test_gps_selection_pass_moves_nothing(tiny_assets, tmp_path):
     start = base_weights(tiny_assets)
-    trainer = train(tiny_assets, tmp_path, mask_strategy="gps", selection_steps=2, max_steps=2)
+    stop = [StopAfter(2)]
+    trainer = train(tiny_assets, tmp_path, mask_strategy="gps", selection_steps=2, max_steps=4, callbacks=stop)
+    assert trainer.state.global_step == 2
     after = weights(trainer.model)
     assert all(torch.equal(start[name], after[name]) for name in start)
     assert trainer.masker.strategy.kept_indices is not None  # the pass ran: everything held still

@@ -226,6 +226,11 @@ class MaskStrategy(ABC):
         those before ``mask_start_step`` (a strategy with a warm-up of its own adds it)."""
         return mask_start_step
 
+    def first_masked_step(self, mask_start_step: int) -> int:
+        """The first optimizer step whose update is masked (steps before it are dense, or a
+        selection pass that updates nothing)."""
+        return self.dense_phase_steps(mask_start_step)
+
     @property
     def optimizer_kind(self) -> str:
         """What the optimizer must be: ``any`` (the configured one), ``masked`` (``MaskedAdamW``,

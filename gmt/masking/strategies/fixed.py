@@ -145,6 +145,9 @@ class SelectionPassStrategy(FixedMaskStrategy):
     statistic: ClassVar[str] = "signed"  # what the pass sums (see FixedMaskStrategy._accumulate)
     selection_steps: int
 
+    def first_masked_step(self, mask_start_step: int) -> int:
+        return max(mask_start_step, self.selection_steps)
+
     def setup(self, access: GradientAccess, total_steps: int = 0) -> None:
         super().setup(access, total_steps)
         self._sums: list[Tensor | None] | None = None
