@@ -9,10 +9,13 @@ Trainer's own ``get_last_checkpoint`` would pick the newest folder, complete or 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
+from typing import Any
 
 TRAINER_STATE = "trainer_state.json"
+MASK_SETTINGS = "gmt_mask_settings.json"  # the mask settings a checkpoint was trained with
 RESUME_LAST = ("true", "last", "latest")  # resume_from_checkpoint values meaning "the newest complete one"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -27,15 +30,22 @@ def is_complete(checkpoint: Path) -> bool:
     return True
 
 
-def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir`` that was saved to the end, if any."""
+def last_complete_checkpoint(output_dir: str | Path, report: bool = False) -> Path | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` that was saved to the end, if any;
+    ``report``: say on stdout which one was taken and which newer ones were skipped, and why."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
     numbered = [(int(m.group(1)), path) for path in folder.iterdir() if (m := _CHECKPOINT.match(path.name))]
+    skipped = []
     for _, path in sorted(numbered, reverse=True):
         if path.is_dir() and is_complete(path):
+            if report:
+                for name in skipped:
+                    print(f"resume: skipping {name}: its save did not finish (no readable {TRAINER_STATE})")
+                print(f"resume: from {path}")
             return path
+        skipped.append(path)
     return None
 
 
@@ -48,7 +58,7 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) 
     if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "false", "none")):
         return None
     if value is True or (isinstance(value, str) and value.lower() in RESUME_LAST):
-        found = last_complete_checkpoint(output_dir)
+        found = last_complete_checkpoint(output_dir, report=int(os.environ.get("RANK", "0")) == 0)  # once
         if found is None:
             raise ValueError(f"resume_from_checkpoint={value!r}: no complete checkpoint-N folder in {output_dir}")
         return str(found)
@@ -61,3 +71,52 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) 
             f"earlier checkpoint, or give resume_from_checkpoint=last to take the newest complete one"
         )
     return str(path)
+
+
+def mask_settings(args: Any) -> dict[str, Any]:
+    """Every setting that decides the mask, as the run uses it: the strategy, the common settings
+    (the frozen and dense patterns in force) and every strategy option (None where the strategy
+    takes none)."""
+    from gmt.masking import COMMON_OPTIONS, effective_frozen_params, strategy_class
+    from gmt.masking.registry import strategy_options
+
+    settings = {"mask_strategy": args.mask_strategy}
+    for option in (*COMMON_OPTIONS, *strategy_options()):
+        if option.name != "resume_mask_changes":
+            settings[option.name] = getattr(args, option.name)
+    settings["frozen_params"] = effective_frozen_params(args)
+    if settings["dense_params"] is None:
+        settings["dense_params"] = strategy_class(args.mask_strategy).default_dense_params
+    return settings
+
+
+def write_mask_settings(checkpoint: Path, args: Any) -> None:
+    """Record ``mask_settings(args)`` in a checkpoint folder (before the Trainer's last file)."""
+    (checkpoint / MASK_SETTINGS).write_text(json.dumps(mask_settings(args), indent=1, sort_keys=True) + "\n")
+
+
+def check_resume_settings(checkpoint: str | Path, args: Any) -> None:
+    """Refuse to resume from ``checkpoint`` with mask settings other than those it was trained with,
+    naming each setting with both values, unless ``resume_mask_changes`` lists it. A checkpoint
+    written before gmt recorded its settings is not checked (said on stdout)."""
+    path = Path(checkpoint) / MASK_SETTINGS
+    if not path.is_file():
+        print(f"resume_from_checkpoint {checkpoint}: no {MASK_SETTINGS} (written by an older gmt); its mask "
+              "settings are not checked against this run's")  # fmt: skip
+        return
+    recorded, now = json.loads(path.read_text()), mask_settings(args)
+    allowed = {name.strip() for name in (args.resume_mask_changes or "").split(",") if name.strip()}
+    unknown = allowed - set(now)
+    if unknown:
+        raise ValueError(f"resume_mask_changes names {sorted(unknown)}, which are not mask settings: {sorted(now)}")
+    changed = [name for name in sorted(now) if name in recorded and recorded[name] != now[name]]
+    if "mask_strategy" in changed:
+        allowed.discard("mask_strategy")  # another strategy's state cannot be resumed at all
+    refused = [name for name in changed if name not in allowed]
+    if refused:
+        differences = "; ".join(f"{name}: {recorded[name]!r} in the checkpoint, {now[name]!r} now" for name in refused)
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint} was trained with other mask settings ({differences}). Resume "
+            "with the checkpoint's values, or list the settings to change in resume_mask_changes "
+            f"(e.g. --resume_mask_changes {','.join(n for n in refused if n != 'mask_strategy') or 'mask_ratio'})."
+        )

@@ -11,7 +11,7 @@ from trl import ModelConfig, get_dataset, get_peft_config, get_quantization_conf
 
 from gmt.attention import check_attention
 from gmt.chat import check_chat_template
-from gmt.checkpoints import resolve_resume_checkpoint
+from gmt.checkpoints import check_resume_settings, resolve_resume_checkpoint
 from gmt.config import GMTScriptArguments
 from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
@@ -112,6 +112,8 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args, training_args, model_args)
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if checkpoint is not None:  # before the model loads
+        check_resume_settings(checkpoint, training_args)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)

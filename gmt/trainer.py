@@ -23,6 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
+from gmt.checkpoints import check_resume_settings, write_mask_settings
 from gmt.config import check_masked_steps
 from gmt.data import DPO_DATA, SFT_DATA
 from gmt.masking import (
@@ -122,6 +123,9 @@ class MaskingMixin:
         builds a new engine only from the bare model (from the old one it would train without any)."""
         if self.is_deepspeed_enabled and self._masker is not None and self.model_wrapped is not self.model:
             self.model_wrapped = self.model
+        checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        if isinstance(checkpoint, (str, Path)):  # gmt.cli checks before the model loads; a direct call here
+            check_resume_settings(checkpoint, self.args)
         return super().train(*args, **kwargs)
 
     def _bind(self) -> None:
@@ -184,6 +188,8 @@ class MaskingMixin:
             folder.mkdir(parents=True, exist_ok=True)
             state = {"world_size": self.args.world_size, **self._masker.state_dict(), "step": self._step.state_dict()}
             torch.save(state, folder / mask_state_name(self.args.process_index))
+            if self.args.should_save:
+                write_mask_settings(folder, self.args)
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:

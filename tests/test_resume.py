@@ -81,7 +81,7 @@ def test_resume_refuses_a_checkpoint_of_another_strategy(tiny_assets, tmp_path):
         sft(tiny_assets, tmp_path, *STRATEGIES["gmt"], "--resume_from_checkpoint", str(tmp_path / "checkpoint-3"))
 
 
-def test_last_complete_checkpoint_skips_one_cut_short(tmp_path):
+def test_last_complete_checkpoint_skips_one_cut_short(tmp_path, capsys):
     for step in (3, 6, 9):
         (tmp_path / f"checkpoint-{step}").mkdir()
     for step in (3, 6):
@@ -92,6 +92,9 @@ def test_last_complete_checkpoint_skips_one_cut_short(tmp_path):
     (tmp_path / "checkpoint-9" / "trainer_state.json").write_text('{"global_step": 9, "log_hist')
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-6"
     assert resolve_resume_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-6")
+    said = capsys.readouterr().out  # which one it took, which it skipped and why
+    assert f"skipping {tmp_path / 'checkpoint-9'}: its save did not finish" in said
+    assert f"resume: from {tmp_path / 'checkpoint-6'}" in said
     with pytest.raises(ValueError, match="resume_from_checkpoint .*checkpoint-9.* not saved to the end"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-9"), tmp_path)
     with pytest.raises(ValueError, match="no complete checkpoint"):

@@ -119,3 +119,34 @@ def test_telemetry_collectives_run_where_logging_is_decided_not_in_log(tiny_asse
     logged = [entry for entry in trainer.state.log_history if "mask/kept_fraction" in entry]
     assert len(logged) == 3 and all(0.5 <= entry["mask/kept_fraction"] < 0.51 for entry in logged)
     assert trainer.collectives and not any(trainer.collectives)
+
+
+def test_resume_refuses_changed_mask_settings_by_name(tiny_assets, tmp_path):
+    saved = {"mask_ratio": 0.2, "max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+    make_trainer(tiny_assets, tmp_path, **saved).train()
+    checkpoint = tmp_path / "checkpoint-2"
+    changes = {"mask_ratio": (0.5, "mask_ratio: 0.2 in the checkpoint, 0.5 now"),
+               "mask_scope": ("layer", "mask_scope: 'global' in the checkpoint, 'layer' now"),
+               "gmt_mode": ("update", "gmt_mode: 'grad' in the checkpoint, 'update' now"),
+               "frozen_params": ("embed", "frozen_params: '' in the checkpoint, 'embed' now"),
+               "dense_params": ("lm_head", "dense_params: '' in the checkpoint, 'lm_head' now"),
+               "mask_start_step": (1, "mask_start_step: 0 in the checkpoint, 1 now")}  # fmt: skip
+    for name, (value, message) in changes.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resume(tiny_assets, tmp_path, checkpoint, **{**saved, name: value})
+    # Named in resume_mask_changes, the ratio changes from the checkpoint's step on.
+    trainer = resume(tiny_assets, tmp_path, checkpoint, **{**saved, "mask_ratio": 0.5},
+                     resume_mask_changes="mask_ratio")  # fmt: skip
+    kept = [entry["mask/kept_fraction"] for entry in trainer.state.log_history if "mask/kept_fraction" in entry]
+    assert trainer.state.global_step == 4 and [round(k, 2) for k in kept] == [0.8, 0.8, 0.5, 0.5]
+
+
+def test_resume_with_changed_mask_settings_stops_before_the_model_loads(tiny_assets, tmp_path):
+    saved = ("--mask_ratio", "0.2", "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2")
+    first = run_sft("recipes/tiny/sft_gmt.yaml", tiny_assets / "base", tiny_assets / "data/sft", tmp_path, *saved)
+    assert first.returncode == 0, first.stderr[-2000:]
+    resumed = run_sft("recipes/tiny/sft_gmt.yaml", tmp_path / "no-model", tiny_assets / "data/sft", tmp_path,
+                      "--mask_ratio", "0.5", "--max_steps", "4", "--resume_from_checkpoint", "last")  # fmt: skip
+    assert resumed.returncode != 0
+    assert "mask_ratio: 0.2 in the checkpoint, 0.5 now" in resumed.stderr
+    assert "no-model" not in resumed.stderr  # nothing tried to load it

@@ -131,6 +131,14 @@ DENSE_PHASE_LEARNING_RATE = Option(
     low_open=True,
 )
 
+RESUME_MASK_CHANGES = Option(
+    "resume_mask_changes",
+    str,
+    "",
+    "Mask settings that may differ from the checkpoint's when resuming, comma-separated (e.g. 'mask_ratio'): "
+    "the resumed steps use the new values. Any other mask setting that differs is refused, naming both values.",
+)
+
 # The settings of every strategy (mask_strategy itself is declared by the registry, whose names it takes).
 COMMON_OPTIONS: tuple[Option, ...] = (MASK_START_STEP, MAX_NONFINITE_STEPS, FROZEN_PARAMS, DENSE_PARAMS,
-                                      DENSE_PHASE_LEARNING_RATE)  # fmt: skip
+                                      DENSE_PHASE_LEARNING_RATE, RESUME_MASK_CHANGES)  # fmt: skip
