@@ -8,9 +8,12 @@ Trainer's own ``get_last_checkpoint`` would pick the newest folder, complete or 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +123,71 @@ def check_resume_settings(checkpoint: str | Path, args: Any) -> None:
             "with the checkpoint's values, or list the settings to change in resume_mask_changes "
             f"(e.g. --resume_mask_changes {','.join(n for n in refused if n != 'mask_strategy') or 'mask_ratio'})."
         )
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Refuse an ``output_dir`` that cannot be written (made, or a file put in it), before the
+    model loads: ``ValueError`` naming it and why."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".gmt-write-check-") as probe:
+            probe.write(b"gmt")
+            probe.flush()
+    except OSError as error:
+        raise ValueError(
+            f"output_dir {path} cannot be written ({error.strerror or error}): checkpoints and the model go "
+            "there; choose a writable output_dir"
+        ) from error
+
+
+def checkpoint_bytes(model_name_or_path: str | Path, checkpoints: bool) -> int | None:
+    """About what one save of a local model takes: its weights, and with ``checkpoints`` AdamW's two
+    fp32 moments per parameter as well (None where the model is not a local folder of weights)."""
+    folder = Path(model_name_or_path)
+    if not folder.is_dir():
+        return None
+    files = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))
+    weights = sum(file.stat().st_size for file in files)
+    if not weights:
+        return None
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    parameters = weights // (2 if dtype in ("bfloat16", "float16") else 4)
+    return weights + (8 * parameters if checkpoints else 0)
+
+
+def warn_if_a_save_will_not_fit(output_dir: str | Path, model_name_or_path: str | None, checkpoints: bool) -> None:
+    """Say on stdout, before training, when ``output_dir``'s free space is below one save's size."""
+    needed = None if model_name_or_path is None else checkpoint_bytes(model_name_or_path, checkpoints)
+    free = shutil.disk_usage(output_dir).free
+    if needed is not None and free < needed:
+        what = "one checkpoint (the weights and AdamW's moments)" if checkpoints else "the model"
+        print(f"warning: output_dir {output_dir} has {free / 2**30:.2f} GiB free, and {what} takes about "
+              f"{needed / 2**30:.2f} GiB: the save will fail")  # fmt: skip
+
+
+def save_failure(folder: Path, error: BaseException) -> str:
+    """What went wrong saving the checkpoint ``folder``, in words a user can act on: no space left,
+    not writable, or the error itself."""
+    code = getattr(error, "errno", None)
+    try:
+        low_on_space = shutil.disk_usage(folder.parent).free < (64 << 20)
+    except OSError:
+        low_on_space = False
+    if code == errno.ENOSPC or low_on_space:
+        reason = "no space left on device"
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason = "the folder is read-only or not writable"
+    else:
+        reason = f"{type(error).__name__}: {error}"
+    return f"saving checkpoint {folder} failed: {reason}. The partial checkpoint was removed; earlier ones are intact"
+
+
+def remove_partial_checkpoint(folder: Path) -> None:
+    """Delete a checkpoint folder whose save failed, unless it was already complete."""
+    if folder.is_dir() and not is_complete(folder):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -7,11 +7,17 @@ import sys
 from pathlib import Path
 
 from datasets import Dataset
+from transformers.trainer_utils import SaveStrategy
 from trl import ModelConfig, get_dataset, get_peft_config, get_quantization_config
 
 from gmt.attention import check_attention
 from gmt.chat import check_chat_template
-from gmt.checkpoints import check_resume_settings, resolve_resume_checkpoint
+from gmt.checkpoints import (
+    check_output_dir,
+    check_resume_settings,
+    resolve_resume_checkpoint,
+    warn_if_a_save_will_not_fit,
+)
 from gmt.config import GMTScriptArguments
 from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
@@ -111,6 +117,10 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
 def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args, training_args, model_args)
+    check_output_dir(training_args.output_dir)  # before the model loads
+    if int(os.environ.get("RANK", "0")) == 0:
+        checkpoints = training_args.save_strategy not in ("no", SaveStrategy.NO)
+        warn_if_a_save_will_not_fit(training_args.output_dir, model_args.model_name_or_path, checkpoints)
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if checkpoint is not None:  # before the model loads
         check_resume_settings(checkpoint, training_args)

@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
-from gmt.checkpoints import check_resume_settings, write_mask_settings
+from gmt.checkpoints import check_resume_settings, remove_partial_checkpoint, save_failure, write_mask_settings
 from gmt.config import check_masked_steps
 from gmt.data import DPO_DATA, SFT_DATA
 from gmt.masking import (
@@ -183,14 +183,20 @@ class MaskingMixin:
 
         Written before the Trainer's own files finish (``trainer_state.json`` comes last), so a
         checkpoint with a ``trainer_state.json`` has its mask state too."""
-        if self._masker is not None:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            folder.mkdir(parents=True, exist_ok=True)
-            state = {"world_size": self.args.world_size, **self._masker.state_dict(), "step": self._step.state_dict()}
-            torch.save(state, folder / mask_state_name(self.args.process_index))
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        try:
+            if self._masker is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                state = {"world_size": self.args.world_size, **self._masker.state_dict(),
+                         "step": self._step.state_dict()}  # fmt: skip
+                torch.save(state, folder / mask_state_name(self.args.process_index))
+                if self.args.should_save:
+                    write_mask_settings(folder, self.args)
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             if self.args.should_save:
-                write_mask_settings(folder, self.args)
-        super()._save_checkpoint(model, trial)
+                remove_partial_checkpoint(folder)
+            raise OSError(save_failure(folder, error)) from error
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

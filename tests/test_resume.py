@@ -143,3 +143,39 @@ def test_zero3_resumed_run_ends_where_the_uninterrupted_one_does(tiny_assets, tm
     assert any(not torch.equal(value, start[name]) for name, value in straight_weights.items())
     for name, value in resumed_weights.items():
         assert (value - straight_weights[name]).abs().max() <= 1e-6, name
+
+
+def test_an_output_dir_that_cannot_be_written_stops_the_run_before_the_model_loads(tiny_assets, tmp_path):
+    from conftest import run_sft
+
+    (tmp_path / "a-file").write_text("not a folder")
+    result = run_sft("recipes/tiny/sft_gmt.yaml", tmp_path / "no-model", tiny_assets / "data/sft",
+                     tmp_path / "a-file" / "run", "--max_steps", "1")  # fmt: skip
+    assert result.returncode != 0
+    assert f"output_dir {tmp_path / 'a-file' / 'run'} cannot be written" in result.stderr
+    assert "no-model" not in result.stderr.replace(str(tmp_path / "a-file" / "run"), "")  # the model never loaded
+
+
+def test_a_save_that_will_not_fit_is_said_before_training(tiny_assets, tmp_path, capsys):
+    from gmt.checkpoints import checkpoint_bytes, warn_if_a_save_will_not_fit
+
+    weights = sum(file.stat().st_size for file in (tiny_assets / "base").glob("*.safetensors"))
+    assert checkpoint_bytes(tiny_assets / "base", checkpoints=False) == weights
+    assert checkpoint_bytes(tiny_assets / "base", checkpoints=True) == 3 * weights  # fp32: + 2 moments
+    warn_if_a_save_will_not_fit(tmp_path, tiny_assets / "base", checkpoints=True)
+    assert capsys.readouterr().out == ""  # this disk has room for 3 copies of a tiny model
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(28, "no space left on device"), (30, "read-only or not writable")]  # ENOSPC, EROFS
+)
+def test_a_failed_save_says_why_and_leaves_no_partial_checkpoint(tmp_path, code, reason):
+    from gmt.checkpoints import remove_partial_checkpoint, save_failure
+
+    folder = tmp_path / "checkpoint-4"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"half")
+    message = save_failure(folder, OSError(code, "from the file system"))
+    assert reason in message and str(folder) in message
+    remove_partial_checkpoint(folder)
+    assert not folder.exists()
