@@ -112,16 +112,19 @@ def check_resume_settings(checkpoint: str | Path, args: Any) -> None:
     unknown = allowed - set(now)
     if unknown:
         raise ValueError(f"resume_mask_changes names {sorted(unknown)}, which are not mask settings: {sorted(now)}")
+    if recorded.get("mask_strategy", now["mask_strategy"]) != now["mask_strategy"]:
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint} was written with mask_strategy {recorded['mask_strategy']!r}, "
+            f"this run uses {now['mask_strategy']!r}: another strategy's mask state cannot be resumed"
+        )
     changed = [name for name in sorted(now) if name in recorded and recorded[name] != now[name]]
-    if "mask_strategy" in changed:
-        allowed.discard("mask_strategy")  # another strategy's state cannot be resumed at all
     refused = [name for name in changed if name not in allowed]
     if refused:
         differences = "; ".join(f"{name}: {recorded[name]!r} in the checkpoint, {now[name]!r} now" for name in refused)
         raise ValueError(
             f"resume_from_checkpoint {checkpoint} was trained with other mask settings ({differences}). Resume "
             "with the checkpoint's values, or list the settings to change in resume_mask_changes "
-            f"(e.g. --resume_mask_changes {','.join(n for n in refused if n != 'mask_strategy') or 'mask_ratio'})."
+            f"(e.g. --resume_mask_changes {','.join(refused)})."
         )
 
 
