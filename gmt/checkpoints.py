@@ -19,18 +19,49 @@ from typing import Any
 
 TRAINER_STATE = "trainer_state.json"
 MASK_SETTINGS = "gmt_mask_settings.json"  # the mask settings a checkpoint was trained with
+MANIFEST = "gmt_manifest.json"  # written last: the checkpoint is complete, with these file sizes
 RESUME_LAST = ("true", "last", "latest")  # resume_from_checkpoint values meaning "the newest complete one"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def is_complete(checkpoint: Path) -> bool:
-    """Whether a checkpoint folder was saved to the end: its ``trainer_state.json`` exists and
-    parses (a kill while writing it leaves a truncated file)."""
+def write_manifest(checkpoint: Path) -> None:
+    """Mark ``checkpoint`` complete, last of all its files: the size of every file in it."""
+    sizes = {str(path.relative_to(checkpoint)): path.stat().st_size
+             for path in sorted(checkpoint.rglob("*")) if path.is_file() and path.name != MANIFEST}  # fmt: skip
+    partial = checkpoint / f".{MANIFEST}.partial"
+    partial.write_text(json.dumps(sizes, indent=1) + "\n")
+    partial.replace(checkpoint / MANIFEST)  # atomic: there is a whole manifest or none
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (None: it was saved to the end). A checkpoint gmt
+    wrote has a manifest, written last, whose file sizes must all match; an older one (or the
+    Trainer's alone) must at least have a ``trainer_state.json`` that parses."""
+    manifest = checkpoint / MANIFEST
+    if manifest.is_file():
+        try:
+            sizes = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            return f"its {MANIFEST} is unreadable"
+        for name, size in sizes.items():
+            path = checkpoint / name
+            if not path.is_file():
+                return f"{path} is missing"
+            if path.stat().st_size != size:
+                return f"{path} is {path.stat().st_size} bytes, {size} when it was saved (damaged or cut short)"
+        return None
+    if (checkpoint / MASK_SETTINGS).is_file():  # gmt began this save and never marked it complete
+        return f"its save did not finish (no {MANIFEST})"
     try:
         json.loads((checkpoint / TRAINER_STATE).read_text())
     except (OSError, ValueError):
-        return False
-    return True
+        return f"its save did not finish (no readable {TRAINER_STATE})"
+    return None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint folder was saved to the end (``checkpoint_problem`` finds nothing)."""
+    return checkpoint_problem(checkpoint) is None
 
 
 def last_complete_checkpoint(output_dir: str | Path, report: bool = False) -> Path | None:
@@ -42,13 +73,14 @@ def last_complete_checkpoint(output_dir: str | Path, report: bool = False) -> Pa
     numbered = [(int(m.group(1)), path) for path in folder.iterdir() if (m := _CHECKPOINT.match(path.name))]
     skipped = []
     for _, path in sorted(numbered, reverse=True):
-        if path.is_dir() and is_complete(path):
+        problem = checkpoint_problem(path) if path.is_dir() else "not a folder"
+        if problem is None:
             if report:
-                for name in skipped:
-                    print(f"resume: skipping {name}: its save did not finish (no readable {TRAINER_STATE})")
+                for name, why in skipped:
+                    print(f"resume: skipping {name}: {why}")
                 print(f"resume: from {path}")
             return path
-        skipped.append(path)
+        skipped.append((path, problem))
     return None
 
 
@@ -68,9 +100,10 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) 
     path = Path(value)
     if not path.is_dir():
         raise ValueError(f"resume_from_checkpoint {value!r} is not a folder")
-    if not is_complete(path):
+    problem = checkpoint_problem(path)
+    if problem is not None:
         raise ValueError(
-            f"resume_from_checkpoint {value!r} was not saved to the end (no {TRAINER_STATE}): resume from an "
+            f"resume_from_checkpoint {value!r} was not saved to the end ({problem}): resume from an "
             f"earlier checkpoint, or give resume_from_checkpoint=last to take the newest complete one"
         )
     return str(path)

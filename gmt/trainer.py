@@ -23,7 +23,13 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
-from gmt.checkpoints import check_resume_settings, remove_partial_checkpoint, save_failure, write_mask_settings
+from gmt.checkpoints import (
+    check_resume_settings,
+    remove_partial_checkpoint,
+    save_failure,
+    write_manifest,
+    write_mask_settings,
+)
 from gmt.config import check_masked_steps
 from gmt.data import DPO_DATA, SFT_DATA
 from gmt.masking import (
@@ -193,6 +199,9 @@ class MaskingMixin:
                 if self.args.should_save:
                     write_mask_settings(folder, self.args)
             super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()  # every rank's files are written: mark it complete
+            if self.args.should_save and folder.is_dir():
+                write_manifest(folder)
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
             if self.args.should_save:
                 remove_partial_checkpoint(folder)

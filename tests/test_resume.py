@@ -179,3 +179,17 @@ def test_a_failed_save_says_why_and_leaves_no_partial_checkpoint(tmp_path, code,
     assert reason in message and str(folder) in message
     remove_partial_checkpoint(folder)
     assert not folder.exists()
+
+
+def test_last_skips_a_checkpoint_with_a_damaged_file_and_names_it(tiny_assets, tmp_path, capsys):
+    sft(tiny_assets, tmp_path, *STRATEGIES["gmt"], "--save_strategy", "steps", "--save_steps", "3")
+    optimizer_file = tmp_path / "checkpoint-6" / "optimizer.pt"
+    saved_size = optimizer_file.stat().st_size
+    with optimizer_file.open("r+b") as damaged:  # cut short after the save, as a failing disk would
+        damaged.truncate(saved_size // 2)
+    capsys.readouterr()
+    assert resolve_resume_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-3")
+    said = capsys.readouterr().out
+    assert f"skipping {tmp_path / 'checkpoint-6'}: {optimizer_file} is {saved_size // 2} bytes, {saved_size}" in said
+    with pytest.raises(ValueError, match="optimizer.pt is .* bytes"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
