@@ -126,3 +126,21 @@ def test_a_split_the_data_lacks_is_named(tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", [ultrafeedback_row("2 + 2?", "2 + 2?")])
     with pytest.raises(ValueError, match=r"has no split 'train_prefs' \(dataset_train_split .*\['train'\]"):
         splits(data, "DPO", dataset_train_split="train_prefs")
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [(b'{"messages": [{"role": "user", "content": "hi"}\n', ":3: not valid JSON"),
+     (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n', ":3: not UTF-8 (byte 0xe9"),
+     (b'["a", "list"]\n', ":3: a row must be a JSON object, got list")],  # fmt: skip
+)
+def test_a_bad_json_line_is_named_by_file_and_line_before_anything_loads(tmp_path, bad_line, message):
+    from gmt.data import load_training_dataset
+
+    good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(good + b"\n" + bad_line + good)  # line 2 is blank: allowed
+    with pytest.raises(ValueError, match=re.escape(f"{path}{message}")):
+        load_training_dataset(str(path))
+    with pytest.raises(ValueError, match=re.escape(f"{path}{message}")):
+        load_training_dataset(str(tmp_path))  # a folder of data files: each checked
