@@ -124,4 +124,10 @@ def _add_digits(
         chosen = prefix[group] if isinstance(group, int) else prefix.index_select(0, group)
         row = torch.where((keys >> (shift + bits)) != chosen, num_groups, group)
     index = ((keys >> shift) & (buckets - 1)).to(torch.int64).add_(row * buckets)
-    table.index_add_(0, index, torch.ones(1, dtype=torch.int64, device=table.device).expand(index.numel()))
+    count_into(table, index)
+
+
+def count_into(table: Tensor, index: Tensor) -> Tensor:
+    """Add 1 to ``table[i]`` for every ``i`` in ``index``, in place: a histogram with no host sync
+    (``bincount`` reads its input's maximum on a GPU) and exact in any order (integer adds)."""
+    return table.index_add_(0, index, torch.ones(1, dtype=table.dtype, device=table.device).expand(index.numel()))

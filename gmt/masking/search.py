@@ -21,7 +21,7 @@ from gmt.masking.base import AllReduce
 from gmt.masking.comm import table_device
 from gmt.masking.finite import raise_if_nonfinite
 from gmt.masking.keys import ABS_BITS, INF_KEY, key_to_float, magnitude_keys
-from gmt.masking.radix import radix_thresholds
+from gmt.masking.radix import count_into, radix_thresholds
 
 # The bracketing sample: a histogram of the top BRACKET_BITS key bits (8 exponent + 10 mantissa
 # bits: buckets 1/1024 of an octave wide) of about SAMPLE_ENTRIES entries per rank, shared among
@@ -287,7 +287,7 @@ class ThresholdSearch:
                 stride = strides[group]
                 sample = magnitude_keys(values[stride // 2 :: stride])
                 index = (sample >> shift).to(torch.int64).add_(group * buckets)
-                hist.index_add_(0, index, torch.ones(1, dtype=torch.int64, device=device).expand(index.numel()))
+                count_into(hist, index)
         # Per group: sample counts scaled by the stride (estimated entries), then the variance of
         # that estimate (stride * n * p(1-p) <= stride * n / 4) and the stride, summed across ranks.
         table = torch.zeros(num_groups, buckets + 2, dtype=torch.float64, device=device)
@@ -476,8 +476,7 @@ class _Band:
             self.key_groups = torch.zeros_like(self.keys, dtype=torch.int64)
         else:  # [rows, 1], or [rows, 8] where a row may hold entries of two groups
             self.key_groups = self.row_groups.expand(-1, 8)[present]
-        spare = torch.ones(1, dtype=torch.int64, device=device).expand(self.key_groups.numel())
-        sizes = torch.zeros(num_groups + 1, dtype=torch.int64, device=device).index_add_(0, self.key_groups, spare)
+        sizes = count_into(torch.zeros(num_groups + 1, dtype=torch.int64, device=device), self.key_groups)
         self.sizes = sizes[:num_groups]  # band keys per group
 
     def kept_per_tensor(self, threshold_keys: Tensor, flats: Sequence[Tensor]) -> Tensor:
