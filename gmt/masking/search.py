@@ -354,11 +354,22 @@ class ThresholdSearch:
         # Integer arithmetic only: on CPU a comparison writing bools costs ~4x an int32 add, and
         # count_nonzero ~5x an int32 sum. Chunks are small enough to stay in cache between ops.
         if resident is None:
-            chunks = ((pieces, None) for pieces in _chunks(flats, self.chunk_entries))
+            chunks = [(pieces, None) for pieces in _chunks(flats, self.chunk_entries)]  # views: no copy
         else:
-            chunks = iter(resident)
+            chunks = resident
         # Every tensor a multiple of 8 entries: no 8-entry row holds two tensors, so one group per row.
         rows_of_one_piece = all(flat.numel() % 8 == 0 for flat in flats)
+        # For the chunks that hold several scope groups: each piece's end in its chunk, hi + 1 and
+        # group, copied to the device once for all chunks (a host-to-device copy waits on a GPU).
+        piece_rows: list[tuple[int, int, int]] = []
+        for pieces, _ in chunks:
+            if len({groups[index] for index, _ in pieces}) > 1:
+                ends = accumulate(piece.numel() for _, piece in pieces)
+                piece_rows += [
+                    (end, hi_keys[groups[index]] + 1, groups[index]) for end, (index, _) in zip(ends, pieces)
+                ]
+        piece_table = torch.tensor(piece_rows, dtype=torch.int64, device=device).reshape(-1, 3).T
+        table_start = 0
         for pieces, loaded in chunks:
             sizes = [piece.numel() for _, piece in pieces]
             piece_groups = [groups[index] for index, _ in pieces]
@@ -400,15 +411,15 @@ class ThresholdSearch:
             words = flags.view(torch.int64).nonzero().squeeze(1)
             rows = from_hi.view(-1, 8).index_select(0, words)
             if mixed:  # each slot's piece, from its position: band-sized work only
-                ends = torch.tensor(list(accumulate(sizes)), dtype=torch.int64, device=device)
+                ends, his, piece_group = piece_table[:, table_start : table_start + len(sizes)]
+                table_start += len(sizes)
                 slots = words.unsqueeze(1) * 8 + torch.arange(8, device=device)
                 if rows_of_one_piece:
                     slots = slots[:, :1].contiguous()
-                piece = torch.searchsorted(ends, slots, right=True).clamp_(max=len(sizes) - 1)
+                piece = torch.searchsorted(ends.contiguous(), slots, right=True).clamp_(max=len(sizes) - 1)
                 # int64 -> int32 wraps hi + 1 = 2^31 to -2^31, as the scalar path's arithmetic does.
-                his = torch.tensor([hi_keys[g] + 1 for g in piece_groups], dtype=torch.int64, device=device)
                 rows.add_(his.to(torch.int32)[piece])
-                row_group_parts.append(torch.tensor(piece_groups, dtype=torch.int64, device=device)[piece])
+                row_group_parts.append(piece_group[piece])
             else:
                 rows.add_(hi_keys[piece_groups[0]] + 1)
                 if num_groups > 1:
