@@ -1,6 +1,7 @@
 """Checks, before any model loads, that the tokenizer can render conversational data the way the
-settings ask: a chat template exists (the tokenizer's or ``chat_template_path``'s), and
-``assistant_only_loss`` has ``{% generation %}`` markers to find the assistant's tokens by."""
+settings ask: a chat template exists (the tokenizer's or ``chat_template_path``'s),
+``assistant_only_loss`` has ``{% generation %}`` markers to find the assistant's tokens by, and
+every role in the data is one the template renders."""
 
 from __future__ import annotations
 
@@ -30,23 +31,22 @@ def template_source(chat_template_path: str | None) -> str | None:
     return None
 
 
-def check_chat_template(dataset, training_args, model_args, purpose: str) -> None:
-    """Refuse conversational ``dataset`` rows the model's tokenizer cannot template, and an
-    ``assistant_only_loss`` TRL cannot honour, naming the setting to change."""
+def check_chat_template(dataset, training_args, model_args, purpose: str, roles: dict | None = None) -> None:
+    """Refuse conversational ``dataset`` rows the model's tokenizer cannot template, an
+    ``assistant_only_loss`` TRL cannot honour, and a role the template drops (``roles``: the first
+    row of each role, from gmt.rows), naming the setting or the row to change."""
     if not is_conversational_data(dataset):
         return
     chat_template_path = getattr(training_args, "chat_template_path", None)
     template = template_source(chat_template_path)
+    tokenizer = None
     if template is None and chat_template_path is not None:
-        return  # a tokenizer to clone the template from: TRL loads and checks it
+        if not roles:
+            return  # a tokenizer to clone the template from: TRL loads and checks it
+        tokenizer = load_tokenizer(chat_template_path, model_args, training_args)
+        template = tokenizer.chat_template
     if template is None:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            trust_remote_code=training_args.trust_remote_code,
-        )
+        tokenizer = load_tokenizer(model_args.model_name_or_path, model_args, training_args)
         template = tokenizer.chat_template
         if isinstance(template, dict):
             template = template.get("default")
@@ -66,3 +66,44 @@ def check_chat_template(dataset, training_args, model_args, purpose: str) -> Non
                 "{% generation %} ... {% endgeneration %}; this one has none. Set chat_template_path to a template "
                 "with the markers (recipes/templates/tulu.jinja has them), or assistant_only_loss false"
             )
+    if roles:
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model_args.model_name_or_path, model_args, training_args)
+        check_roles_render(template, tokenizer, roles)
+
+
+def load_tokenizer(name: str, model_args, training_args):
+    """The tokenizer of ``name`` (a hub id or a local path), loaded as TRL loads it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+    )
+
+
+# Put in place of a turn's text to see whether the template renders that turn at all.
+_PROBE = "gmt-role-probe-5d1c"
+
+
+def check_roles_render(template: str, tokenizer, roles: dict) -> None:
+    """Render, for each role, the first row it appears in, with that turn's text replaced by a
+    probe: a template that raises on the row, or renders the row without the probe (it drops the
+    role: TULU's and Llama-2's drop ShareGPT's 'human'/'gpt'), is refused, naming the row."""
+    rendered_roles = []
+    for role, example in roles.items():
+        conversation = [dict(turn) for turn in example.conversation]
+        conversation[example.turn]["content"] = _PROBE
+        try:
+            text = tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False)
+        except Exception as error:  # the template's own raise_exception, or a Jinja error
+            raise ValueError(
+                f"{example.place}: the chat template fails on this row ({type(error).__name__}: {error})"
+            ) from None
+        if _PROBE not in text:
+            raise ValueError(
+                f"{example.place}: the chat template does not render role {role!r} (the turn's text is left out); "
+                f"the roles of the data it renders: {rendered_roles or 'none checked before this one'}. Rename "
+                "the roles (ShareGPT's 'human' and 'gpt' are 'user' and 'assistant'), or set chat_template_path "
+                "to a template that knows them"
+            )
+        rendered_roles.append(role)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
@@ -19,11 +20,20 @@ from gmt.checkpoints import (
     warn_if_a_save_will_not_fit,
 )
 from gmt.config import GMTScriptArguments
-from gmt.data import DataLayout, check_columns, load_training_dataset, rename_columns
+from gmt.data import (
+    DataLayout,
+    check_columns,
+    check_dataset_rows,
+    json_lines_only,
+    load_training_dataset,
+    parse_column_map,
+    rename_columns,
+)
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
 from gmt.masking import strategy_class
 from gmt.parallel import check_parallel_layout
 from gmt.prompts import apply_prompt_format
+from gmt.rows import RoleExample, RowChecker
 from gmt.shutdown import exit_without_finalizing
 
 
@@ -59,40 +69,67 @@ def quantization_config(model_args: ModelConfig):
     return config
 
 
-def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayout) -> tuple[Dataset, Dataset | None]:
+@dataclass(frozen=True)
+class Splits:
+    """The data of a run: the train split, the test split (when evaluation is on), and the first
+    row of each conversational role (for gmt.chat's template check; empty off the main process)."""
+
+    train: Dataset
+    eval: Dataset | None
+    roles: dict[str, RoleExample] = field(default_factory=dict)
+
+
+def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayout) -> Splits:
     """The train split (checked for the ``layout``'s columns, then put in a layout TRL reads) and,
-    when evaluation is on, the test split."""
+    when evaluation is on, the test split. The main process goes first and checks every raw row
+    (gmt.rows) before the others load; a bad row stops the run there."""
     if script_args.datasets and script_args.dataset_name:
         raise ValueError(
             "set dataset_name or datasets (a mixture), not both: TRL's scripts would drop dataset_name without a word"
         )
-    if script_args.datasets:
-        dataset = get_dataset(script_args)  # TRL's mixture loader: its splits, fractions and test_split_size
-    elif script_args.dataset_name:
-        dataset = load_training_dataset(
-            script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming
-        )
-    else:
+    if not (script_args.datasets or script_args.dataset_name):
         raise ValueError(
             "dataset_name (a hub data set, a local folder or a local data file) or datasets (a mixture) is required"
         )
+    checker = None
+    if training_args.process_index == 0:
+        checker = RowChecker(
+            layout.purpose,
+            layout.column_sets,
+            assistant_turn_needed=getattr(training_args, "assistant_only_loss", False),
+            column_map=parse_column_map(script_args.dataset_column_map),
+            text_field=getattr(training_args, "dataset_text_field", "text"),
+        )
+    read_as_lines = not script_args.datasets and json_lines_only(script_args.dataset_name)
+    source = repr(script_args.dataset_name) if script_args.dataset_name else "mixture (datasets)"
     splits = [script_args.dataset_train_split]
     if training_args.eval_strategy != "no":
         splits.append(script_args.dataset_test_split)
     prepared = []
-    for split in splits:
-        if split not in dataset:
-            source = repr(script_args.dataset_name) if script_args.dataset_name else "mixture (datasets)"
-            raise ValueError(
-                f"the data set {source} has no split {split!r} (dataset_train_split / dataset_test_split); it has "
-                f"{list(dataset)}"
+    with training_args.main_process_first(local=False, desc="checking and loading the data"):
+        if script_args.datasets:
+            dataset = get_dataset(script_args)  # TRL's mixture loader: its splits, fractions and test_split_size
+        else:
+            dataset = load_training_dataset(
+                script_args.dataset_name,
+                script_args.dataset_config,
+                script_args.dataset_streaming,
+                row_checker=checker if read_as_lines else None,
             )
-        rows = rename_columns(dataset[split], script_args.dataset_column_map)
-        check_columns(rows, layout.column_sets, layout.purpose)
-        if script_args.prompt_format:
-            rows = apply_prompt_format(rows, script_args.prompt_format)
-        prepared.append(layout.prepare(rows) if layout.prepare else rows)
-    return prepared[0], (prepared[1] if len(prepared) > 1 else None)
+        for split in splits:
+            if split not in dataset:
+                raise ValueError(
+                    f"the data set {source} has no split {split!r} (dataset_train_split / dataset_test_split); it "
+                    f"has {list(dataset)}"
+                )
+            rows = rename_columns(dataset[split], script_args.dataset_column_map)
+            check_columns(rows, layout.column_sets, layout.purpose)
+            if checker is not None and not read_as_lines and isinstance(rows, Dataset):  # a stream is not read ahead
+                check_dataset_rows(dataset[split], checker, f"{source} split {split!r}")
+            if script_args.prompt_format:
+                rows = apply_prompt_format(rows, script_args.prompt_format)
+            prepared.append(layout.prepare(rows) if layout.prepare else rows)
+    return Splits(prepared[0], prepared[1] if len(prepared) > 1 else None, checker.roles if checker else {})
 
 
 def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
@@ -102,13 +139,13 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
     check_parallel_layout(strategy_class(training_args.mask_strategy).from_args(training_args), training_args)
     quantization = quantization_config(model_args)
     set_model_init_kwargs(model_args, training_args)
-    train_dataset, eval_dataset = load_splits(script_args, training_args, trainer_cls.data_layout)
-    check_chat_template(train_dataset, training_args, model_args, trainer_cls.data_layout.purpose)
+    data = load_splits(script_args, training_args, trainer_cls.data_layout)
+    check_chat_template(data.train, training_args, model_args, trainer_cls.data_layout.purpose, data.roles)
     return trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
         peft_config=get_peft_config(model_args),
         quantization_config=quantization,
     )

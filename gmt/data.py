@@ -8,6 +8,8 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_dataset
 
+from gmt.rows import RowChecker, missing_columns, unmapped_columns
+
 # Local file suffix -> the datasets builder that reads it.
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
@@ -57,10 +59,14 @@ SFT_DATA = DataLayout("SFT", SFT_COLUMN_SETS)
 DPO_DATA = DataLayout("DPO", DPO_COLUMN_SETS, conversational_prompt)
 
 
-def load_training_dataset(name: str, config: str | None = None, streaming: bool = False) -> DatasetDict:
+def load_training_dataset(
+    name: str, config: str | None = None, streaming: bool = False, row_checker: RowChecker | None = None
+) -> DatasetDict:
     """Load ``name``: a hub data set, a local folder of data files, or one local data file.
 
     A single file becomes the ``train`` split, as ``load_dataset(builder, data_files=...)`` does.
+    Local JSON-lines files are read once first, line by line (``check_json_lines``), each row
+    going through ``row_checker`` when one is given.
     """
     path = Path(name)
     if path.is_file():
@@ -72,20 +78,36 @@ def load_training_dataset(name: str, config: str | None = None, streaming: bool 
         if _has_no_rows(path):  # the builders fail on these with errors that name no setting
             raise ValueError(f"dataset_name {name!r} is an empty file: no examples to train on")
         if path.suffix == ".jsonl":
-            check_json_lines(path)
+            check_json_lines(path, row_checker)
         return load_dataset(builder, data_files=str(path), streaming=streaming)
     if path.is_dir():
         for file in sorted(path.rglob("*.jsonl")):
-            check_json_lines(file)
+            check_json_lines(file, row_checker)
     return load_dataset(name, name=config, streaming=streaming)
 
 
-def check_json_lines(path: Path) -> None:
+def json_lines_only(name: str | None) -> bool:
+    """Whether ``name`` is a local JSON-lines file, or a local folder whose data files all are one
+    (its rows are then checked line by line as they are read: ``check_json_lines``)."""
+    if not name:
+        return False
+    path = Path(name)
+    if path.is_file():
+        return path.suffix == ".jsonl"
+    if not path.is_dir():
+        return False
+    files = [file for file in path.rglob("*") if file.is_file() and file.suffix in _BUILDERS]
+    return bool(files) and all(file.suffix == ".jsonl" for file in files)
+
+
+def check_json_lines(path: Path, row_checker: RowChecker | None = None) -> None:
     """Refuse a JSON-lines file with a line that is not UTF-8 or not a JSON object, naming the file
-    and the 1-based line, before anything loads (the json builder reports neither). Blank lines
-    are allowed, as the builder skips them. 0.3 s for 100k rows of ~300 bytes, a quarter of loading them."""
+    and the 1-based line, before anything loads (the json builder reports neither); each row then
+    goes through ``row_checker``. Blank lines are allowed, as the builder skips them. The cost, on
+    100k rows, is in docs/data.md (``scripts/row_check_cost.py``)."""
     import json
 
+    decode = json.JSONDecoder().decode  # json.loads without its per-call checks
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             if not raw.strip():
@@ -97,11 +119,13 @@ def check_json_lines(path: Path) -> None:
                     f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
                 ) from None
             try:
-                row = json.loads(line)
+                row = decode(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+            if row_checker is not None:
+                row_checker.check(row, f"{path}:{number}")
 
 
 def _has_no_rows(path: Path) -> bool:
@@ -120,28 +144,68 @@ def check_columns(dataset: Dataset, column_sets: tuple[tuple[str, ...], ...], pu
     """Refuse a data set that has none of the column sets ``purpose`` needs, or no rows."""
     columns = set(dataset.column_names or [])
     if not any(set(required) <= columns for required in column_sets):
-        wanted = " or ".join("+".join(required) for required in column_sets)
-        raise ValueError(
-            f"{purpose} data set needs the columns {wanted}; it has {sorted(columns)} (check dataset_name, or "
-            "rename columns with dataset_column_map)"
-        )
+        raise ValueError(missing_columns(purpose, column_sets, columns))
     if hasattr(dataset, "__len__") and len(dataset) == 0:
         raise ValueError(f"{purpose} data set is empty (dataset_name, dataset_train_split): no examples to train on")
 
 
-def rename_columns(dataset: Dataset, column_map: str | None) -> Dataset:
-    """Apply a ``dataset_column_map`` ('old:new,old:new') to ``dataset``."""
-    if not column_map:
-        return dataset
-    mapping = {}
-    for pair in column_map.split(","):
+def check_dataset_rows(dataset: Dataset, row_checker: RowChecker, source: str, batch_size: int = 1024) -> None:
+    """``row_checker`` over every row of a loaded split, named ``<source> row N``; read in column
+    batches (a row at a time costs several times more)."""
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset[start : start + batch_size]
+        columns = list(batch)
+        for offset, values in enumerate(zip(*(batch[column] for column in columns), strict=True)):
+            row_checker.check(dict(zip(columns, values, strict=True)), f"{source} row {start + offset + 1}")
+
+
+def parse_column_map(column_map: str | None) -> dict[str, str]:
+    """A ``dataset_column_map`` ('old:new,old:new') as a dict (empty for none)."""
+    mapping: dict[str, str] = {}
+    for pair in column_map.split(",") if column_map else []:
         old, sep, new = pair.partition(":")
         if not sep or not old.strip() or not new.strip():
             raise ValueError(f"dataset_column_map must look like 'old:new,old:new', got {column_map!r}")
         mapping[old.strip()] = new.strip()
-    missing = sorted(set(mapping) - set(dataset.column_names or []))
-    if missing:
-        raise ValueError(
-            f"dataset_column_map names columns the data set lacks: {missing}; it has {dataset.column_names}"
-        )
+    return mapping
+
+
+def rename_columns(dataset: Dataset, column_map: str | None) -> Dataset:
+    """Apply a ``dataset_column_map`` ('old:new,old:new') to ``dataset``."""
+    mapping = parse_column_map(column_map)
+    if not mapping:
+        return dataset
+    problem = unmapped_columns(mapping, dataset.column_names or [])
+    if problem:
+        raise ValueError(problem)
     return dataset.rename_columns(mapping)
+
+
+class ReportsDroppedRows:
+    """Mixed into a TRL trainer (before it in the bases): after TRL prepares a data set, say how
+    many rows its ``max_length`` filter dropped (SFT: rows whose learned tokens all fall past
+    ``max_length``; DPO: rows whose prompt alone fills it), and refuse a split it emptied, naming
+    ``max_length``. TRL drops them without a word, and an emptied split fails later as
+    ``num_samples=0``."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, *rest):
+        prepared = super()._prepare_dataset(dataset, processing_class, args, *rest)
+        # The rest is SFTTrainer's (packing, formatting_func, dataset_name) or DPOTrainer's (dataset_name,).
+        packing, dataset_name = (bool(rest[0]) if len(rest) > 1 else False), rest[-1]
+        if not (isinstance(dataset, Dataset) and isinstance(prepared, Dataset)) or packing:
+            return prepared  # a stream has no length; packing regroups rows into sequences
+        before, after = len(dataset), len(prepared)
+        max_length = args.max_length
+        if before and not after:
+            raise ValueError(
+                f"max_length {max_length}: TRL dropped all {before} rows of the {dataset_name} data set, because "
+                "truncated to max_length not one of their learned tokens is left (a prompt alone fills it); raise "
+                "max_length, or shorten the prompts"
+            )
+        if after < before and args.process_index == 0:
+            print(
+                f"warning: max_length {max_length}: TRL dropped {before - after} of the {before} rows of the "
+                f"{dataset_name} data set, whose learned tokens all fall past max_length",
+                flush=True,
+            )
+        return prepared

@@ -31,7 +31,7 @@ from gmt.checkpoints import (
     write_mask_settings,
 )
 from gmt.config import check_masked_steps
-from gmt.data import DPO_DATA, SFT_DATA
+from gmt.data import DPO_DATA, SFT_DATA, ReportsDroppedRows
 from gmt.masking import (
     GradientMasker,
     LocalGradientAccess,
@@ -268,7 +268,7 @@ def mask_state_name(process_index: int) -> str:
     return f"gmt_mask_state_rank{process_index}.pt"
 
 
-class GMTSFTTrainer(MaskingMixin, SFTTrainer):
+class GMTSFTTrainer(MaskingMixin, ReportsDroppedRows, SFTTrainer):
     """``trl.SFTTrainer`` that masks the accumulated gradient at every optimizer step.
 
     Takes a ``gmt.config.GMTSFTConfig`` as ``args``; everything else is ``SFTTrainer``'s.
@@ -277,7 +277,7 @@ class GMTSFTTrainer(MaskingMixin, SFTTrainer):
     data_layout = SFT_DATA  # what gmt/sft.py checks the data for
 
 
-class GMTDPOTrainer(MaskingMixin, DPOTrainer):
+class GMTDPOTrainer(MaskingMixin, ReportsDroppedRows, DPOTrainer):
     """``trl.DPOTrainer`` that masks the policy's accumulated gradient at every optimizer step.
 
     Takes a ``gmt.config.GMTDPOConfig`` as ``args``. The reference model is TRL's (a separate frozen

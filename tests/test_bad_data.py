@@ -40,7 +40,7 @@ def test_a_column_map_that_names_absent_columns_is_refused(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", [{"query": "1 + 1?", "response": "2"}])
     with pytest.raises(ValueError, match=r"dataset_column_map names columns the data set lacks: \['answer'\]"):
         splits(data, "SFT", dataset_column_map="query:prompt,answer:completion")
-    train, _ = splits(data, "SFT", dataset_column_map="query:prompt,response:completion")
+    train = splits(data, "SFT", dataset_column_map="query:prompt,response:completion").train
     assert train.column_names == ["prompt", "completion"]
 
 
@@ -108,7 +108,7 @@ def ultrafeedback_row(prompt: str, first_turn: str) -> dict:
 
 def test_ultrafeedback_layout_becomes_a_conversational_prompt(tmp_path):
     data = write_jsonl(tmp_path / "prefs.jsonl", [ultrafeedback_row("2 + 2?", "2 + 2?")])
-    train, _ = splits(data, "DPO")
+    train = splits(data, "DPO").train
     row = train[0]
     assert row["prompt"] == [{"content": "2 + 2?", "role": "user"}]
     assert row["chosen"] == [{"content": "4", "role": "assistant"}]

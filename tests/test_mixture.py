@@ -35,7 +35,7 @@ def test_a_mixture_loads_every_source_with_its_fraction(tmp_path):
     fraction: 0.25
 """
     script_args, training_args = parse(tmp_path, recipe)
-    train, _ = load_splits(script_args, training_args, SFT_DATA)
+    train = load_splits(script_args, training_args, SFT_DATA).train
     assert train.column_names == ["prompt", "completion"]
     code_rows = sum(row["prompt"].startswith("f") for row in train)
     # Capped so that no source is oversampled: all 40 math rows are 3/4, round(40 / 3) code rows the rest.

@@ -42,7 +42,7 @@ def test_recipe_trains_in_the_format_its_suite_scores(recipe, standin_cache, tmp
         ["--config", str(REPO / recipe), "--bf16", "false", "--dataset_name",
          str(data_standin(settings["dataset_name"], standin_cache))]
     )  # fmt: skip
-    train, _ = load_splits(script_args, training_args, SFT_DATA)
+    train = load_splits(script_args, training_args, SFT_DATA).train
 
     raw_row = load_dataset(str(data_standin(settings["dataset_name"], standin_cache)))["train"][0]
     name = script_args.prompt_format
