@@ -46,6 +46,7 @@ from gmt.masking import (
 )
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
 from gmt.parallel import check_parallel_layout
+from gmt.precision import MasterWeights, keep_fp32_masters
 
 
 class MaskingMixin:
@@ -55,6 +56,7 @@ class MaskingMixin:
     _step: MaskedStep | None = None
     _resumed_state: dict | None = None  # one rank's mask state, read from the checkpoint being resumed
     _pending_logs: dict[str, float] | None = None  # telemetry collected for the next training log
+    _master_weights: MasterWeights | None = None  # the weights gmt keeps in fp32 (gmt.precision)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +65,11 @@ class MaskingMixin:
         self._check_matrix_orientation()
         # Before the optimizer and the engine exist, so frozen parameters get neither gradients nor state.
         freeze_parameters(self.model.named_parameters(), effective_frozen_params(self.args))
+        # Before the optimizer exists, so that it steps the fp32 weights (gmt.precision says why).
+        engine_keeps_masters = self.is_deepspeed_enabled or (
+            self.is_fsdp_enabled and self.accelerator.mixed_precision != "no"
+        )
+        self._master_weights = keep_fp32_masters(self.model, self.args, engine_keeps_masters)
         self.add_callback(_MaskStepCallback(self))
 
     def _check_engine_supported(self) -> None:
@@ -182,6 +189,14 @@ class MaskingMixin:
         if grad_norm is None:  # no clipping this run: this is the first hook of the step
             self._step.before_clip(self.state.global_step)
         return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's ``save_model``; the final model (not a checkpoint, which keeps the fp32
+        master weights for resuming) in the dtype its weights were loaded in."""
+        if self._master_weights is None or _internal_call:
+            return super().save_model(output_dir, _internal_call)
+        with self._master_weights.in_loaded_dtype(self.model):
+            return super().save_model(output_dir, _internal_call)
 
     def _save_checkpoint(self, model, trial) -> None:
         """The Trainer's checkpoint, plus the mask state of every rank (fixed masks, scores, sums,
