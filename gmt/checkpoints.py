@@ -131,14 +131,19 @@ def write_mask_settings(checkpoint: Path, args: Any) -> None:
     (checkpoint / MASK_SETTINGS).write_text(json.dumps(mask_settings(args), indent=1, sort_keys=True) + "\n")
 
 
+_SAID_UNCHECKED: set[str] = set()  # checkpoints whose unchecked settings this process has reported
+
+
 def check_resume_settings(checkpoint: str | Path, args: Any) -> None:
     """Refuse to resume from ``checkpoint`` with mask settings other than those it was trained with,
     naming each setting with both values, unless ``resume_mask_changes`` lists it. A checkpoint
     written before gmt recorded its settings is not checked (said on stdout)."""
     path = Path(checkpoint) / MASK_SETTINGS
     if not path.is_file():
-        print(f"resume_from_checkpoint {checkpoint}: no {MASK_SETTINGS} (written by an older gmt); its mask "
-              "settings are not checked against this run's")  # fmt: skip
+        if args.process_index == 0 and str(checkpoint) not in _SAID_UNCHECKED:  # checked by gmt.cli and train()
+            _SAID_UNCHECKED.add(str(checkpoint))
+            print(f"resume_from_checkpoint {checkpoint}: no {MASK_SETTINGS} (written by an older gmt); its mask "
+                  "settings are not checked against this run's")  # fmt: skip
         return
     recorded, now = json.loads(path.read_text()), mask_settings(args)
     allowed = {name.strip() for name in (args.resume_mask_changes or "").split(",") if name.strip()}

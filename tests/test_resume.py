@@ -193,3 +193,16 @@ def test_last_skips_a_checkpoint_with_a_damaged_file_and_names_it(tiny_assets, t
     assert f"skipping {tmp_path / 'checkpoint-6'}: {optimizer_file} is {saved_size // 2} bytes, {saved_size}" in said
     with pytest.raises(ValueError, match="optimizer.pt is .* bytes"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), tmp_path)
+
+
+def test_a_checkpoint_without_recorded_settings_is_said_once(tmp_path, capsys):
+    # gmt.cli checks before the model loads and train() checks again: one notice, not two.
+    from gmt.checkpoints import check_resume_settings
+    from gmt.config import GMTSFTConfig
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    args = GMTSFTConfig(output_dir=str(tmp_path), bf16=False, mask_strategy="gmt")
+    check_resume_settings(checkpoint, args)
+    check_resume_settings(checkpoint, args)
+    assert capsys.readouterr().out.count("written by an older gmt") == 1
