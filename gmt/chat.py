@@ -1,7 +1,8 @@
 """Checks, before any model loads, that the tokenizer can render conversational data the way the
 settings ask: a chat template exists (the tokenizer's or ``chat_template_path``'s),
-``assistant_only_loss`` has ``{% generation %}`` markers to find the assistant's tokens by, and
-every role in the data is one the template renders."""
+``assistant_only_loss`` has ``{% generation %}`` markers to find the assistant's tokens by (the
+template's own, or those TRL patches into a stock template), and every role in the data is one the
+template renders."""
 
 from __future__ import annotations
 
@@ -58,18 +59,38 @@ def check_chat_template(dataset, training_args, model_args, purpose: str, roles:
                 "prompt/completion text columns"
             )
     if getattr(training_args, "assistant_only_loss", False):
-        from trl.chat_template_utils import has_generation_markers
-
-        if not has_generation_markers(template):
-            raise ValueError(
-                "assistant_only_loss true needs a chat template that marks the assistant's turns with "
-                "{% generation %} ... {% endgeneration %}; this one has none. Set chat_template_path to a template "
-                "with the markers (recipes/templates/tulu.jinja has them), or assistant_only_loss false"
-            )
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model_args.model_name_or_path, model_args, training_args)
+        template = training_template(template, tokenizer)
     if roles:
         if tokenizer is None:
             tokenizer = load_tokenizer(model_args.model_name_or_path, model_args, training_args)
         check_roles_render(template, tokenizer, roles)
+
+
+def training_template(template: str, tokenizer) -> str:
+    """The template ``assistant_only_loss`` trains with: ``template`` if it has ``{% generation %}``
+    markers, else TRL's patched copy of it (TRL's SFTTrainer patches the stock templates in
+    ``trl/chat_templates/``: Qwen3, Llama-3, Gemma, Phi-3, DeepSeek, ...). One TRL cannot patch is
+    refused, naming the setting."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if has_generation_markers(template):
+        return template
+    original, tokenizer.chat_template = tokenizer.chat_template, template
+    try:
+        patched = get_training_chat_template(tokenizer)
+    except ValueError:
+        raise ValueError(
+            "assistant_only_loss true needs a chat template that marks the assistant's turns with "
+            "{% generation %} ... {% endgeneration %}. This one has none, and it is not one of the stock templates "
+            "TRL patches (trl/chat_templates: Qwen3, Llama-3, Gemma, Phi-3, DeepSeek and more). Set "
+            "chat_template_path to a template with the markers (recipes/templates/tulu.jinja has them), or "
+            "assistant_only_loss false"
+        ) from None
+    finally:
+        tokenizer.chat_template = original
+    return patched or template
 
 
 def load_tokenizer(name: str, model_args, training_args):

@@ -40,6 +40,11 @@ LLAMA3_SPECIALS = [
 ]
 
 
+# Qwen3 (byte-level BPE, no BOS): the ChatML and tool/thinking special tokens after the vocabulary.
+QWEN3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<tool_response>",
+                  "</tool_response>", "<think>", "</think>"]  # fmt: skip
+
+
 def sentencepiece_tokenizer(texts: list[str], vocab_size: int):
     """A Llama-2 / Mistral style tokenizer: transformers' ``LlamaTokenizer`` (metaspace pieces, byte
     fallback, BOS added, EOS not, no pad token), with merges trained on ``texts`` (to
@@ -87,6 +92,55 @@ def llama3_tokenizer(texts: list[str], vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=bos, eos_token="<|end_of_text|>")
 
 
+def llama3_instruct_tokenizer(texts: list[str], vocab_size: int):
+    """Meta-Llama-3-8B-Instruct's: the Llama-3 tokenizer with ``<|eot_id|>`` as EOS."""
+    tokenizer = llama3_tokenizer(texts, vocab_size)
+    tokenizer.eos_token = "<|eot_id|>"
+    return tokenizer
+
+
+def qwen3_tokenizer(texts: list[str], vocab_size: int):
+    """A Qwen3 style tokenizer: transformers' ``Qwen2Tokenizer`` (byte-level BPE behind Qwen's split,
+    no BOS), ``<|im_end|>`` as EOS and ``<|endoftext|>`` as pad (Qwen3-8B's, a chat checkpoint)."""
+    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    trained = Tokenizer(models.BPE())
+    trained.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trained.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
+    model = json.loads(trained.to_str())["model"]
+    merges = [tuple(merge) if isinstance(merge, list) else tuple(merge.split(" ")) for merge in model["merges"]]
+    vocab = dict(model["vocab"])
+    for token in QWEN3_SPECIALS:  # after the regular vocabulary, <|endoftext|> first, as in Qwen3
+        vocab[token] = len(vocab)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.add_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN3_SPECIALS],
+                         special_tokens=True)  # fmt: skip
+    return tokenizer
+
+
+def trl_stock_template(name: str) -> Callable[[], str]:
+    """TRL's copy of a hub checkpoint's own chat template (``trl/chat_templates/<name>.jinja``),
+    unmodified: the one TRL's ``get_training_chat_template`` recognises and patches."""
+
+    def read() -> str:
+        import trl
+
+        return (Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+
+    return read
+
+
 @dataclass(frozen=True)
 class Family:
     """How to build one checkpoint's stand-in."""
@@ -95,7 +149,7 @@ class Family:
     config: Callable[[object], object]  # tokenizer -> the transformers config
     tokenizer: Callable[[list[str], int], object]
     dtype: torch.dtype  # the dtype the real checkpoint is stored in
-    chat_template: Path | None = None
+    chat_template: Path | Callable[[], str] | None = None  # a file, or what reads one
 
 
 def _scaled(config_name: str, tokenizer, **family):
@@ -120,6 +174,11 @@ def _llama3_config(tokenizer):  # Llama-3-8B: grouped-query attention (4:1), rop
                    max_position_embeddings=8192, rope_theta=500000.0)  # fmt: skip
 
 
+def _qwen3_config(tokenizer):  # Qwen3-8B: GQA (4:1), its own head_dim, rope theta 1e6, 40960 positions
+    return _scaled("Qwen3Config", tokenizer, intermediate_size=448, num_key_value_heads=1, head_dim=32,
+                   max_position_embeddings=40960, rope_theta=1000000.0)  # fmt: skip
+
+
 def _mistral_config(tokenizer):  # Mistral-7B-v0.1: GQA (4:1), 4096-token sliding window, 32k positions
     return _scaled("MistralConfig", tokenizer, intermediate_size=448, num_key_value_heads=1,
                    max_position_embeddings=32768, sliding_window=4096, rope_theta=10000.0)  # fmt: skip
@@ -134,6 +193,11 @@ FAMILIES: dict[str, Family] = {
                      _llama3_config, llama3_tokenizer, torch.bfloat16),
     "mistral": Family("Mistral-7B-v0.1 base: LlamaTokenizer, <s> added, no chat template", _mistral_config,
                       sentencepiece_tokenizer, torch.bfloat16),
+    "llama3-instruct": Family("Meta-Llama-3-8B-Instruct: the Llama-3 tokenizer, <|eot_id|> as EOS, its stock chat "
+                              "template (no generation markers)", _llama3_config, llama3_instruct_tokenizer,
+                              torch.bfloat16, trl_stock_template("llama3")),
+    "qwen3": Family("Qwen3-8B: Qwen2Tokenizer, no BOS, <|im_end|> as EOS, its stock chat template (no generation "
+                    "markers)", _qwen3_config, qwen3_tokenizer, torch.bfloat16, trl_stock_template("qwen3")),
 }  # fmt: skip
 
 
@@ -147,8 +211,10 @@ def build_model(family: str, out_dir: Path, texts: list[str], vocab_size: int = 
 
     spec = FAMILIES[family]
     tokenizer = spec.tokenizer(texts, vocab_size)
-    if spec.chat_template is not None:
+    if isinstance(spec.chat_template, Path):
         tokenizer.chat_template = spec.chat_template.read_text()
+    elif spec.chat_template is not None:
+        tokenizer.chat_template = spec.chat_template()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(spec.config(tokenizer)).to(spec.dtype)
     model.generation_config.bos_token_id = tokenizer.bos_token_id

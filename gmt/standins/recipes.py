@@ -32,6 +32,8 @@ MODEL_STANDINS = {
     "outputs/llama2-7b/sft_tulu_gmt": "llama2-tulu",
     "meta-llama/Meta-Llama-3-8B": "llama3",
     "mistralai/Mistral-7B-v0.1": "mistral",
+    "meta-llama/Meta-Llama-3-8B-Instruct": "llama3-instruct",
+    "Qwen/Qwen3-8B": "qwen3",
 }
 
 
