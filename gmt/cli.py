@@ -28,6 +28,7 @@ from gmt.data import (
     load_training_dataset,
     parse_column_map,
     rename_columns,
+    skips_preparation,
 )
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
 from gmt.masking import strategy_class
@@ -91,11 +92,13 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
         raise ValueError(
             "dataset_name (a hub data set, a local folder or a local data file) or datasets (a mixture) is required"
         )
+    column_sets = layout.columns_for(training_args)
+    checked = not skips_preparation(training_args)  # TRL reads no raw column then
     checker = None
-    if training_args.process_index == 0:
+    if training_args.process_index == 0 and checked:
         checker = RowChecker(
             layout.purpose,
-            layout.column_sets,
+            column_sets,
             assistant_turn_needed=getattr(training_args, "assistant_only_loss", False),
             column_map=parse_column_map(script_args.dataset_column_map),
             text_field=getattr(training_args, "dataset_text_field", "text"),
@@ -123,7 +126,8 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
                     f"has {list(dataset)}"
                 )
             rows = rename_columns(dataset[split], script_args.dataset_column_map)
-            check_columns(rows, layout.column_sets, layout.purpose)
+            if checked:
+                check_columns(rows, column_sets, layout.purpose)
             if checker is not None and not read_as_lines and isinstance(rows, Dataset):  # a stream is not read ahead
                 check_dataset_rows(dataset[split], checker, f"{source} split {split!r}")
             if script_args.prompt_format:

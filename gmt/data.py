@@ -13,9 +13,12 @@ from gmt.rows import RowChecker, missing_columns, unmapped_columns
 # Local file suffix -> the datasets builder that reads it.
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 
+# Stands for the column SFTConfig's dataset_text_field names ("text" by default).
+TEXT_FIELD = "<dataset_text_field>"
 # Column sets TRL's SFTTrainer accepts (conversational or standard, language modeling or
-# prompt-completion), and already tokenized data.
-SFT_COLUMN_SETS = (("messages",), ("prompt", "completion"), ("text",), ("input_ids",))
+# prompt-completion; ShareGPT's from/value "conversations", which TRL converts), and already
+# tokenized data.
+SFT_COLUMN_SETS = (("messages",), ("conversations",), ("prompt", "completion"), (TEXT_FIELD,), ("input_ids",))
 # TRL's DPOTrainer: explicit prompt, or the prompt implicit in the two conversations.
 DPO_COLUMN_SETS = (("prompt", "chosen", "rejected"), ("chosen", "rejected"))
 
@@ -53,6 +56,11 @@ class DataLayout:
     purpose: str
     column_sets: tuple[tuple[str, ...], ...]
     prepare: Callable[[Dataset], Dataset] | None = None
+
+    def columns_for(self, training_args) -> tuple[tuple[str, ...], ...]:
+        """The column sets of a run: SFT's text column is the one ``dataset_text_field`` names."""
+        text_field = getattr(training_args, "dataset_text_field", "text")
+        return tuple(tuple(text_field if c == TEXT_FIELD else c for c in columns) for columns in self.column_sets)
 
 
 SFT_DATA = DataLayout("SFT", SFT_COLUMN_SETS)
@@ -138,6 +146,13 @@ def _has_no_rows(path: Path) -> bool:
         with path.open("rb") as file:
             return not file.read(1 << 16).strip() and not file.read(1)
     return path.stat().st_size == 0
+
+
+def skips_preparation(training_args) -> bool:
+    """Whether TRL takes the data as it is (SFTConfig's ``dataset_kwargs: {skip_prepare_dataset:
+    true}``): it then reads no raw column, so gmt checks none."""
+    dataset_kwargs = getattr(training_args, "dataset_kwargs", None) or {}
+    return isinstance(dataset_kwargs, dict) and bool(dataset_kwargs.get("skip_prepare_dataset"))
 
 
 def check_columns(dataset: Dataset, column_sets: tuple[tuple[str, ...], ...], purpose: str) -> None:

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # TRL's SFTTrainer reads a row by the first of these it has (its tokenize step), else by the text field.
-_SFT_LAYOUTS = (("input_ids",), ("prompt", "completion"), ("messages",))
-_DPO_TURN_COLUMNS = ("prompt", "chosen", "rejected")
+_SFT_LAYOUTS = (("input_ids",), ("prompt", "completion"), ("messages",), ("conversations",))
+_SHAREGPT_KEYS = {"from": "role", "value": "content"}  # TRL's maybe_convert_to_chatml
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ class RowChecker:
             self.layout, self.first_place = self._layout_of(row), place
             if self.layout is None:
                 raise ValueError(f"{place}: {missing_columns(self.purpose, self.column_sets, row)}")
+            if self.layout == "conversations" and self.assistant_turn_needed:
+                raise ValueError(
+                    "assistant_only_loss true needs role/content turns in a messages column: TRL refuses it on "
+                    "ShareGPT's from/value conversations, which it converts only later (rename the column and keys, "
+                    "or set assistant_only_loss false)"
+                )
         problem = (self._dpo_problem if self.purpose == "DPO" else self._sft_problem)(row, place)
         if problem is not None:
             raise ValueError(f"{place}: {problem}")
@@ -103,6 +109,17 @@ class RowChecker:
             return self._pair_problem(row, "prompt", "completion", place, learned="completion")
         if self.layout == "messages":
             return self._turns_problem(row["messages"], "messages", place, [], learned=True)
+        if self.layout == "conversations":  # ShareGPT's from/value turns, which TRL renames to role/content
+            turns = row["conversations"]
+            if turns and isinstance(turns, list) and isinstance(turns[0], dict) and "from" not in turns[0]:
+                return (
+                    "conversations[0] has no 'from': TRL reads a conversations column of ShareGPT's from/value turns "
+                    "only (role/content turns go in messages)"
+                )
+            if isinstance(turns, list):
+                turns = [{_SHAREGPT_KEYS.get(key, key): value for key, value in turn.items()}
+                         if isinstance(turn, dict) else turn for turn in turns]  # fmt: skip
+            return self._turns_problem(turns, "conversations", place, [], learned=True)
         text = row[self.text_field]
         if not isinstance(text, str) or not text.strip():
             return f"{self.text_field} (dataset_text_field) must be a non-empty string, got {_shown(text)}"
@@ -192,7 +209,7 @@ def _odd_turn_problem(turn, name: str) -> str | None:
         return f"{name} must be an object with 'role' and 'content', got {_kind(turn)}"
     role = turn.get("role")
     if not isinstance(role, str):
-        hint = " (ShareGPT's from/value turns: rename them to role/content)" if "from" in turn else ""
+        hint = " (ShareGPT's from/value turns: TRL converts them in a 'conversations' column)" if "from" in turn else ""
         return f"{name} has no string 'role'{hint}"
     content = turn.get("content")
     if content is None and not turn.get("tool_calls"):

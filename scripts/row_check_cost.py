@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def checker() -> RowChecker:
-        return RowChecker(SFT_DATA.purpose, SFT_DATA.column_sets, assistant_turn_needed=True)
+        return RowChecker(SFT_DATA.purpose, SFT_DATA.columns_for(None), assistant_turn_needed=True)
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "train.jsonl"

@@ -27,7 +27,8 @@ def splits(dataset_name: str, purpose: str, **script_options):
 @pytest.mark.parametrize(
     ("purpose", "rows", "message"),
     [
-        ("SFT", [{"question": "1 + 1?", "reply": "2"}], "SFT data set needs the columns messages or prompt+completion"),
+        ("SFT", [{"question": "1 + 1?", "reply": "2"}],
+         "SFT data set needs the columns messages or conversations or prompt+completion or text"),
         ("DPO", [{"prompt": "1 + 1?", "chosen": "2"}], "DPO data set needs the columns prompt+chosen+rejected"),
     ],
 )
@@ -60,7 +61,7 @@ def test_a_split_without_rows_is_refused():
     # A split that loads but holds no rows (a hub split, or one emptied by a filter).
     empty = Dataset.from_dict({"prompt": [], "completion": []})
     with pytest.raises(ValueError, match=r"SFT data set is empty \(dataset_name, dataset_train_split\)"):
-        check_columns(empty, SFT_COLUMN_SETS, "SFT")
+        check_columns(empty, SFT_COLUMN_SETS[:3], "SFT")
 
 
 CHAT_ROWS = [{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]}]

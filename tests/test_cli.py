@@ -59,7 +59,7 @@ def test_missing_columns_are_refused_with_their_names(tiny_assets, tmp_path):
     data.write_text(json.dumps({"question": "1 + 1?", "reply": "2"}) + "\n")
     result = run_sft("recipes/tiny/sft_full.yaml", tiny_assets / "base", data, tmp_path / "out")
     assert result.returncode != 0
-    assert "needs the columns messages or prompt+completion" in result.stderr
+    assert "needs the columns messages or conversations or prompt+completion" in result.stderr
 
 
 @pytest.mark.parametrize("setting", ["load_in_4bit", "load_in_8bit"])

@@ -44,3 +44,38 @@ def test_assistant_only_loss_with_a_stock_template_trl_patches(checkpoint, stand
     trainer.train()
     kept = trainer.state.log_history[0]["mask/kept_fraction"]
     assert 0.8 <= kept < 0.81
+
+
+def write_lines(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_dataset_text_field_names_the_text_column(tiny_assets, tmp_path):
+    rows = [{"body": f"{a} + {a} = {2 * a}.", "source": "sums"} for a in range(10, 30)]
+    data = write_lines(tmp_path / "train.jsonl", rows)
+    arguments = tiny_recipe(tiny_assets / "base", data, tmp_path / "out", "--dataset_text_field", "body",
+                            "--assistant_only_loss", "false", "--max_steps", "1", "--logging_steps", "1")  # fmt: skip
+    trainer = build_trainer(GMTSFTTrainer, *arguments)
+    first = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
+    assert first.startswith("10 + 10 = 20.")
+    trainer.train()
+    assert 0.8 <= trainer.state.log_history[0]["mask/kept_fraction"] < 0.81
+
+
+def test_sharegpt_conversations_are_read_as_trl_reads_them(tiny_assets, tmp_path):
+    # TRL's SFTTrainer renames a conversations column of from/value turns to messages of role/content.
+    def turns(a: int) -> list[dict]:
+        question, reply = f"What is {a} + {a}?", f"{a} + {a} = {2 * a}."
+        return [{"from": "user", "value": question}, {"from": "assistant", "value": reply}]
+
+    data = write_lines(tmp_path / "train.jsonl", [{"conversations": turns(a)} for a in range(10, 30)])
+    arguments = tiny_recipe(tiny_assets / "base", data, tmp_path / "out", "--assistant_only_loss", "false")
+    trainer = build_trainer(GMTSFTTrainer, *arguments)
+    text = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
+    assert text == "<|user|>\nWhat is 10 + 10?<|end|>\n<|assistant|>\n10 + 10 = 20.<|end|>"
+    # TRL refuses assistant_only_loss on them (it checks before converting): refused here before the model loads.
+    with pytest.raises(ValueError, match=r"assistant_only_loss true needs role/content turns in a messages column"):
+        build_trainer(GMTSFTTrainer, *tiny_recipe(tmp_path / "no-model", data, tmp_path / "out"))
