@@ -1,6 +1,7 @@
 """A TRL user's config works unchanged (issue 29): what plain TRL accepts, gmt accepts too."""
 
 import pytest
+import torch
 
 from conftest import REPO
 from gmt.cli import build_trainer
@@ -79,3 +80,22 @@ def test_sharegpt_conversations_are_read_as_trl_reads_them(tiny_assets, tmp_path
     # TRL refuses assistant_only_loss on them (it checks before converting): refused here before the model loads.
     with pytest.raises(ValueError, match=r"assistant_only_loss true needs role/content turns in a messages column"):
         build_trainer(GMTSFTTrainer, *tiny_recipe(tmp_path / "no-model", data, tmp_path / "out"))
+
+
+def test_masking_with_lora_runs_over_the_adapter_entries(tiny_assets, tmp_path):
+    # README, "GMT with LoRA": the mask runs over the adapter's entries. LoRA starts with B = 0, so
+    # A's gradient is all zero: more than mask_ratio of the entries tie at 0, T = 0 and the tie
+    # rule keeps all of them (a dense step). Masking starts at the first step after B moved.
+    lora = ("--use_peft", "true", "--lora_r", "8", "--max_steps", "3", "--logging_steps", "1", "--warmup_steps", "0")
+    arguments = tiny_recipe(tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "out", *lora)
+    trainer = build_trainer(GMTSFTTrainer, *arguments)
+    trainable = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    frozen = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if not p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    trainer.train()
+    kept = [log["mask/kept_fraction"] for log in trainer.state.log_history if "mask/kept_fraction" in log]
+    assert kept[0] == 1.0 and all(0.8 <= fraction < 0.81 for fraction in kept[1:]), kept
+    after = dict(trainer.model.named_parameters())
+    assert all(torch.equal(after[name], value) for name, value in frozen.items())  # the base never moves
+    changed = sum(int((after[name].detach() != value).sum()) for name, value in trainable.items())
+    assert changed > 0
