@@ -14,10 +14,11 @@ TRL's: a frozen copy of ``model_name_or_path`` (or the adapter-disabled base wit
 
 from __future__ import annotations
 
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
 from gmt.cli import finish, train_and_save
 from gmt.config import GMTDPOConfig, GMTScriptArguments
+from gmt.parser import GMTParser
 from gmt.trainer import GMTDPOTrainer
 
 
@@ -27,9 +28,9 @@ def main(script_args: GMTScriptArguments, training_args: GMTDPOConfig, model_arg
     return train_and_save(GMTDPOTrainer, script_args, training_args, model_args)
 
 
-def make_parser() -> TrlParser:
+def make_parser() -> GMTParser:
     """``--config x.yaml`` plus ``--field value`` overrides of any argument."""
-    return TrlParser((GMTScriptArguments, GMTDPOConfig, ModelConfig))
+    return GMTParser((GMTScriptArguments, GMTDPOConfig, ModelConfig))
 
 
 def cli() -> None:

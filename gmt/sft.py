@@ -16,10 +16,11 @@ ordinary HF checkpoint.
 
 from __future__ import annotations
 
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig
 
 from gmt.cli import finish, train_and_save
 from gmt.config import GMTScriptArguments, GMTSFTConfig
+from gmt.parser import GMTParser
 from gmt.trainer import GMTSFTTrainer
 
 
@@ -29,9 +30,9 @@ def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_arg
     return train_and_save(GMTSFTTrainer, script_args, training_args, model_args)
 
 
-def make_parser() -> TrlParser:
+def make_parser() -> GMTParser:
     """``--config x.yaml`` plus ``--field value`` overrides of any argument."""
-    return TrlParser((GMTScriptArguments, GMTSFTConfig, ModelConfig))
+    return GMTParser((GMTScriptArguments, GMTSFTConfig, ModelConfig))
 
 
 def cli() -> None:
