@@ -118,7 +118,7 @@ def mask_settings(args: Any) -> dict[str, Any]:
 
     settings = {"mask_strategy": args.mask_strategy}
     for option in (*COMMON_OPTIONS, *strategy_options()):
-        if option.name != "resume_mask_changes":
+        if option.decides_mask:
             settings[option.name] = getattr(args, option.name)
     settings["frozen_params"] = effective_frozen_params(args)
     if settings["dense_params"] is None:

@@ -31,6 +31,7 @@ from gmt.checkpoints import (
     write_mask_settings,
 )
 from gmt.config import check_masked_steps
+from gmt.console import quiet_console
 from gmt.data import DPO_DATA, SFT_DATA, ReportsDroppedRows
 from gmt.masking import (
     GradientMasker,
@@ -71,6 +72,8 @@ class MaskingMixin:
         )
         self._master_weights = keep_fp32_masters(self.model, self.args, engine_keeps_masters)
         self.add_callback(_MaskStepCallback(self))
+        if not self.args.log_mask_blocks:
+            quiet_console(self.callback_handler)
 
     def _check_engine_supported(self) -> None:
         if self.strategy.name == "full":

@@ -99,3 +99,17 @@ def test_masking_with_lora_runs_over_the_adapter_entries(tiny_assets, tmp_path):
     assert all(torch.equal(after[name], value) for name, value in frozen.items())  # the base never moves
     changed = sum(int((after[name].detach() != value).sum()) for name, value in trainable.items())
     assert changed > 0
+
+
+@pytest.mark.parametrize("show_blocks", [False, True])
+def test_console_gets_the_overall_fraction_and_the_backends_every_block(tiny_assets, tmp_path, capsys, show_blocks):
+    from gmt.sft import main
+
+    arguments = tiny_recipe(tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "out", "--max_steps", "2",
+                            "--logging_steps", "1", "--log_mask_blocks", str(show_blocks).lower())  # fmt: skip
+    trainer = main(*arguments)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "'loss'" in line]
+    assert len(printed) == 2 and all("'mask/kept_fraction'" in line for line in printed)
+    assert all(("'mask/kept_fraction/" in line) == show_blocks for line in printed)
+    blocks = [key for key in trainer.state.log_history[0] if key.startswith("mask/kept_fraction/")]
+    assert len(blocks) >= 5  # the trainer state (and so every report_to backend) has each block

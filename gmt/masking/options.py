@@ -22,7 +22,9 @@ class Option:
     """One setting: its name (the config field and ``--flag``), type, default, range and help.
 
     ``low``/``high`` bound a number (closed unless ``low_open``/``high_open``); ``choices`` lists a
-    string's values; ``regex``: the string must be a regular expression (None allowed: "unset").
+    string's values; ``regex``: the string must be a regular expression (None allowed: "unset");
+    ``decides_mask``: false for a setting of how the run is resumed or reported, which a checkpoint
+    does not record and a resumed run may change.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     regex: bool = False
+    decides_mask: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in _KINDS:
@@ -137,8 +140,18 @@ RESUME_MASK_CHANGES = Option(
     "",
     "Mask settings that may differ from the checkpoint's when resuming, comma-separated (e.g. 'mask_ratio'): "
     "the resumed steps use the new values. Any other mask setting that differs is refused, naming both values.",
+    decides_mask=False,
+)
+
+LOG_MASK_BLOCKS = Option(
+    "log_mask_blocks",
+    bool,
+    False,
+    "Print the kept fraction of every block (mask/kept_fraction/<block>) in the console log lines too. The report_to "
+    "backends and the trainer state always get them; the console gets the overall mask/kept_fraction.",
+    decides_mask=False,
 )
 
 # The settings of every strategy (mask_strategy itself is declared by the registry, whose names it takes).
 COMMON_OPTIONS: tuple[Option, ...] = (MASK_START_STEP, MAX_NONFINITE_STEPS, FROZEN_PARAMS, DENSE_PARAMS,
-                                      DENSE_PHASE_LEARNING_RATE, RESUME_MASK_CHANGES)  # fmt: skip
+                                      DENSE_PHASE_LEARNING_RATE, RESUME_MASK_CHANGES, LOG_MASK_BLOCKS)  # fmt: skip
