@@ -36,6 +36,7 @@ from gmt.parallel import check_parallel_layout
 from gmt.prompts import apply_prompt_format
 from gmt.rows import RoleExample, RowChecker
 from gmt.shutdown import exit_without_finalizing
+from gmt.summary import changed_entries
 
 
 def set_model_init_kwargs(model_args: ModelConfig, training_args) -> None:
@@ -168,10 +169,23 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:  # the logs (mask telemetry included) beside the model
+    if trainer.accelerator.is_main_process:
+        report_changed_entries(trainer, model_args.model_name_or_path, training_args.output_dir)
+        # the logs (mask telemetry included) beside the model
         trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return trainer
+
+
+def report_changed_entries(trainer, base: str, output_dir: str) -> None:
+    """Say and log how many entries the saved model changed against its base (gmt.summary)."""
+    counted = changed_entries(base, output_dir)
+    if counted is None:  # a LoRA adapter, or weights that are not safetensors
+        return
+    changed, compared = counted
+    print(f"gmt: the saved model changed {changed:,} of its {compared:,} entries ({changed / compared:.2%}) "
+          f"against {base}", flush=True)  # fmt: skip
+    trainer.log({"gmt/entries_changed": changed, "gmt/entries_changed_fraction": changed / compared})
 
 
 def finish(trainer, script_args: GMTScriptArguments | None = None) -> None:

@@ -48,6 +48,7 @@ from gmt.masking import (
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
 from gmt.parallel import check_parallel_layout
 from gmt.precision import MasterWeights, keep_fp32_masters
+from gmt.summary import format_summary, mask_summary
 
 
 class MaskingMixin:
@@ -58,6 +59,7 @@ class MaskingMixin:
     _resumed_state: dict | None = None  # one rank's mask state, read from the checkpoint being resumed
     _pending_logs: dict[str, float] | None = None  # telemetry collected for the next training log
     _master_weights: MasterWeights | None = None  # the weights gmt keeps in fp32 (gmt.precision)
+    _frozen_by_pattern: list[str] = []  # what frozen_params froze (gmt.summary reports it)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -65,7 +67,7 @@ class MaskingMixin:
         self._check_engine_supported()
         self._check_matrix_orientation()
         # Before the optimizer and the engine exist, so frozen parameters get neither gradients nor state.
-        freeze_parameters(self.model.named_parameters(), effective_frozen_params(self.args))
+        self._frozen_by_pattern = freeze_parameters(self.model.named_parameters(), effective_frozen_params(self.args))
         # Before the optimizer exists, so that it steps the fp32 weights (gmt.precision says why).
         engine_keeps_masters = self.is_deepspeed_enabled or (
             self.is_fsdp_enabled and self.accelerator.mixed_precision != "no"
@@ -167,6 +169,10 @@ class MaskingMixin:
             loss_scaled=self.args.fp16 and skips_itself,
         )
         self._pending_logs = None
+        summary = mask_summary(self.strategy, self.model, self._frozen_by_pattern, self.args)
+        if self.args.process_index == 0:
+            print(format_summary(self.strategy, summary, self.args), flush=True)
+        self.log(summary.logs())
         state, self._resumed_state = self._resumed_state, None
         if state is not None:
             self._masker.load_state_dict(state)
@@ -251,6 +257,18 @@ class MaskingMixin:
         logs = {**self._masker.pop_logs(), "nonfinite_skipped_steps": self._step.nonfinite_skipped}
         self._pending_logs = {**(self._pending_logs or {}), **logs}
 
+    def _end_of_run(self) -> None:
+        """Count the steps not logged yet (every rank: it may all-reduce), then say and log the
+        run's mean kept fraction."""
+        self._masker.pop_logs()
+        kept = self._masker.run_kept_fraction()
+        if kept is None:
+            return
+        if self.args.process_index == 0:
+            print(f"gmt: mean kept fraction over the run's {self._masker.run_steps} optimizer steps: {kept:.4f}",
+                  flush=True)  # fmt: skip
+        self.log({"gmt/run_kept_fraction": kept})
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Add the collected mask telemetry to the Trainer's training logs (so every ``report_to``
         gets it). No collective here: ``log`` may be called on one rank only."""
@@ -275,6 +293,9 @@ class _MaskStepCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log:
             self.trainer._collect_logs()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer._end_of_run()
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if control.should_log:

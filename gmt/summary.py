@@ -1,0 +1,128 @@
+"""What a run says about its mask: a short table before the first step (the strategy and its
+options, and how many entries are trainable, masked, dense and frozen, with what each pattern
+matched) and a line after the last (the mean kept fraction and the entries the saved model changed).
+Printed on the main process; the numbers also go to the Trainer's logs, so every ``report_to``
+backend records them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gmt.masking import MaskStrategy
+
+
+def full_numel(param: torch.Tensor) -> int:
+    """Entries of a parameter, whole (ZeRO-3 keeps an empty placeholder and the count in ``ds_numel``)."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
+@dataclass(frozen=True)
+class MaskSummary:
+    """The entry counts of a run's start."""
+
+    trainable: int
+    masked: int
+    dense: int
+    frozen: int
+    pattern_matches: dict[str, tuple[str, int, int]]  # setting -> (pattern, tensors, entries)
+    optimizer_state: str
+
+    def logs(self) -> dict[str, float]:
+        """The numbers for the Trainer's logs."""
+        return {"gmt/entries_trainable": self.trainable, "gmt/entries_masked": self.masked,
+                "gmt/entries_dense": self.dense, "gmt/entries_frozen": self.frozen}  # fmt: skip
+
+
+def mask_summary(strategy: MaskStrategy, model: torch.nn.Module, frozen_by_pattern: list[str], args) -> MaskSummary:
+    """The counts of a run whose ``strategy`` is set up (``strategy.layout``, ``strategy.dense``);
+    ``frozen_by_pattern`` are the parameters ``frozen_params`` froze."""
+    numels = {name: full_numel(param) for name, param in model.named_parameters()}
+    layout = strategy.layout
+    trainable = sum(layout.numels)
+    dense = sum(numel for numel, is_dense in zip(layout.numels, strategy.dense, strict=True) if is_dense)
+    matches = {}
+    if strategy.name != "full":
+        frozen_pattern = _pattern(args, "frozen_params", strategy.default_frozen_params)
+        if frozen_pattern:
+            matches["frozen_params"] = (frozen_pattern, len(frozen_by_pattern),
+                                        sum(numels[name] for name in frozen_by_pattern))  # fmt: skip
+        dense_pattern = strategy.dense_params
+        if dense_pattern:
+            named = zip(layout.names, layout.numels, strict=True)
+            hits = [numel for name, numel in named if re.search(dense_pattern, name)]
+            matches["dense_params"] = (dense_pattern, len(hits), sum(hits))
+    kind = strategy.optimizer_kind
+    if kind == "sparse":
+        state = "moments for the kept entries only (SparseMaskedAdamW), once the mask is chosen"
+    else:
+        state = f"2 fp32 moments per trainable entry, about {8 * trainable / 2**20:,.1f} MiB in all (AdamW)"
+    return MaskSummary(trainable, trainable - dense, dense, sum(numels.values()) - trainable, matches, state)
+
+
+def _pattern(args, name: str, default: str) -> str:
+    value = getattr(args, name)
+    return default if value is None else value
+
+
+def format_summary(strategy: MaskStrategy, summary: MaskSummary, args) -> str:
+    """The table printed before the first step, with a warning line for a pattern that matches nothing."""
+    options = ", ".join(f"{option.name} {getattr(args, option.name)!r}" for option in strategy.declared_options())
+    start = f", masking from step {strategy.first_masked_step(args.mask_start_step)}" if strategy.name != "full" else ""
+    lines = [f"gmt: mask_strategy {strategy.name!r}" + (f" ({options})" if options else "") + start, "",
+             "| entries | count | share of the model |", "|---|---:|---:|"]  # fmt: skip
+    total = summary.trainable + summary.frozen
+    rows = [("trainable", summary.trainable), ("  masked (selectable)", summary.masked),
+            ("  dense (always trained)", summary.dense), ("frozen", summary.frozen)]  # fmt: skip
+    lines += [f"| {label} | {count:,} | {count / total:.1%} |" for label, count in rows]
+    lines.append("")
+    for setting, (pattern, tensors, entries) in summary.pattern_matches.items():
+        lines.append(f"{setting} {pattern!r} matched {tensors} tensors, {entries:,} entries")
+        if tensors == 0:
+            lines.append(f"warning: {setting} {pattern!r} matches no trainable parameter name (check the regex)")
+    lines.append(f"optimizer state: {summary.optimizer_state}")
+    return "\n".join(lines)
+
+
+def changed_entries(base: str | Path, tuned: str | Path) -> tuple[int, int] | None:
+    """Entries of the saved model ``tuned`` that differ from ``base`` (both safetensors
+    checkpoints: a local folder, or a hub id already in the local cache), compared one tensor at a
+    time; with the entries compared. None where either has no safetensors weights."""
+    from safetensors import safe_open
+
+    base_files, tuned_files = _safetensors(base), _safetensors(tuned)
+    if not base_files or not tuned_files:
+        return None
+    base_index = {}
+    for file in base_files:
+        with safe_open(str(file), "pt") as handle:
+            base_index.update({key: file for key in handle.keys()})  # noqa: SIM118 (safe_open has no iteration)
+    changed = compared = 0
+    for file in tuned_files:
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118
+                if key not in base_index:
+                    continue
+                tuned_tensor = handle.get_tensor(key)
+                with safe_open(str(base_index[key]), "pt") as base_handle:
+                    base_tensor = base_handle.get_tensor(key)
+                if base_tensor.shape != tuned_tensor.shape:
+                    continue
+                changed += int((base_tensor.to(tuned_tensor.dtype) != tuned_tensor).sum())
+                compared += tuned_tensor.numel()
+    return (changed, compared) if compared else None
+
+
+def _safetensors(name: str | Path) -> list[Path]:
+    path = Path(name)
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(str(name), allow_patterns=["*.safetensors"], local_files_only=True))
+        except Exception:  # not a hub id, or not in the local cache: nothing to compare with
+            return []
+    return sorted(path.glob("*.safetensors"))
