@@ -262,11 +262,11 @@ def updated_fraction(base: Path, tuned: Path) -> float:
     adapter merged into the base first)."""
     from transformers import AutoModelForCausalLM
 
-    before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
-    if (tuned / "adapter_config.json").is_file():
-        from peft import PeftModel
+    from gmt.adapter import is_adapter, merged_model
 
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tuned).merge_and_unload()
+    before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
+    if is_adapter(tuned):
+        model = merged_model(tuned, str(base))
     else:
         model = AutoModelForCausalLM.from_pretrained(tuned)
     after = dict(model.named_parameters())

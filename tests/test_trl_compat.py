@@ -106,6 +106,42 @@ def test_masking_with_lora_runs_over_the_adapter_entries(tiny_assets, tmp_path):
     assert changed > 0
 
 
+def test_a_lora_output_merges_into_an_ordinary_checkpoint(tiny_assets, tmp_path):
+    import subprocess
+    import sys
+
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from gmt.evaluation import EvalArguments
+    from gmt.evaluation.harness import model_arguments
+    from gmt.sft import main
+
+    lora = ("--use_peft", "true", "--lora_r", "8", "--max_steps", "3", "--warmup_steps", "0", "--learning_rate", "1e-2")
+    main(*tiny_recipe(tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "lora", *lora))
+    with pytest.raises(ValueError, match=r"PEFT adapter; merge it into its base first: python scripts/merge_adapter"):
+        model_arguments(EvalArguments(suite="tiny_arithmetic", model=str(tmp_path / "lora"), backend="vllm"))
+    subprocess.run([sys.executable, "scripts/merge_adapter.py", "--adapter", str(tmp_path / "lora"),
+                    "--out", str(tmp_path / "merged")], cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    merged = tmp_path / "merged"
+    assert not (merged / "adapter_config.json").exists() and (merged / "tokenizer_config.json").is_file()
+    with safe_open(str(merged / "model.safetensors"), "pt") as merged_file, \
+            safe_open(str(tiny_assets / "base/model.safetensors"), "pt") as base_file:  # fmt: skip
+        assert set(merged_file.keys()) == set(base_file.keys())  # the base's names: no lora_ tensors left
+        changed = [key for key in base_file.keys()  # noqa: SIM118 (safe_open has no iteration)
+                   if not torch.equal(merged_file.get_tensor(key), base_file.get_tensor(key))]
+    assert changed and all("proj" in key for key in changed)  # the adapted projections moved, nothing else
+    assert model_arguments(EvalArguments(suite="tiny_arithmetic", model=str(merged)))[0]["pretrained"] == str(merged)
+    ids = torch.arange(3, 40).unsqueeze(0)
+    with torch.no_grad():
+        before = AutoModelForCausalLM.from_pretrained(tiny_assets / "base")(ids).logits
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_assets / "base"),
+                                            str(tmp_path / "lora")).eval()(ids).logits  # fmt: skip
+        got = AutoModelForCausalLM.from_pretrained(merged).eval()(ids).logits
+    assert (adapted - got).abs().max() < 1e-4 and (adapted - before).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("show_blocks", [False, True])
 def test_console_gets_the_overall_fraction_and_the_backends_every_block(tiny_assets, tmp_path, capsys, show_blocks):
     from gmt.sft import main

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gmt.adapter import adapter_base, is_adapter
 from gmt.evaluation.suites import SUITES, Suite, check_requirements, load_suite
 
 BACKENDS = ("hf", "vllm")
@@ -114,13 +115,12 @@ def model_arguments(args: EvalArguments) -> tuple[dict[str, Any], dict[str, Any]
     from lm_eval.utils import simple_parse_args_string
 
     batch_size: int | str = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
-    adapter = Path(args.model) / "adapter_config.json"
     model_args: dict[str, Any] = {"pretrained": args.model, "dtype": args.dtype}
-    if adapter.is_file():  # a PEFT run's output: the base it was trained on plus the adapter
+    if is_adapter(args.model):  # a PEFT run's output: the base it was trained on plus the adapter
         if args.backend == "vllm":
-            raise ValueError(f"--backend vllm: {args.model} is a PEFT adapter; merge it into its base first")
-        model_args = {**model_args, "pretrained": json.loads(adapter.read_text())["base_model_name_or_path"],
-                      "peft": args.model}  # fmt: skip
+            raise ValueError(f"--backend vllm: {args.model} is a PEFT adapter; merge it into its base first: "
+                             f"python scripts/merge_adapter.py --adapter {args.model} --out MERGED")
+        model_args = {**model_args, "pretrained": adapter_base(args.model), "peft": args.model}
     if args.backend == "vllm":
         model_args |= {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size":
                        args.data_parallel_size, "gpu_memory_utilization": args.gpu_memory_utilization}  # fmt: skip
