@@ -121,7 +121,7 @@ def test_a_lora_output_merges_into_an_ordinary_checkpoint(tiny_assets, tmp_path)
     lora = ("--use_peft", "true", "--lora_r", "8", "--max_steps", "3", "--warmup_steps", "0", "--learning_rate", "1e-2")
     main(*tiny_recipe(tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "lora", *lora))
     with pytest.raises(ValueError, match=r"PEFT adapter; merge it into its base first: python scripts/merge_adapter"):
-        model_arguments(EvalArguments(suite="tiny_arithmetic", model=str(tmp_path / "lora"), backend="vllm"))
+        model_arguments(EvalArguments(suite="tiny", model=str(tmp_path / "lora"), backend="vllm"))
     subprocess.run([sys.executable, "scripts/merge_adapter.py", "--adapter", str(tmp_path / "lora"),
                     "--out", str(tmp_path / "merged")], cwd=REPO, check=True, capture_output=True)  # fmt: skip
     merged = tmp_path / "merged"
@@ -132,7 +132,7 @@ def test_a_lora_output_merges_into_an_ordinary_checkpoint(tiny_assets, tmp_path)
         changed = [key for key in base_file.keys()  # noqa: SIM118 (safe_open has no iteration)
                    if not torch.equal(merged_file.get_tensor(key), base_file.get_tensor(key))]
     assert changed and all("proj" in key for key in changed)  # the adapted projections moved, nothing else
-    assert model_arguments(EvalArguments(suite="tiny_arithmetic", model=str(merged)))[0]["pretrained"] == str(merged)
+    assert model_arguments(EvalArguments(suite="tiny", model=str(merged)))[0]["pretrained"] == str(merged)
     ids = torch.arange(3, 40).unsqueeze(0)
     with torch.no_grad():
         before = AutoModelForCausalLM.from_pretrained(tiny_assets / "base")(ids).logits

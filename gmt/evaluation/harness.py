@@ -142,7 +142,7 @@ def check_settings(args: EvalArguments, suite: Suite) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {args.backend!r}")
     if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ModuleNotFoundError(
-            "--backend vllm needs vllm (pip install vllm, on a CUDA machine); it is not installed"
+            "--backend vllm needs vllm, which is not installed: pip install -e '.[vllm]' (on a CUDA machine)"
         )
     if args.backend == "hf" and (args.tensor_parallel_size, args.data_parallel_size) != (1, 1):
         raise ValueError("tensor_parallel_size / data_parallel_size apply to --backend vllm, not hf")

@@ -1,0 +1,107 @@
+"""The docs match the code: every path and module the README and docs/ name exists, and the code
+map in docs/design.md names every module of gmt/."""
+
+import importlib
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+# A repository path: gmt/..., scripts/..., recipes/..., tests/..., docs/... (a URL's path is not one).
+PATH = re.compile(r"(?<![\w/.:-])((?:gmt|scripts|recipes|tests|docs|\.ci)/[\w./-]*[\w/])")
+MODULE = re.compile(r"(?<![\w/.-])(gmt(?:\.[a-z_][a-z0-9_]*)+)")
+# Files a committed script writes where it runs (not here): the path, and the script that writes it.
+WRITTEN_ELSEWHERE = {"docs/benchmarks/gpu_check.json": "scripts/gpu_check.py"}  # on a CUDA machine
+
+
+def named(pattern: re.Pattern) -> list[tuple[str, str]]:
+    """(document, name) for each match of ``pattern`` in the docs."""
+    return [(doc.relative_to(REPO).as_posix(), match) for doc in DOCS for match in pattern.findall(doc.read_text())]
+
+
+def test_every_path_the_docs_name_exists():
+    paths = named(PATH)
+    assert len(paths) > 50  # the pattern finds them
+    missing = [(doc, path) for doc, path in paths if not (REPO / path).exists() and path not in WRITTEN_ELSEWHERE]
+    assert not missing, missing
+    for path, script in WRITTEN_ELSEWHERE.items():  # the script's default output is that path
+        assert '"' + '" / "'.join(Path(path).parts) + '"' in (REPO / script).read_text(), (path, script)
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` is a module of gmt, or an attribute of one (``gmt.masking.base.keep_count``)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = ".".join(parts[:cut])
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+        except ModuleNotFoundError:  # a parent is a module, not a package
+            continue
+        value = importlib.import_module(module)
+        for attribute in parts[cut:]:
+            if not hasattr(value, attribute):
+                return False
+            value = getattr(value, attribute)
+        return True
+    return False
+
+
+def test_every_module_the_docs_name_exists():
+    modules = named(MODULE)
+    assert len(modules) > 20
+    missing = [(doc, module) for doc, module in modules if not resolves(module.rstrip("."))]
+    assert not missing, missing
+
+
+def code_map() -> set[str]:
+    """The paths (relative to gmt/) in the first column of docs/design.md's code map; a bare file
+    name takes the folder of the row's first path (``masking/keys.py``, ``search.py``)."""
+    text = (REPO / "docs/design.md").read_text()
+    section = text[text.index("## Code map") :]
+    section = section[: section.index("\n## ", 1)]
+    listed = set()
+    for row in re.findall(r"^\| (`.+?) \|", section, flags=re.MULTILINE):
+        names = re.findall(r"`([^`]+)`", row)
+        folder = names[0].rsplit("/", 1)[0] + "/" if "/" in names[0].rstrip("/") else ""
+        listed |= {name if "/" in name else folder + name for name in names}
+    return listed
+
+
+def test_the_code_map_names_every_module_of_gmt():
+    listed = code_map()
+    assert not [path for path in listed if not (REPO / "gmt" / path).exists()]
+    folders = [path for path in listed if path.endswith("/")]
+    modules = [path.relative_to(REPO / "gmt").as_posix() for path in (REPO / "gmt").rglob("*.py")]
+    unlisted = [module for module in modules if module not in listed and Path(module).name not in ("__init__.py",
+                "__main__.py") and not any(module.startswith(folder) for folder in folders)]  # fmt: skip
+    assert not unlisted, f"docs/design.md's code map does not name {unlisted}"
+
+
+@pytest.mark.parametrize("backend_module", ["vllm"])
+def test_the_vllm_backend_names_the_extra_that_installs_it(backend_module):
+    from gmt.evaluation import EvalArguments
+    from gmt.evaluation.harness import check_settings
+    from gmt.evaluation.suites import load_suite
+
+    if importlib.util.find_spec(backend_module) is not None:
+        pytest.skip("vllm is installed here")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[vllm\]'") as refused:
+        check_settings(EvalArguments(suite="tiny", model="m", backend="vllm"), load_suite("tiny"))
+    extra = re.search(r"\.\[(\w+)\]", str(refused.value)).group(1)
+    import tomllib  # Python 3.11+, like the project's other pyproject checks
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(requirement.startswith(("vllm", "lm_eval[vllm]")) for requirement in extras[extra])
+
+
+def test_the_patterns_find_what_they_check():
+    text = "See `gmt/masking/threshold.py` (https://github.com/x/gmt/blob/main) and gmt.masking.thresholds."
+    assert PATH.findall(text) == ["gmt/masking/threshold.py"]
+    assert MODULE.findall(text) == ["gmt.masking.thresholds"]
+    assert not resolves("gmt.masking.thresholds") and not resolves("gmt.masking.base.keep_counts")
+    assert resolves("gmt.masking.base.keep_count") and resolves("gmt.tiny")
