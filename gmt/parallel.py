@@ -16,7 +16,7 @@ from typing import Any
 
 from gmt.masking import MaskStrategy, optimizer_requirement
 
-README_LAYOUTS = 'README.md, "Distributed: what is supported"'
+LAYOUTS_DOC = 'docs/distributed.md, "What is supported"'
 
 
 def check_parallel_layout(strategy: MaskStrategy, args: Any) -> None:
@@ -51,7 +51,7 @@ def _check_parallelism_config(strategy: MaskStrategy, args: Any) -> None:
         if size > 1:
             raise NotImplementedError(
                 f"mask_strategy {strategy.name!r} cannot run with parallelism_config {name}={size} ({reason}); "
-                f"supported: DDP, FSDP2 fully sharded, DeepSpeed ZeRO-1/2/3 ({README_LAYOUTS})"
+                f"supported: DDP, FSDP2 fully sharded, DeepSpeed ZeRO-1/2/3 ({LAYOUTS_DOC})"
             )
 
 
@@ -92,7 +92,7 @@ def _check_deepspeed(strategy: MaskStrategy, args: Any, ds_config: dict) -> None
         raise NotImplementedError(
             f"mask_strategy {name} cannot run under DeepSpeed MiCS (zero_optimization.mics_shard_size "
             f"{zero['mics_shard_size']}): its shard groups replicate the gradient, and gmt's counts would add "
-            f"every replica ({README_LAYOUTS})"
+            f"every replica ({LAYOUTS_DOC})"
         )
     layouts = {
         "sequence_parallel_size": (ds_config.get("sequence_parallel_size") or 1, "sequence parallelism"),
@@ -103,5 +103,5 @@ def _check_deepspeed(strategy: MaskStrategy, args: Any, ds_config: dict) -> None
         if size > 1:
             raise NotImplementedError(
                 f"mask_strategy {name} cannot run with DeepSpeed {what} ({setting} {size}): a slice of a tensor "
-                f"is not the partition gmt counts ({README_LAYOUTS})"
+                f"is not the partition gmt counts ({LAYOUTS_DOC})"
             )

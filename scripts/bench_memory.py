@@ -18,8 +18,8 @@ Recorded per method:
 - ``peak_rss_bytes`` of the process and ``training_rss_bytes`` = peak minus the RSS right after the
   model was built (what training added: gradients, optimizer state, activations, buffers).
 
-Writes ``docs/memory.json``, ``docs/memory.md``, ``docs/memory.png`` and the README table between
-the ``memory:start`` / ``memory:end`` markers.
+Writes ``docs/memory.json``, ``docs/memory.md``, ``docs/memory.png`` and the table in
+``docs/strategies.md`` between the ``memory:start`` / ``memory:end`` markers.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from readme_section import replace_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- memory:start -->", "<!-- memory:end -->"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "strategies.md"  # where the table is discussed
 METHODS = ("full", "gmt", "gps", "grft", "gspf", "lora")
 # The settings each method runs with (steps include gps/grft's selection pass and gspf's warm-up).
 SETTINGS = {
@@ -205,7 +206,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "docs")
-    parser.add_argument("--no_readme", action="store_true", help="don't rewrite the README table")
+    parser.add_argument("--no_readme", action="store_true", help="don't rewrite the table in docs/strategies.md")
     parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -248,7 +249,7 @@ def main() -> None:
     if table:
         plot(records, args.out / "memory.png")
         if not args.no_readme:
-            replace_readme_section(START, END, f"`{command.strip()}`\n\n{table}")
+            replace_readme_section(START, END, f"`{command.strip()}`\n\n{table}", DOC)
     print(table)
 
 

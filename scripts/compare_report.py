@@ -1,16 +1,15 @@
-"""The comparison's answers, from the finished comparisons of every task: README's comparison section.
+"""The comparison's answers, from the finished comparisons of every task.
 
     python scripts/compare.py && python scripts/compare.py --data .cache/gmt-tiny/data/sft_twostep \\
-        --out docs/compare/twostep --methods ...              # the two tasks (see README)
+        --out docs/compare/twostep --methods ...              # the two tasks (docs/comparison.md)
     python scripts/compare_report.py                         # docs/compare/report.md and README
 
 Reads each task's ``compare.json`` and ``sweep.json`` (written by ``scripts/compare.py``) and
-writes, for README between the ``compare:start`` / ``compare:end`` markers and in
-``docs/compare/report.md``: each task's final table, sweep table, learning curves and plots; the
-learning rate that won each method's sweep as a multiple of full fine-tuning's; every claim of the
-papers with the measured numbers and the verdict the rule below gives; and which method to start
-from for a memory budget. The learning-rate table also goes into README's strategy section
-(``lr-scale:start`` / ``lr-scale:end``).
+writes ``docs/compare/report.md``: which method to start from for a memory budget; every claim of
+the papers with the measured numbers and the verdict the rule below gives; the learning rate that
+won each method's sweep as a multiple of full fine-tuning's; and each task's final table, sweep
+table, learning curves and plots. The README gets the summary (the recommendation and the claims,
+between the ``compare:start`` / ``compare:end`` markers), with a link to the report.
 
 Rules (fixed before the runs; every number is a mean over the final seeds):
 
@@ -193,7 +192,7 @@ def main() -> None:
     sweeps = {name: sweep for name, (_, sweep) in loaded.items()}
     scale = lr_scale_table(sweeps)
 
-    def report(document: Path) -> str:
+    def summary() -> str:
         return "\n".join([
             "### What we recommend",
             "",
@@ -211,6 +210,11 @@ def main() -> None:
             "entries.",
             "",
             claims(rows),
+        ])  # fmt: skip
+
+    def report(document: Path) -> str:
+        return "\n".join([
+            summary(),
             "### Learning rate that won each sweep",
             "",
             scale,
@@ -218,9 +222,13 @@ def main() -> None:
         ])  # fmt: skip
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(args.out))
-    replace_readme_section("<!-- compare:start -->", "<!-- compare:end -->", report(args.readme), args.readme)
-    replace_readme_section("<!-- lr-scale:start -->", "<!-- lr-scale:end -->", scale, args.readme)
+    args.out.write_text("# The methods compared on the tiny recipe\n\nHow they were run: "
+                        f"[comparison.md]({os.path.relpath(REPO / 'docs/comparison.md', args.out.resolve().parent)})"
+                        ".\n\n" + report(args.out))  # fmt: skip
+    link = Path(os.path.relpath(args.out.resolve(), args.readme.resolve().parent)).as_posix()
+    replace_readme_section("<!-- compare:start -->", "<!-- compare:end -->",
+                           summary() + f"\nEach task's tables, sweeps, learning curves and plots: [{link}]({link}).\n",
+                           args.readme)  # fmt: skip
     print(report(args.out))
 
 

@@ -1,11 +1,11 @@
 """Time the built-in tiny recipes from nothing: build the base, fine-tune it with GMT (SFT), then
 run GMT DPO from that checkpoint.
 
-    python scripts/time_tiny_recipe.py            # writes docs/tiny_recipe.{json,md}, updates README
+    python scripts/time_tiny_recipe.py            # writes docs/tiny_recipe.{json,md} and docs/tiny.md's table
 
 Runs the same commands the README gives, in a fresh directory, and records wall-clock seconds
-and the logged losses. The README section between the tiny-timing markers is replaced with the
-markdown table, so the numbers quoted there always come from this script.
+and the logged losses. The section of docs/tiny.md between the tiny-timing markers is replaced
+with the markdown table, so the numbers quoted there always come from this script.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from readme_section import replace_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- tiny-timing:start -->", "<!-- tiny-timing:end -->"
+DOC = REPO / "docs" / "tiny.md"
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -97,7 +98,7 @@ def main() -> None:
         ]
     )
     (args.out / "tiny_recipe.md").write_text(table + "\n")
-    replace_readme_section(START, END, table + "\n")
+    replace_readme_section(START, END, table + "\n", DOC)
     print(table)
 
 

@@ -70,8 +70,7 @@ def test_compare_measures_optimizer_state_and_learning_curves(smoke, tiny_assets
 @pytest.mark.slow
 def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- compare:start -->\nOLD-TABLE\n<!-- compare:end -->\n<!-- lr-scale:start -->\n"
-                      "<!-- lr-scale:end -->\nend\n")  # fmt: skip
+    readme.write_text("intro\n<!-- compare:start -->\nOLD-TABLE\n<!-- compare:end -->\nend\n")
     command = [sys.executable, "scripts/compare_report.py", "--tasks", f"smoke={smoke}", "--out",
                str(tmp_path / "report.md"), "--readme", str(readme)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -87,7 +86,10 @@ def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
     assert [line for line in recommended.splitlines() if line.startswith("| ")][-1].startswith(
         f"| {share:.3g} | {best} |")
     assert "not run (random-0.5)" in text and "not run (gps)" in text
-    assert f"| full | {rows['full']['learning_rate']:g} (1× full's) |" in text
+    assert "[report.md](report.md)" in text  # the README's summary links the tables
+    report = (tmp_path / "report.md").read_text()
+    assert recommended in report and f"| full | {rows['full']['learning_rate']:g} (1× full's) |" in report
+    assert "| full | " in report.split("#### smoke")[1]  # the task's own tables
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO
 
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "eval/README.md", *sorted((REPO / "docs").rglob("*.md"))]
 # A repository path: gmt/..., scripts/..., recipes/..., tests/..., docs/... (a URL's path is not one).
 PATH = re.compile(r"(?<![\w/.:-])((?:gmt|scripts|recipes|tests|docs|\.ci)/[\w./-]*[\w/])")
 MODULE = re.compile(r"(?<![\w/.-])(gmt(?:\.[a-z_][a-z0-9_]*)+)")
@@ -30,6 +30,30 @@ def test_every_path_the_docs_name_exists():
     assert not missing, missing
     for path, script in WRITTEN_ELSEWHERE.items():  # the script's default output is that path
         assert '"' + '" / "'.join(Path(path).parts) + '"' in (REPO / script).read_text(), (path, script)
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_in_the_docs_resolves():
+    broken = []
+    for doc in DOCS:
+        text = doc.read_text()
+        anchors = {slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
+        for target in LINK.findall(text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, fragment = target.partition("#")
+            if path and not (doc.parent / path).exists():
+                broken.append((doc.relative_to(REPO).as_posix(), target))
+            elif not path and fragment not in anchors:
+                broken.append((doc.relative_to(REPO).as_posix(), target))
+    assert not broken, broken
 
 
 def resolves(dotted: str) -> bool:
@@ -97,6 +121,18 @@ def test_the_vllm_backend_names_the_extra_that_installs_it(backend_module):
 
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(requirement.startswith(("vllm", "lm_eval[vllm]")) for requirement in extras[extra])
+
+
+def test_the_readme_is_a_front_door():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 300
+    head = "\n".join(lines[:120])
+    # the two commands first, then a real-model launch on one node and under SLURM, and DPO
+    assert lines[4].startswith("bash scripts/setup_cpu.sh") and "gmt/sft.py --config recipes/tiny/" in lines[4]
+    assert lines[6] == "bash scripts/setup_cpu.sh && . .venv/bin/activate && pytest -q -n auto"
+    assert "accelerate launch --config_file recipes/accelerate/zero3.yaml gmt/sft.py" in head
+    assert "sbatch --nodes" in head and "gmt/dpo.py --config recipes/llama2-7b/" in head
+    assert "pytest -q -n auto" in (REPO / ".ci/run").read_text()  # CI runs the README's test command
 
 
 def test_the_patterns_find_what_they_check():

@@ -94,5 +94,6 @@ def test_readme_commands_score_the_folders_the_recipes_write():
     import yaml
 
     written = {yaml.safe_load(recipe.read_text())["output_dir"] for recipe in TRAINING_RECIPES}
-    scored = set(re.findall(r"--model (outputs/\S+)", (REPO / "README.md").read_text()))
+    docs = [REPO / "README.md", *(REPO / "docs").glob("*.md")]
+    scored = {path for doc in docs for path in re.findall(r"--model (outputs/\S+)", doc.read_text())}
     assert scored and scored <= written, sorted(scored - written)

@@ -88,7 +88,7 @@ def test_sharegpt_conversations_are_read_as_trl_reads_them(tiny_assets, tmp_path
 
 
 def test_masking_with_lora_runs_over_the_adapter_entries(tiny_assets, tmp_path):
-    # README, "GMT with LoRA": the mask runs over the adapter's entries. LoRA starts with B = 0, so
+    # docs/running.md, "GMT with LoRA": the mask runs over the adapter's entries. LoRA starts with B = 0, so
     # A's gradient is all zero: more than mask_ratio of the entries tie at 0, T = 0 and the tie
     # rule keeps all of them (a dense step). Masking starts at the first step after B moved.
     lora = ("--use_peft", "true", "--lora_r", "8", "--max_steps", "3", "--logging_steps", "1", "--warmup_steps", "0")
