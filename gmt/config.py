@@ -178,3 +178,12 @@ class GMTScriptArguments(ScriptArguments, DatasetMixtureConfig):
             "--tensor_parallel_size 8' or '--data_dir /data/eval' (gmt-eval --help lists them)."
         },
     )
+
+
+def recipe_script(settings: dict) -> str:
+    """The training script a recipe's settings are for: ``gmt/dpo.py`` when it sets a field only
+    DPOConfig has (``beta``, ``loss_type``, ...), else ``gmt/sft.py``."""
+    from dataclasses import fields
+
+    dpo_only = {f.name for f in fields(GMTDPOConfig)} - {f.name for f in fields(GMTSFTConfig)}
+    return "gmt/dpo.py" if dpo_only & set(settings) else "gmt/sft.py"

@@ -126,3 +126,14 @@ def _safetensors(name: str | Path) -> list[Path]:
         except Exception:  # not a hub id, or not in the local cache: nothing to compare with
             return []
     return sorted(path.glob("*.safetensors"))
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the tensors in this rank's optimizer state. ``optimizer`` may be wrapped (accelerate's
+    ``AcceleratedOptimizer``, DeepSpeed's ZeRO optimizer): the innermost ``.optimizer`` holds the state."""
+    from gmt.masking.sparse_optim import state_bytes
+
+    while getattr(optimizer, "optimizer", None) is not None and optimizer.optimizer is not optimizer:
+        optimizer = optimizer.optimizer
+    return state_bytes(getattr(optimizer, "state", {}))
+

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 from trl import DPOTrainer, SFTTrainer
 
@@ -48,7 +49,7 @@ from gmt.masking import (
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
 from gmt.parallel import check_parallel_layout
 from gmt.precision import MasterWeights, keep_fp32_masters
-from gmt.summary import format_summary, mask_summary
+from gmt.summary import format_summary, mask_summary, optimizer_state_bytes
 
 
 class MaskingMixin:
@@ -259,15 +260,21 @@ class MaskingMixin:
 
     def _end_of_run(self) -> None:
         """Count the steps not logged yet (every rank: it may all-reduce), then say and log the
-        run's mean kept fraction."""
+        run's mean kept fraction and its optimizer state per rank (the largest rank's: what has to
+        fit in a device's memory; under ZeRO each rank holds a shard)."""
         self._masker.pop_logs()
+        per_rank = torch.tensor([optimizer_state_bytes(self.optimizer)], dtype=torch.int64,
+                                device=self.accelerator.device)  # fmt: skip
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(per_rank, op=dist.ReduceOp.MAX)
+        logs = {"gmt/optimizer_state_bytes_per_rank": int(per_rank.item())}
         kept = self._masker.run_kept_fraction()
-        if kept is None:
-            return
-        if self.args.process_index == 0:
-            print(f"gmt: mean kept fraction over the run's {self._masker.run_steps} optimizer steps: {kept:.4f}",
-                  flush=True)  # fmt: skip
-        self.log({"gmt/run_kept_fraction": kept})
+        if kept is not None:
+            if self.args.process_index == 0:
+                print(f"gmt: mean kept fraction over the run's {self._masker.run_steps} optimizer steps: {kept:.4f}",
+                      flush=True)  # fmt: skip
+            logs["gmt/run_kept_fraction"] = kept
+        self.log(logs)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Add the collected mask telemetry to the Trainer's training logs (so every ``report_to``

@@ -65,9 +65,13 @@ def test_a_peft_adapter_is_scored_on_its_base(tmp_path):
         model_arguments(EvalArguments(suite="tiny", model=str(tmp_path), backend="vllm"))
 
 
-def test_paper_protocol_subsamples_per_task(tiny_assets):
+def test_paper_protocol_subsamples_per_task(tiny_assets, tmp_path):
     """general_paper scores BBH, TyDiQA and GSM8K on open-instruct's subsample sizes; --limit caps all."""
-    args = EvalArguments(suite="general_paper", model=str(tiny_assets / "base"), allow_code_execution=True)
+    from gmt.standins.eval_data import build_eval_data, suite_reads
+
+    data = build_eval_data(suite_reads("general_paper"), tmp_path)  # no hub here: local copies
+    args = EvalArguments(suite="general_paper", model=str(tiny_assets / "base"), allow_code_execution=True,
+                         data_dir=str(data))  # fmt: skip
     limits = {task: call["limit"] for call in plan(args).calls for task in call["tasks"]}
     assert limits == {"mmlu": None, "bbh_cot_fewshot": 40, "tydiqa_goldp": 100, "gsm8k_cot": 200,
                       "gmt_humaneval_instruct": None}  # fmt: skip

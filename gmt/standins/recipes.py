@@ -38,8 +38,10 @@ MODEL_STANDINS = {
 
 
 def script_for(recipe: Path) -> str:
-    """The training script a recipe is for: ``dpo_*.yaml`` recipes are gmt/dpo.py's."""
-    return "gmt/dpo.py" if Path(recipe).name.startswith("dpo_") else "gmt/sft.py"
+    """The training script a recipe is for (``gmt.config.recipe_script``)."""
+    from gmt.config import recipe_script
+
+    return recipe_script(yaml.safe_load(Path(recipe).read_text()))
 
 
 def _cached(folder: Path, build) -> Path:
