@@ -1,31 +1,41 @@
-"""Every method on the tiny recipe, each at its own best learning rate: sweep, then seeds.
+"""Every method at its own best learning rate, on a recipe: sweep on held-out rows, then seeds.
 
-    python -m gmt.tiny && python scripts/compare.py                    # sweep, then the final table
+    python -m gmt.tiny && python scripts/compare.py                    # the tiny comparison (docs/comparison.md)
     python scripts/compare.py --phase sweep --methods gps lora         # only the sweep, for a subset
     python scripts/compare.py --smoke --model M --data D --out O       # 3 methods, 2 rates, a few steps
+    python scripts/compare.py --config recipes/llama3-8b/sft_math_gmt.yaml --out outputs/compare/math \\
+        --launcher 'accelerate launch --config_file recipes/accelerate/zero3.yaml' --methods full gmt-grad-0.2 gps lora
+    python scripts/compare.py --config RECIPE --out O --submit slurm --slurm_args '--nodes 1 --gpus-per-node 8'
 
-Each run is ``gmt/sft.py --config recipes/tiny/sft_full.yaml`` (the tiny recipe; its training
-settings are those of ``sft_gmt.yaml``, without mask settings) with the method's overrides, a
-learning rate and ``--seed``, scored with the tiny suite (exact match).
+Each run is the recipe's training script (``gmt/sft.py``, or ``gmt/dpo.py`` for a DPO recipe) on
+``<out>/recipe.yaml`` (the recipe, training on its data minus the held-out validation rows) with the
+method's overrides, a learning rate and ``--seed``.
 
-1. Validation: ``--validation_rows`` rows of the training data (a fixed random choice) are held
-   out into ``<out>/data/validation.jsonl``; every run trains on the rest (``<out>/data/train.jsonl``).
-2. Sweep: every method at ``base × LR_FACTORS`` (base: the recipe's 1e-3), seed 0,
-   ``--sweep_steps`` steps, scored on the validation rows; where the best rate is at an edge of the
-   grid the grid grows by one factor of 3 that way (at most ``--max_extensions`` times).
-   ``--sweep_around OTHER/sweep.json`` starts each method's grid instead at its winning rate on
-   another task and one half-decade either side (a second task's sweep in 3 runs a method, not 5;
-   the validation rows of this task still choose). ``<out>/sweep.{json,md,png}``.
+1. Validation: ``--validation_rows`` rows of the recipe's training split (a fixed random choice)
+   are held out into ``<out>/data/validation.jsonl`` (or ``--validation_data`` names a data set of
+   its own); every run trains on the rest.
+2. Sweep: every method at a grid of rates, seed 0, ``--sweep_steps`` steps (default: a third of
+   the recipe's length), scored on the validation rows: by the eval suite where it reads them (the
+   tiny suite, or ``--validation_eval_args``), else by the loss on them (``--select_by``). The grid
+   is the recipe's rate times the method's usual multiple (what won its sweep on the tiny task) and
+   one half-decade either side, or ``--lr_factors`` times the recipe's rate; where the best rate is
+   at an edge the grid grows by a factor of 3 that way (at most ``--max_extensions`` times), so a
+   method stops once its rate is bracketed. ``--sweep_around OTHER/sweep.json`` starts each grid at
+   the method's winning rate on another task instead. ``<out>/sweep.{json,md,png}``.
 3. Final: every method at its best validation rate (ties: the lower rate), ``--seeds``, the
-   recipe's full length, scored on the test problems, which no choice ever saw, and on the base's
-   pretraining equations (forgetting). A checkpoint saved at each quarter of the steps gives the
-   optimizer state's size and, for seed 0, the learning curve. ``<out>/compare.{json,md,png}``,
-   ``<out>/curve.{md,png}``.
+   recipe's full length, scored with the eval suite on its test data, which no choice ever saw.
+   ``<out>/compare.{json,md,png}``, and ``<out>/recommendation.md``: the method and rate to start from for
+   each memory budget, the papers' claims on this task, and the command that trains the winner.
 
-``scripts/compare_report.py`` then writes README's comparison section from every task's results.
+Without ``--config`` this is the tiny comparison, as committed in docs/compare: the tiny recipe, its
+wide grid, 300-step sweeps, a learning curve and a forgetting score (the base's pretraining
+equations) for every final run. ``scripts/compare_report.py`` writes the README's summary.
 
-A run writes ``<out>/runs/<phase>/<method>/<lr or seed>/result.json``; runs that have one are
-skipped, so an interrupted comparison resumes where it stopped.
+A run writes ``<out>/runs/<phase>/<method>/<lr or seed>/run.json`` (how it is made) and, once
+finished, ``result.json``; a finished run is never rerun, and one made with other settings is
+refused, so an interrupted comparison resumes where it stopped. ``--submit slurm`` writes the runs
+still to do as a SLURM job array (one run per array task, ``--task RUN_DIR``) instead of running
+them; run the same command again once the array has finished, until it prints the tables.
 """
 
 from __future__ import annotations
@@ -35,172 +45,75 @@ import json
 import math
 import os
 import platform
-import shutil
+import shlex
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = "recipes/tiny/sft_full.yaml"
-RATIOS = (0.2, 0.5, 0.8)
+from compare_plan import (
+    DENSE_PHASE_AT_FULLS_RATE,
+    METHODS,
+    RATIOS,
+    REPO,
+    TINY_RECIPE,
+    Run,
+    best_rate,
+    cached,
+    comparison_recipe,
+    execute,
+    hold_out,
+    ladder,
+    nearest_place,
+    normal_rate,
+    read_recipe,
+    score_jobs,
+    sweep_steps_for,
+    training_command,
+    usual_multiples,
+)
 
-# Method name -> overrides of the tiny recipe. The fixed-mask budgets suit the 0.86M-parameter
-# model (hidden 128): the papers' budgets (gspf 0.3%, gps K of 1-20) are for 100M+ parameters.
-METHODS: dict[str, tuple[str, ...]] = {
-    "full": ("--mask_strategy", "full"),
-    **{f"gmt-grad-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "grad") for r in RATIOS},
-    # update mode (mask on the optimizer's update) at the middle ratio: does it differ from grad mode?
-    "gmt-update-0.5": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"),
-    **{f"random-{r}": ("--mask_strategy", "random", "--mask_ratio", str(r)) for r in RATIOS},
-    "gps": ("--mask_strategy", "gps", "--gps_k", "16"),
-    "grft": ("--mask_strategy", "grft", "--grft_k", "16"),
-    "gspf": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
-    # gspf whose dense warm-up runs at full fine-tuning's best rate (dense_phase_learning_rate), the
-    # swept rate being that of its sparse phase only
-    "gspf-dense-lr": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
-    # gmt at one ratio with the other two scopes (the default is global: one top-k over everything).
-    **{f"gmt-grad-0.5-{scope}": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad",
-                                 "--mask_scope", scope) for scope in ("tensor", "layer")},  # fmt: skip
-    # LoRA on every linear layer.
-    "lora": ("--mask_strategy", "full", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
-             "--lora_target_modules", "all-linear"),  # fmt: skip
-}
 SMOKE_METHODS = ("full", "gmt-grad-0.5", "lora")
 # the methods that train one fixed subset (gspf: after its warm-up)
 FIXED_MASK = ("gps", "grft", "gspf", "gspf-dense-lr")
-DENSE_PHASE_AT_FULLS_RATE = ("gspf-dense-lr",)  # their dense phase at full's best validation rate
-BASE_LR = 1e-3  # the tiny recipe's (full fine-tuning's) learning rate
-LR_FACTORS = (0.3, 1, 3, 10, 30)  # the sweep grid, as multiples of BASE_LR
-SMOKE_LR_FACTORS = (1, 3)
+TINY = {  # the tiny comparison's settings (no --config), as committed in docs/compare
+    "data": ".cache/gmt-tiny/data/sft", "out": str(REPO / "docs" / "compare"), "eval_suite": "tiny",
+    "lr_factors": [0.3, 1, 3, 10, 30], "sweep_steps": 300, "curve": True, "forgetting_suite": "tiny_equations",
+}  # fmt: skip
+SMOKE_LR_FACTORS = [1, 3]
 
 
-def prepare_data(data: Path, out: Path, validation_rows: int, seed: int = 0) -> Path:
-    """``out`` with ``train.jsonl`` (the training rows minus the held-out ones), ``validation.jsonl``
-    (``validation_rows`` of them, a fixed random choice) and ``test.jsonl`` (the test problems, as they are)."""
-    import random
-    import shutil
+class Pending(Exception):
+    """Runs that have not finished (``--submit slurm`` / ``--collect``)."""
 
-    if (out / "validation.jsonl").is_file():
-        return out
-    rows = (data / "train.jsonl").read_text().splitlines()
-    if not 0 < validation_rows < len(rows):
-        sys.exit(f"--validation_rows must be between 1 and {len(rows) - 1} (the training rows), got {validation_rows}")
-    held_out = set(random.Random(seed).sample(range(len(rows)), validation_rows))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train.jsonl").write_text("".join(row + "\n" for i, row in enumerate(rows) if i not in held_out))
-    (out / "validation.jsonl").write_text("".join(rows[i] + "\n" for i in sorted(held_out)))
-    shutil.copy(data / "test.jsonl", out / "test.jsonl")
-    return out
+    def __init__(self, runs: list[Run]) -> None:
+        super().__init__(f"{len(runs)} runs to go")
+        self.runs = runs
 
 
-def run_one(method: str, seed: int, learning_rate: float, max_steps: int | None, eval_data: Path, final: bool,
-            args, run_dir: Path) -> dict:  # fmt: skip
-    """Train one (method, rate, seed) on the training rows, score it on ``eval_data``; returns and
-    writes its result. A ``final`` run also saves a checkpoint at every quarter of its steps: their
-    optimizer state is measured, seed 0's are scored (the learning curve), and the final model is
-    scored on the base's pretraining equations (forgetting)."""
-    command = [sys.executable, "gmt/sft.py", "--config", RECIPE, "--model_name_or_path", str(args.model),
-               "--dataset_name", str(args.data_dir), "--output_dir", str(run_dir), "--seed", str(seed),
-               "--learning_rate", str(learning_rate), "--report_to", "none", *METHODS[method],
-               "--eval_suite", "tiny", "--eval_args", f"--tiny_data {eval_data}"]  # fmt: skip
-    if max_steps:
-        command += ["--max_steps", str(max_steps), "--logging_steps", str(max(1, min(10, max_steps // 5)))]
-    if args.eval_limit:
-        command += ["--eval_limit", str(args.eval_limit)]
-    if final:
-        command += ["--save_strategy", "steps", "--save_steps", "0.25"]
-    if method in DENSE_PHASE_AT_FULLS_RATE:
-        command += ["--dense_phase_learning_rate", str(fulls_best_rate(args))]
-    started = time.perf_counter()
-    env = subprocess_env(args)
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"{method} seed {seed} lr {learning_rate:g} failed:\n{result.stderr[-3000:]}")
-    summary = json.loads((run_dir / "eval" / "lm_eval_tiny.json").read_text())["gmt"]
-    trainer_state = json.loads((run_dir / "trainer_state.json").read_text())
-    history = trainer_state["log_history"]
-    kept = [entry["mask/kept_fraction"] for entry in history if "mask/kept_fraction" in entry]
-    record = {
-        "method": method,
-        "seed": seed,
-        "learning_rate": learning_rate,
-        "max_steps": max_steps,
-        "scored_on": eval_data.name,
-        "score": summary["score"],
-        "kept_fraction": statistics.fmean(kept) if kept else None,  # None: no logging step ran
-        "updated_fraction": updated_fraction(args.model, run_dir),
-    }
-    if final:
-        checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
-        record["optimizer_state_bytes"] = optimizer_state_bytes(checkpoints[-1])
-        jobs = [(run_dir, "tiny_equations", args.equations, run_dir / "eval")]
-        if seed == 0:  # the learning curve: every checkpoint but the last (the final model is scored above)
-            jobs += [(path, "tiny", eval_data, path / "eval") for path in checkpoints[:-1]]
-        scores = score_in_subprocess(jobs, args, env)
-        record["equations_score"] = scores[0]
-        record["curve"] = [{"step": int(path.name.split("-")[1]), "score": score}
-                           for path, score in zip(checkpoints[:-1], scores[1:])] if seed == 0 else []  # fmt: skip
-        record["curve"].append({"step": trainer_state["global_step"], "score": summary["score"]})
-        for path in checkpoints:  # scored and measured: the final model stays in run_dir
-            shutil.rmtree(path)
-    record["seconds"] = time.perf_counter() - started
-    (run_dir / "result.json").write_text(json.dumps(record, indent=2))
-    return record
+class Runner:
+    """Gets the records of a round of runs: runs the missing ones here (``jobs`` side by side), or,
+    with ``submit``, raises ``Pending`` with them so that they go to the cluster."""
 
+    def __init__(self, jobs: int, submit: bool) -> None:
+        self.jobs, self.submit = jobs, submit
+        self.threads = max(1, (os.cpu_count() or 1) // jobs)
 
-def subprocess_env(args) -> dict[str, str]:
-    """The environment of a run: with ``--jobs`` runs side by side, each gets its share of the cores."""
-    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    return {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    def records(self, runs: list[Run], progress=None) -> list[dict]:
+        missing = [run for run in runs if not (Path(run.run_dir) / "result.json").is_file()]
+        if self.submit and missing:
+            raise Pending(missing)
 
+        def one(run: Run) -> dict:
+            record = cached(run, self.threads)
+            record["learning_rate"] = normal_rate(record["learning_rate"])
+            if progress is not None:
+                progress.set_postfix_str(f"{run.method} lr {run.learning_rate:g}")
+                progress.update()
+            return record
 
-def score_in_subprocess(jobs: list[tuple[Path, str, Path, Path]], args, env: dict[str, str]) -> list[float]:
-    """The score of each (model, suite, data, output_dir), in one process (the harness's task index
-    is built once)."""
-    spec = [{"model": str(model), "suite": suite, "tiny_data": str(data), "output_dir": str(out),
-             "limit": args.eval_limit} for model, suite, data, out in jobs]  # fmt: skip
-    command = [sys.executable, str(Path(__file__).resolve()), "--score_jobs", json.dumps(spec)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"scoring {[job[0] for job in jobs]} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def score_jobs(spec: str) -> None:
-    """``--score_jobs``: score each job of the JSON list; print the scores as one JSON line."""
-    from gmt.evaluation import evaluate_checkpoint
-
-    scores = [evaluate_checkpoint(job.pop("model"), job.pop("suite"), **job)["score"] for job in json.loads(spec)]
-    print(json.dumps(scores))
-
-
-def optimizer_state_bytes(checkpoint: Path) -> int:
-    """Bytes of every tensor in the optimizer state the trainer saved in ``checkpoint``."""
-    import torch
-
-    from gmt.masking.sparse_optim import state_bytes
-
-    return state_bytes(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)["state"])
-
-
-def cached_run(run_dir: Path, method: str, seed: int, learning_rate: float, max_steps: int | None,
-               eval_data: Path, final: bool, args) -> dict:  # fmt: skip
-    """``run_one``'s result: read back if the run finished before, else run it now. A finished run
-    of another length is refused: resuming must not mix lengths."""
-    done = run_dir / "result.json"
-    if not done.is_file():
-        return run_one(method, seed, learning_rate, max_steps, eval_data, final, args, run_dir)
-    record = json.loads(done.read_text())
-    if record["max_steps"] != max_steps:
-        def length(steps: int | None) -> str:
-            return f"{steps} steps" if steps else "the recipe's length"
-
-        sys.exit(f"{done} ran {length(record['max_steps'])}, this comparison asks {length(max_steps)} "
-                 "(--sweep_steps / --max_steps): remove those runs or use another --out")
-    return record
+        with ThreadPoolExecutor(self.jobs) as pool:  # the runs are subprocesses
+            return list(pool.map(one, runs))
 
 
 def half_decade(rate: float, steps: int) -> float:
@@ -209,75 +122,141 @@ def half_decade(rate: float, steps: int) -> float:
     return float(f"{1 if place % 2 == 0 else 3}e{place // 2}")
 
 
-def sweep_grid(method: str, factors: tuple[float, ...], around: dict[str, list[dict]] | None) -> list[float]:
-    """The rates a method's sweep starts from: ``BASE_LR × factors``, or, given another task's sweeps
-    (``--sweep_around``), that task's winning rate for the method and one half-decade either side."""
-    if around is None or method not in around:
-        return [BASE_LR * factor for factor in factors]
-    best = best_rate(around[method])
-    return [half_decade(best, -1), half_decade(best, 0), half_decade(best, 1)]
+def sweep_grid(method: str, base_rate: float, factors: list[float] | None, multiples: dict[str, float],
+               around: dict[str, list[dict]] | None) -> list[float]:  # fmt: skip
+    """The rates a method's sweep starts from: another task's winner and one half-decade either
+    side (``--sweep_around``); ``base_rate × factors``; or ``base_rate`` times the method's usual
+    multiple, snapped onto the ladder 1, 3, 10, ... of ``base_rate``, and one step either side."""
+    if around is not None and method in around:
+        best = best_rate(around[method])
+        return [half_decade(best, -1), half_decade(best, 0), half_decade(best, 1)]
+    if factors is not None:
+        return [normal_rate(base_rate * factor) for factor in factors]
+    place = nearest_place(multiples.get(method, 1.0))
+    return [ladder(base_rate, place - 1), ladder(base_rate, place), ladder(base_rate, place + 1)]
 
 
-def sweep(method: str, rates: list[float], args, progress, jobs: int = 1) -> list[dict]:
-    """One method at every rate of the grid (grown at an edge that wins), scored on validation;
-    ``jobs`` rates of a round side by side."""
-    rates = list(rates)
-    records: dict[float, dict] = {}
-
-    def run_rate(rate: float) -> dict:
-        progress.set_postfix_str(f"{method} lr {rate:g}")
-        run_dir = args.out / "runs" / "sweep" / method / f"lr{rate:g}"
-        record = cached_run(run_dir, method, 0, rate, args.sweep_steps, args.data_dir / "validation.jsonl",
-                            False, args)  # fmt: skip
-        progress.update()
-        return record
-
-    for extension in range(args.max_extensions + 1):
-        missing = [rate for rate in rates if rate not in records]
-        with ThreadPoolExecutor(jobs) as pool:  # the runs are subprocesses
-            records |= dict(zip(missing, pool.map(run_rate, missing)))
-        best = best_rate(list(records.values()))
-        if extension == args.max_extensions or best not in (min(rates), max(rates)):
-            break
-        rates.append(best * 3 if best == max(rates) else best / 3)
-        progress.total += 1
-    return [records[rate] for rate in sorted(records)]
-
-
-def fulls_best_rate(args) -> float:
-    """Full fine-tuning's best validation rate, from its finished sweep runs."""
-    runs = [json.loads(path.read_text()) for path in (args.out / "runs" / "sweep" / "full").glob("lr*/result.json")]
-    if not runs:
-        raise RuntimeError(f"{DENSE_PHASE_AT_FULLS_RATE} take full fine-tuning's best rate: sweep full first")
-    return best_rate(runs)
+def sweep_all(methods: list[str], grids: dict[str, list[float]], plan: Plan, runner: Runner,
+              progress) -> dict[str, list[dict]]:  # fmt: skip
+    """Every method at every rate of its grid, a round at a time; a method's grid grows by 3× at an
+    edge that wins (at most ``max_extensions`` times) until its best rate is bracketed. A method
+    whose dense phase takes full's best rate joins once full's sweep has ended."""
+    rates = {method: list(grids[method]) for method in methods}
+    records: dict[str, dict[float, dict]] = {method: {} for method in methods}
+    extensions = dict.fromkeys(methods, 0)
+    finished: set[str] = set()
+    while len(finished) < len(methods):
+        ready = [m for m in methods if m not in finished
+                 and (m not in DENSE_PHASE_AT_FULLS_RATE or "full" in finished or "full" not in methods)]  # fmt: skip
+        runs = [plan.run("sweep", m, 0, rate, records) for m in ready for rate in rates[m] if rate not in records[m]]
+        for run, record in zip(runs, runner.records(runs, progress)):
+            records[run.method][run.learning_rate] = record
+        for method in ready:
+            best = normal_rate(best_rate(list(records[method].values())))
+            edge = best in (min(rates[method]), max(rates[method]))
+            if not edge or extensions[method] == plan.max_extensions:
+                finished.add(method)
+                continue
+            rates[method].append(normal_rate(best * 3 if best == max(rates[method]) else best / 3))
+            extensions[method] += 1
+            progress.total += 1
+    return {method: [records[method][rate] for rate in sorted(records[method])] for method in methods}
 
 
-def best_rate(records: list[dict]) -> float:
-    """The rate with the best validation score (ties: the lower rate)."""
-    return min(records, key=lambda record: (-record["score"], record["learning_rate"]))["learning_rate"]
+class Plan:
+    """How each run of this comparison is made (``run``), from the settings of the command line."""
+
+    def __init__(self, args, recipe_file: Path, script: str, methods: dict[str, tuple[str, ...]]) -> None:
+        self.args, self.recipe_file, self.script, self.methods = args, recipe_file, script, methods
+        self.max_extensions = args.max_extensions
+
+    def run(self, phase: str, method: str, seed: int, rate: float, sweeps: dict) -> Run:
+        """The run of ``method`` at ``rate`` and ``seed`` in ``phase`` (``sweeps``: the sweep records so far)."""
+        args = self.args
+        run_dir = args.out / "runs" / phase / method / (f"lr{rate:g}" if phase == "sweep" else f"seed{seed}")
+        steps = args.sweep_steps if phase == "sweep" else args.max_steps
+        arguments = ["--output_dir", str(run_dir), "--seed", str(seed), "--learning_rate", str(rate),
+                     "--report_to", "none", *self.methods[method]]  # fmt: skip
+        validation = phase == "sweep"
+        scored_on = "validation.jsonl" if validation else "test"
+        suite = args.eval_suite
+        if validation and args.select_by == "eval_loss":
+            suite = None
+            arguments += ["--eval_suite", "none", "--eval_strategy", "steps", "--eval_steps", str(steps),
+                          "--dataset_test_split", "validation"]  # fmt: skip
+        else:
+            extra = args.validation_eval_args if validation else args.test_eval_args
+            arguments += ["--eval_suite", suite, "--eval_args", " ".join(filter(None, [args.eval_args, extra]))]
+            if args.eval_limit:
+                arguments += ["--eval_limit", str(args.eval_limit)]
+            if not validation and args.test_eval_args:
+                scored_on = Path(shlex.split(args.test_eval_args)[-1]).name
+        if steps:
+            arguments += ["--max_steps", str(steps), "--logging_steps", str(max(1, min(10, steps // 5)))]
+        curve = phase == "final" and args.curve and seed == 0
+        if curve:
+            arguments += ["--save_strategy", "steps", "--save_steps", "0.25"]
+        if method in DENSE_PHASE_AT_FULLS_RATE:
+            arguments += ["--dense_phase_learning_rate", str(best_rate(list(sweeps["full"].values())))]
+        train, env = training_command(args.launcher, self.script, self.recipe_file, arguments)
+        limit = f" --limit {args.eval_limit}" if args.eval_limit else ""
+        forgetting = None
+        if phase == "final" and args.forgetting_suite:
+            forgetting = {"suite": args.forgetting_suite, "eval_args": args.forgetting_args + limit}
+        return Run(phase, method, seed, rate, steps, str(run_dir), train, env, model=str(args.model), suite=suite,
+                   scored_on=scored_on, curve=curve, curve_eval_args=f"{args.eval_args} {args.test_eval_args}{limit}",
+                   forgetting=forgetting)  # fmt: skip
 
 
-def updated_fraction(base: Path, tuned: Path) -> float:
-    """Fraction of the base model's entries whose final value differs from the base (a PEFT run's
-    adapter merged into the base first)."""
-    from transformers import AutoModelForCausalLM
-
-    from gmt.adapter import is_adapter, merged_model
-
-    before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
-    if is_adapter(tuned):
-        model = merged_model(tuned, str(base))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(tuned)
-    after = dict(model.named_parameters())
-    changed = sum(int((after[name] != before[name]).sum()) for name in before)
-    return changed / sum(p.numel() for p in before.values())
+def method_table(definitions: list[str]) -> dict[str, tuple[str, ...]]:
+    """The methods: the built-in ones, with ``--method NAME=ARGS`` adding ARGS to NAME's overrides
+    (a later flag wins over an earlier one) or defining a new method NAME."""
+    methods = dict(METHODS)
+    for definition in definitions:
+        name, separator, arguments = definition.partition("=")
+        if not separator or not name:
+            sys.exit(f"--method {definition!r}: expected NAME=ARGS, e.g. 'gps=--gps_k 4'")
+        methods[name] = (*methods.get(name, ()), *shlex.split(arguments))
+    return methods
 
 
-def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
-    """One row per method: its final runs' mean and spread, and what they measured."""
+def write_array(pending: list[Run], args, phase: str) -> Path:
+    """A SLURM job array of the pending runs (one per array task), and how to submit it."""
+    folder = args.out / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{phase}.sbatch"
+    options = shlex.split(args.slurm_args or "")
+    lines = ["#!/bin/bash", f"#SBATCH --job-name=gmt-compare-{phase}", f"#SBATCH --array=0-{len(pending) - 1}",
+             f"#SBATCH --output={folder.resolve()}/%x-%A_%a.out"]  # fmt: skip
+    lines += [f"#SBATCH {option}" for option in _sbatch_options(options)]
+    activate = f". {shlex.quote(args.activate)} && " if args.activate else ""
+    python = "python" if args.activate else shlex.quote(sys.executable)  # this one, on a shared file system
+    runs = " ".join(shlex.quote(str(Path(run.run_dir).resolve())) for run in pending)
+    lines += ["set -euo pipefail", f"cd {shlex.quote(str(REPO))}", f"runs=({runs})",
+              "# one run: train it (its launcher in run.json), score it, write result.json",
+              f'{activate}{python} scripts/compare.py --task "${{runs[$SLURM_ARRAY_TASK_ID]}}"', ""]  # fmt: skip
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _sbatch_options(words: list[str]) -> list[str]:
+    """``--nodes 2 --time 4:00:00`` as ``--nodes=2``, ``--time=4:00:00`` (one #SBATCH line each)."""
+    options, index = [], 0
+    while index < len(words):
+        word = words[index]
+        if "=" not in word and index + 1 < len(words) and not words[index + 1].startswith("-"):
+            options.append(f"{word}={words[index + 1]}")
+            index += 2
+        else:
+            options.append(word)
+            index += 1
+    return options
+
+
+def aggregate(records: list[dict], chosen: list[str], methods: dict[str, tuple[str, ...]]) -> list[dict]:
+    """One row per method of ``chosen``: its final runs' mean and spread, and what they measured."""
     rows = []
-    for method in methods:
+    for method in chosen:
         runs = [r for r in records if r["method"] == method]
         if not runs:
             continue
@@ -289,7 +268,7 @@ def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
             "score_mean": statistics.fmean(scores),
             "score_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
             # a PEFT run's kept fraction is of its adapter, not of the model's entries
-            "kept_fraction": None if "--use_peft" in METHODS[method] else _mean_or_none(
+            "kept_fraction": None if "--use_peft" in methods[method] else _mean_or_none(
                 [r["kept_fraction"] for r in runs]),
             "updated_fraction": statistics.fmean(r["updated_fraction"] for r in runs),
             "equations": _mean_or_none([r.get("equations_score") for r in runs]),
@@ -306,11 +285,12 @@ def _mean_or_none(values: list) -> float | None:
     return statistics.fmean(present) if present else None
 
 
-def markdown(rows: list[dict], header: str, base_equations: float | None = None) -> str:
+def markdown(rows: list[dict], header: str, base_equations: float | None = None,
+             score_name: str = "exact match") -> str:
     """The final table: a row per method, its rate and memory relative to full fine-tuning's."""
     full = next((row for row in rows if row["method"] == "full"), None)
     base = "" if base_equations is None else f" (base {100 * base_equations:.1f}%)"
-    columns = ("| method | learning rate (× full's) | seeds | exact match (mean ± std) | pretraining equations"
+    columns = (f"| method | learning rate (× full's) | seeds | {score_name} (mean ± std) | pretraining equations"
                f"{base} | optimizer state (× full's) | kept per step | entries changed | wall time (median) |")
     lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
@@ -377,12 +357,19 @@ def sweep_markdown(sweeps: dict[str, list[dict]], header: str) -> str:
     lines = [header, "", "| method | " + " | ".join(f"{rate:g}" for rate in rates) + " | best |",
              "|---|" + "---:|" * (len(rates) + 1)]  # fmt: skip
     for method, records in sweeps.items():
-        by_rate = {record["learning_rate"]: record["score"] for record in records}
+        by_rate = {record["learning_rate"]: shown(record) for record in records}
         best = best_rate(records)
-        cells = [("-" if rate not in by_rate else f"**{100 * by_rate[rate]:.1f}**" if rate == best
-                  else f"{100 * by_rate[rate]:.1f}") for rate in rates]  # fmt: skip
+        cells = [("-" if rate not in by_rate else f"**{by_rate[rate]}**" if rate == best else by_rate[rate])
+                 for rate in rates]  # fmt: skip
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {best:g} |")
     return "\n".join(lines) + "\n"
+
+
+def shown(record: dict) -> str:
+    """A sweep run's score as the sweep table shows it: a percentage, or the validation loss."""
+    if record.get("metric") == "eval_loss":
+        return f"{-record['score']:.4f}"
+    return f"{100 * record['score']:.1f}"
 
 
 def plot_sweep(sweeps: dict[str, list[dict]], path: Path) -> None:
@@ -394,12 +381,13 @@ def plot_sweep(sweeps: dict[str, list[dict]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for index, (method, records) in enumerate(sweeps.items()):
-        axis.plot([r["learning_rate"] for r in records], [100 * r["score"] for r in records], marker="o",
+        axis.plot([r["learning_rate"] for r in records], [float(shown(r)) for r in records], marker="o",
                   label=method, color=f"C{index % 10}", linestyle="-" if index < 10 else "--")  # fmt: skip
     axis.set_xscale("log")
     axis.set_xlabel("learning rate")
-    axis.set_ylabel("validation exact match (%)")
-    axis.set_title("learning-rate sweep on the tiny recipe (seed 0, validation rows)")
+    loss = any(r.get("metric") == "eval_loss" for records in sweeps.values() for r in records)
+    axis.set_ylabel("validation loss" if loss else "validation score (%)")
+    axis.set_title("learning-rate sweep (seed 0, validation rows)")
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -456,51 +444,187 @@ def plot(rows: list[dict], path: Path, base_equations: float | None = None) -> N
     plt.close(figure)
 
 
+def write_sweep(sweeps: dict[str, list[dict]], args, command: str, machine: str) -> None:
+    """``<out>/sweep.{json,md,png}``."""
+    sweep_runs = [record for records in sweeps.values() for record in records]
+    chooser = (f"{args.validation_rows} validation rows held out of the training data" if not args.validation_data
+               else f"the validation rows of {args.validation_data}")  # fmt: skip
+    if args.select_by == "eval_loss":
+        chooser = f"the loss on {chooser} (lower is better)"
+    header = (f"`{command}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on {chooser} "
+              f"(the runs took {sum(r['seconds'] for r in sweep_runs) / 60:.0f} min in all on {machine})")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sweep.json").write_text(json.dumps({"command": command, "sweeps": sweeps}, indent=2))
+    (args.out / "sweep.md").write_text(sweep_markdown(sweeps, header))
+    plot_sweep(sweeps, args.out / "sweep.png")
+    print(sweep_markdown(sweeps, header))
+
+
+def write_final(records: list[dict], args, methods: dict[str, tuple[str, ...]], recipe, command: str,
+                machine: str) -> None:  # fmt: skip
+    """``<out>/compare.{json,md,png}``, the learning curves where they were scored, and ``<out>/recommendation.md``."""
+    rows = aggregate(records, args.methods, methods)
+    score_name = "exact match" if args.eval_suite == "tiny" else f"{args.eval_suite} score"
+    base_equations = None
+    if args.forgetting_suite:  # the base's own score, for the forgetting column
+        base_file = args.out / "base_equations.json"
+        if not base_file.is_file():
+            from compare_plan import score_checkpoints
+
+            limit = f" --limit {args.eval_limit}" if args.eval_limit else ""
+            (score,) = score_checkpoints([(Path(args.model), args.forgetting_suite, args.forgetting_args + limit,
+                                           args.out / "base-eval")], dict(os.environ))  # fmt: skip
+            base_file.write_text(json.dumps({"score": score}))
+        base_equations = json.loads(base_file.read_text())["score"]
+    total_minutes = sum(r["seconds"] for r in records) / 60
+    header = (f"`{command}` ({len(records)} runs at each method's best validation learning rate, "
+              f"the runs took {total_minutes:.0f} min of training and scoring in all on {machine}; scored with "
+              f"the {args.eval_suite} suite on its test data)")  # fmt: skip
+    (args.out / "compare.json").write_text(json.dumps({"command": command, "base_equations": base_equations,
+                                                       "rows": rows, "runs": records}, indent=2))  # fmt: skip
+    (args.out / "compare.md").write_text(markdown(rows, header, base_equations, score_name))
+    plot(rows, args.out / "compare.png", base_equations)
+    if any(row.get("curve") and len(row["curve"]) > 1 for row in rows):
+        curve_header = ("Test score (%) at each checkpoint of the seed-0 final run (the learning-rate "
+                        "schedule is the full run's, so an early point is not a shorter run)")  # fmt: skip
+        (args.out / "curve.md").write_text(curve_markdown(rows, curve_header))
+        plot_curves(rows, args.out / "curve.png")
+    print(markdown(rows, header, base_equations, score_name))
+    if "full" in args.methods:
+        report = task_report(rows, args, methods, recipe)
+        (args.out / "recommendation.md").write_text(report)
+        print(report)
+
+
+def task_report(rows: list[dict], args, methods: dict[str, tuple[str, ...]], recipe) -> str:
+    """What a user acts on: the method and rate to start from for each memory budget on this task,
+    the papers' claims on it, and the command that trains each recommended method."""
+    from compare_report import claims, frontier, recommendations
+
+    task = {args.out.name: {row["method"]: row for row in rows}}
+    lines = [f"# What to train on {recipe.path}", "",
+             "For a memory budget, start from the last row whose optimizer state fits it (each row is the method that "
+             "outscores every method with less state on this task; state per rank, as each run measured it):", "",
+             recommendations(task), "The command that trains each, on the recipe's whole data:", "",
+             "```bash"]  # fmt: skip
+    launcher = "" if args.launcher == "python" else f"{args.launcher} "
+    by_method = {row["method"]: row for row in rows}
+    given = []  # what this comparison changed of the recipe
+    if args.model != recipe.settings["model_name_or_path"]:
+        given += ["--model_name_or_path", str(args.model)]
+    if args.data is not None and str(args.data) != recipe.settings.get("dataset_name"):
+        given += ["--dataset_name", str(args.data)]
+    for method, _, _ in frontier(task):
+        arguments = [*given, "--learning_rate", f"{by_method[method]['learning_rate']:g}", *methods[method]]
+        if method in DENSE_PHASE_AT_FULLS_RATE:
+            arguments += ["--dense_phase_learning_rate", f"{by_method['full']['learning_rate']:g}"]
+        script = f"{launcher or 'accelerate launch '}{recipe.script}"
+        lines.append(f"{script} --config {recipe.path} {shlex.join(arguments)}")
+    lines += ["```", "", "The papers' claims on this task (a gap below the larger seed std is within noise):", "",
+              claims(task)]  # fmt: skip
+    return "\n".join(lines)
+
+
 def result_arguments(argv: list[str]) -> list[str]:
-    """The command-line arguments that shape the results: without ``--phase`` and ``--jobs``."""
+    """The command-line arguments that shape the results: without ``--phase``, ``--jobs`` and the
+    cluster's settings."""
     kept, skip = [], False
+    dropped = ("--phase", "--jobs", "--submit", "--slurm_args", "--activate")  # and --collect, --plan
     for argument in argv:
         if skip:
             skip = False
-        elif argument in ("--phase", "--jobs"):
+        elif argument in dropped:
             skip = True
-        elif not argument.startswith(("--phase=", "--jobs=")):
+        elif argument not in ("--collect", "--plan") and not argument.startswith(tuple(f"{name}=" for name in dropped)):
             kept.append(argument)
     return kept
 
 
-def main() -> None:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", choices=("sweep", "final", "all"), default="all")
-    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="final phase (default 0 1 2)")
-    parser.add_argument("--model", type=Path, default=Path(".cache/gmt-tiny/base"))
-    parser.add_argument("--data", type=Path, default=Path(".cache/gmt-tiny/data/sft"))
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "compare")
-    parser.add_argument("--validation_rows", type=int, default=400, help="training rows held out for the sweep")
-    parser.add_argument("--sweep_steps", type=int, default=300, help="steps of a sweep run (the recipe: 1000)")
-    parser.add_argument("--sweep_around", type=Path, default=None,
+    what = parser.add_argument_group("what is compared")
+    what.add_argument("--config", type=Path, default=None,
+                      help=f"the recipe (SFT or DPO); default: the tiny comparison ({TINY_RECIPE})")  # fmt: skip
+    what.add_argument("--model", default=None, help="the base model (default: the recipe's model_name_or_path)")
+    what.add_argument("--data", type=Path, default=None, help="the training data (default: the recipe's)")
+    what.add_argument("--methods", nargs="+", default=None,
+                      help=f"methods to compare (default: all of {list(METHODS)})")
+    what.add_argument("--method", action="append", default=[], metavar="NAME=ARGS",
+                      help="add ARGS to method NAME's overrides, or define a new method, e.g. 'gps=--gps_k 4' or "
+                           "'gmt-0.9=--mask_strategy gmt --mask_ratio 0.9' (repeatable)")  # fmt: skip
+    what.add_argument("--out", type=Path, default=None, help="output folder (default: docs/compare for the tiny "
+                                                              "comparison, else outputs/compare/<recipe>)")  # fmt: skip
+    score = parser.add_argument_group("how runs are scored")
+    score.add_argument("--eval_suite", default=None, help="gmt-eval suite of the final runs (default: the recipe's)")
+    score.add_argument("--eval_args", default="", help="more gmt-eval settings for every score, e.g. '--data_dir D'")
+    score.add_argument("--validation_eval_args", default=None,
+                       help="gmt-eval settings that point the suite at validation data (the tiny suite: "
+                            "--tiny_data <out>/data/validation.jsonl, set for you)")  # fmt: skip
+    score.add_argument("--select_by", choices=("suite", "eval_loss"), default=None,
+                       help="what chooses each rate: the suite on validation data (where it can read them), "
+                            "or the loss on the held-out rows (default where it cannot)")  # fmt: skip
+    score.add_argument("--validation_rows", type=int, default=400, help="training rows held out for the sweep")
+    score.add_argument("--validation_data", default=None,
+                       help="a data set of validation rows (the recipe's layout) instead of held-out training rows")
+    score.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
+    score.add_argument("--forgetting_suite", default=None, help="also score final runs with this suite")
+    score.add_argument("--curve", action=argparse.BooleanOptionalAction, default=None,
+                       help="score seed 0's checkpoint at each quarter of its steps (a learning curve)")
+    budget = parser.add_argument_group("the sweep's budget")
+    budget.add_argument("--lr_factors", nargs="+", type=float, default=None,
+                        help="the grid as multiples of the recipe's rate (default: each method's usual multiple "
+                             "and one half-decade either side)")  # fmt: skip
+    budget.add_argument("--sweep_steps", type=int, default=None, help="steps of a sweep run (default: a third of "
+                                                                      "the recipe's)")  # fmt: skip
+    budget.add_argument("--sweep_around", type=Path, default=None,
                         help="another task's sweep.json: start each method's grid at its winning rate there and one "
-                             "half-decade either side (3 runs, not 5) instead of the base grid")  # fmt: skip
-    parser.add_argument("--max_extensions", type=int, default=2, help="times the grid may grow at a winning edge")
-    parser.add_argument("--max_steps", type=int, default=None, help="override the recipe's length (final phase)")
-    parser.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
-    parser.add_argument("--equations", type=Path, default=None,
-                        help="pretraining equations (tiny_equations) for forgetting; default: beside --data")
-    parser.add_argument("--smoke", action="store_true", help="3 methods, 2 rates, 1 seed, 5 steps, 8 problems")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="runs side by side, each with its share of the cores (on 2 cores, 2 jobs finish "
-                             "about 1.6x the runs per hour of 1)")  # fmt: skip
-    parser.add_argument("--score_jobs", help=argparse.SUPPRESS)  # internal: score_in_subprocess's worker
-    args = parser.parse_args()
-    if args.score_jobs:
-        score_jobs(args.score_jobs)
-        return
-    if args.jobs < 1:
-        sys.exit(f"--jobs must be at least 1, got {args.jobs}")
-    if args.sweep_around and not args.sweep_around.is_file():
-        sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
-    factors = LR_FACTORS
+                             "half-decade either side")  # fmt: skip
+    budget.add_argument("--max_extensions", type=int, default=2, help="times a grid may grow at a winning edge")
+    budget.add_argument("--seeds", nargs="+", type=int, default=None, help="final phase (default 0 1 2)")
+    budget.add_argument("--max_steps", type=int, default=None, help="override the recipe's length (final phase)")
+    budget.add_argument("--world_size", type=int, default=None,
+                        help="processes a run trains on, for the recipe's length (default: the launcher's "
+                             "--num_processes, else 1)")  # fmt: skip
+    budget.add_argument("--smoke", action="store_true", help="3 methods, 2 rates, 1 seed, 5 steps, 8 problems")
+    where = parser.add_argument_group("where runs run")
+    where.add_argument("--launcher", default=None,
+                       help="how a run is launched: python (one process; the default here), 'accelerate launch "
+                            "--config_file C', 'torchrun ...', or 'scripts/launch.slurm [ACCELERATE_CONFIG]' (one "
+                            "accelerate launch per node of a SLURM allocation; the default with --submit "
+                            "slurm)")  # fmt: skip
+    where.add_argument("--jobs", type=int, default=1,
+                       help="runs side by side here, each with its share of the cores (on 2 cores, 2 jobs finish "
+                            "about 1.6x the runs per hour of 1)")  # fmt: skip
+    where.add_argument("--submit", choices=("slurm",), default=None,
+                       help="write the runs still to do as a SLURM job array instead of running them")
+    where.add_argument("--slurm_args", default="", help="#SBATCH options of each array task, e.g. '--nodes 1 "
+                                                        "--gpus-per-node 8 --time 12:00:00'")  # fmt: skip
+    where.add_argument("--activate", default=None, help="a file each array task sources first (a venv's activate)")
+    where.add_argument("--collect", action="store_true",
+                       help="only gather the finished runs and write the tables; run nothing")
+    parser.add_argument("--phase", choices=("sweep", "final", "all"), default="all")
+    parser.add_argument("--plan", action="store_true", help="print the runs the comparison will make and stop")
+    parser.add_argument("--task", help="run one planned run (RUN_DIR with run.json): what a SLURM array task does")
+    parser.add_argument("--score_jobs", help=argparse.SUPPRESS)  # internal: compare_plan.score_checkpoints' worker
+    return parser.parse_args(argv)
+
+
+def settle(args: argparse.Namespace) -> tuple:
+    """Fill in the defaults that depend on the recipe, refuse what cannot work; returns the recipe,
+    the comparison's recipe file, the methods and their grids."""
+    args.launcher = args.launcher or ("scripts/launch.slurm" if args.submit == "slurm" else "python")
+    tiny = args.config is None
+    recipe = read_recipe(args.config or TINY_RECIPE)
+    if tiny:
+        for name, value in TINY.items():
+            if getattr(args, name, None) is None:
+                setattr(args, name, Path(value) if name in ("data", "out") else value)
+        args.forgetting_args = f"--tiny_data {args.data.parent / 'equations' / 'test.jsonl'}"
+    args.forgetting_args = getattr(args, "forgetting_args", "")
+    args.out = (args.out or REPO / "outputs" / "compare" / recipe.path.stem).resolve()
+    args.eval_suite = args.eval_suite or recipe.settings.get("eval_suite")
+    if not args.eval_suite or args.eval_suite == "none":
+        sys.exit(f"{recipe.path} sets no eval_suite: pass --eval_suite, the gmt-eval suite that scores the final runs")
     if args.smoke:
         args.methods = args.methods or list(SMOKE_METHODS)
         args.seeds = args.seeds or [0]
@@ -509,72 +633,123 @@ def main() -> None:
         args.eval_limit = args.eval_limit or 8
         args.validation_rows = min(args.validation_rows, 16)
         args.max_extensions = 0
-        factors = SMOKE_LR_FACTORS
-    methods = args.methods or list(METHODS)
-    seeds = args.seeds if args.seeds is not None else [0, 1, 2]
-    args.data_dir = prepare_data(args.data, args.out / "data", args.validation_rows)
-    args.equations = args.equations or args.data.parent / "equations" / "test.jsonl"
+        args.lr_factors = SMOKE_LR_FACTORS
+    if args.jobs < 1:
+        sys.exit(f"--jobs must be at least 1, got {args.jobs}")
+    if args.sweep_around and not args.sweep_around.is_file():
+        sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
+    methods = method_table(args.method)
+    chosen = args.methods or list(methods)
+    unknown = [name for name in chosen if name not in methods]
+    if unknown:
+        sys.exit(f"--methods {unknown}: unknown; known: {list(methods)} (or define one with --method NAME=ARGS)")
+    if set(chosen) & set(DENSE_PHASE_AT_FULLS_RATE) and "full" not in chosen:
+        sys.exit(f"{sorted(set(chosen) & set(DENSE_PHASE_AT_FULLS_RATE))} take full fine-tuning's best rate: "
+                 "add full to --methods")  # fmt: skip
+    args.methods = chosen
+    trained = recipe  # the recipe with --data in place of its dataset_name
+    if args.data is not None:
+        trained = type(recipe)(recipe.path, {**recipe.settings, "dataset_name": str(args.data)})
+    args.model = args.model or recipe.settings["model_name_or_path"]
+    args.data_dir = hold_out(trained, args.out / "data", args.validation_rows, args.validation_data)
+    suite_reads_files = args.eval_suite == "tiny"  # its problems come from a file (--tiny_data)
+    if args.validation_eval_args is None and suite_reads_files:
+        args.validation_eval_args = f"--tiny_data {args.data_dir / 'validation.jsonl'}"
+    args.test_eval_args = f"--tiny_data {args.data_dir / 'test.jsonl'}" if suite_reads_files else ""
+    if args.select_by is None:
+        args.select_by = "suite" if args.validation_eval_args else "eval_loss"
+    if args.select_by == "suite" and not args.validation_eval_args:
+        sys.exit(f"--select_by suite: the suite {args.eval_suite!r} would choose the rates on its test data; pass "
+                 "--validation_eval_args (settings that point it at validation data) or --select_by eval_loss")
+    args.curve = bool(args.curve)
+    recipe_file = comparison_recipe(trained, args.data_dir, args.model, args.out)
+    if args.sweep_steps is None:
+        train_rows = sum(1 for _ in (args.data_dir / "train.jsonl").open())
+        args.sweep_steps = sweep_steps_for(recipe.steps(train_rows, args.world_size or launcher_processes(args)))
+    around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
+    multiples = usual_multiples()
+    grids = {m: sweep_grid(m, recipe.learning_rate, args.lr_factors, multiples, around) for m in args.methods}
+    return recipe, recipe_file, methods, grids
+
+
+def launcher_processes(args) -> int:
+    """The processes the launcher starts: its ``--num_processes`` (or its accelerate config's), else 1."""
+    import yaml
+
+    words = shlex.split(args.launcher)
+    for flag in ("--num_processes", "--nproc_per_node"):
+        if flag in words:
+            return int(words[words.index(flag) + 1])
+    if "--config_file" in words:
+        config = yaml.safe_load(Path(words[words.index("--config_file") + 1]).read_text())
+        return int(config.get("num_processes", 1))
+    return 1
+
+
+def cost(args, recipe, grids: dict[str, list[float]]) -> str:
+    """What the comparison will run: its runs and their optimizer steps, in recipe-lengths."""
+    train_rows = sum(1 for _ in (args.data_dir / "train.jsonl").open())
+    length = args.max_steps or recipe.steps(train_rows, args.world_size or launcher_processes(args))
+    seeds = len(args.seeds if args.seeds is not None else [0, 1, 2])
+    fewest = sum(map(len, grids.values()))
+    most = fewest + args.max_extensions * len(grids)
+    sweep_lengths = (fewest * args.sweep_steps / length, most * args.sweep_steps / length)
+    finals = len(grids) * seeds
+    lines = [f"{len(grids)} methods on {recipe.path} ({length} optimizer steps a run on {train_rows} rows):",
+             f"  sweep: {fewest} to {most} runs of {args.sweep_steps} steps (grids grow at a winning edge), "
+             f"{sweep_lengths[0]:.1f} to {sweep_lengths[1]:.1f} recipe-lengths",
+             f"  final: {finals} runs ({seeds} seeds) of {length} steps, {finals:.0f} recipe-lengths",
+             f"  in all: {sweep_lengths[0] + finals:.0f} to {sweep_lengths[1] + finals:.0f} times the GPU-hours of one "
+             "training run of the recipe, plus scoring"]  # fmt: skip
+    lines += [f"  {method}: {', '.join(f'{rate:g}' for rate in rates)}" for method, rates in grids.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    if args.score_jobs:
+        score_jobs(args.score_jobs)
+        return
+    if args.task:
+        execute(Run.load(args.task))
+        return
+    recipe, recipe_file, methods, grids = settle(args)
+    if args.plan:
+        print(cost(args, recipe, grids))
+        return
+    plan = Plan(args, recipe_file, recipe.script, methods)
+    runner = Runner(args.jobs, submit=bool(args.submit) or args.collect)
 
     # transformers' lazy imports are not thread-safe: resolve what the worker threads use first
     from peft import PeftModel  # noqa: F401
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM  # noqa: F401
 
-    command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:]))
+    command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:] if argv is None else argv))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
-    around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
-    grids = {method: sweep_grid(method, factors, around) for method in methods}
-    with tqdm(total=sum(map(len, grids.values())), desc="sweep runs", unit="run") as progress:
-        # full's sweep first (its rates side by side) where a method takes its best rate; then a
-        # thread per running method
-        first = ["full"] if "full" in methods and set(methods) & set(DENSE_PHASE_AT_FULLS_RATE) else []
-        sweeps = {method: sweep(method, grids[method], args, progress, args.jobs) for method in first}
-        rest = [method for method in methods if method not in first]
-        with ThreadPoolExecutor(args.jobs) as pool:  # the runs are subprocesses
-            sweeps |= dict(zip(rest, pool.map(lambda method: sweep(method, grids[method], args, progress), rest)))
-        sweeps = {method: sweeps[method] for method in methods}
-    sweep_runs = [record for records in sweeps.values() for record in records]
-    sweep_header = (f"`{command.strip()}`: {len(sweep_runs)} runs of {args.sweep_steps} steps, seed 0, scored on "
-                    f"{args.validation_rows} validation rows held out of the training data "
-                    f"(the runs took {sum(r['seconds'] for r in sweep_runs) / 60:.0f} min in all on "
-                    f"{machine})")  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sweep.json").write_text(json.dumps({"command": command.strip(), "sweeps": sweeps}, indent=2))
-    (args.out / "sweep.md").write_text(sweep_markdown(sweeps, sweep_header))
-    plot_sweep(sweeps, args.out / "sweep.png")
-    print(sweep_markdown(sweeps, sweep_header))
-    if args.phase == "sweep":
+    try:
+        with tqdm(total=sum(map(len, grids.values())), desc="sweep runs", unit="run") as progress:
+            sweeps = sweep_all(args.methods, grids, plan, runner, progress)
+        write_sweep(sweeps, args, command.strip(), machine)
+        if args.phase == "sweep":
+            return
+        records_by_rate = {method: {r["learning_rate"]: r for r in records} for method, records in sweeps.items()}
+        seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+        runs = [plan.run("final", method, seed, best_rate(sweeps[method]), records_by_rate)
+                for seed in seeds for method in args.methods]  # every method's first seed comes first  # fmt: skip
+        with tqdm(total=len(runs), desc="final runs", unit="run") as progress:
+            records = runner.records(runs, progress)
+    except Pending as pending:
+        if args.collect:
+            sys.exit(f"{len(pending.runs)} runs have not finished, e.g. {pending.runs[0].run_dir}")
+        phase = pending.runs[0].phase
+        for run in pending.runs:
+            run.save()
+        path = write_array(pending.runs, args, phase)
+        print(f"{len(pending.runs)} {phase} runs to do: sbatch {path}\nOnce the array has finished, run this "
+              "command again: it reads the finished runs and writes the next array, or the tables.")  # fmt: skip
         return
-
-    def final_run(job: tuple[str, int]) -> dict:
-        method, seed = job
-        run_dir = args.out / "runs" / "final" / method / f"seed{seed}"
-        return cached_run(run_dir, method, seed, best_rate(sweeps[method]), args.max_steps,
-                          args.data_dir / "test.jsonl", True, args)  # fmt: skip
-
-    jobs = [(method, seed) for seed in seeds for method in methods]  # every method's first seed comes first
-    with ThreadPoolExecutor(args.jobs) as pool:
-        records = list(tqdm(pool.map(final_run, jobs), total=len(jobs), desc="final runs", unit="run"))
-    rows = aggregate(records, methods)
-    base_file = args.out / "base_equations.json"  # the base's own score, for the forgetting column
-    if not base_file.is_file():
-        (score,) = score_in_subprocess([(args.model, "tiny_equations", args.equations, args.out / "base-eval")],
-                                       args, subprocess_env(args))  # fmt: skip
-        base_file.write_text(json.dumps({"score": score}))
-    base_equations = json.loads(base_file.read_text())["score"]
-    total_minutes = sum(r["seconds"] for r in records) / 60
-    header = (f"`{command.strip()}` ({len(records)} runs at each method's best validation learning rate, "
-              f"the runs took {total_minutes:.0f} min of training and scoring in all on {machine}; scored on "
-              "the test problems)")  # fmt: skip
-    (args.out / "compare.json").write_text(json.dumps({"command": command.strip(), "base_equations": base_equations,
-                                                       "rows": rows, "runs": records}, indent=2))  # fmt: skip
-    (args.out / "compare.md").write_text(markdown(rows, header, base_equations))
-    plot(rows, args.out / "compare.png", base_equations)
-    curve_header = ("Test exact match (%) at each checkpoint of the seed-0 final run (the learning-rate "
-                    "schedule is the full run's, so an early point is not a shorter run)")  # fmt: skip
-    (args.out / "curve.md").write_text(curve_markdown(rows, curve_header))
-    plot_curves(rows, args.out / "curve.png")
-    print(markdown(rows, header, base_equations))
+    write_final(records, args, methods, recipe, command.strip(), machine)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -139,11 +140,10 @@ def lr_scale_table(sweeps: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recommendations(tasks: dict[str, dict[str, dict]]) -> str:
-    """Which method to start from for a memory budget: every method that beats all methods with a
-    smaller optimizer state (mean test score over the tasks that ran every method; state as a share
-    of full AdamW's, the largest over the tasks), smallest state first, with its learning rate as a
-    multiple of full fine-tuning's. A tie goes to the smaller state."""
+def frontier(tasks: dict[str, dict[str, dict]]) -> list[tuple[str, float, float]]:
+    """The methods that beat every method with a smaller optimizer state (mean test score over the
+    tasks that ran every method; state as a share of full AdamW's, the largest over the tasks),
+    smallest state first, as (method, state share, score). A tie goes to the smaller state."""
     methods = set.intersection(*(set(rows) for rows in tasks.values()))
 
     def state_share(method: str) -> float:
@@ -153,16 +153,23 @@ def recommendations(tasks: dict[str, dict[str, dict]]) -> str:
     def score(method: str) -> float:
         return statistics.fmean(rows[method]["score_mean"] for rows in tasks.values())
 
+    chosen, best_so_far = [], -math.inf
+    for method in sorted(methods, key=lambda m: (state_share(m), -score(m), m)):
+        if score(method) > best_so_far:
+            best_so_far = score(method)
+            chosen.append((method, state_share(method), score(method)))
+    return chosen
+
+
+def recommendations(tasks: dict[str, dict[str, dict]]) -> str:
+    """Which method to start from for a memory budget (``frontier``), with its learning rate as a
+    multiple of full fine-tuning's."""
     lines = ["| optimizer state (× full AdamW's) | start from | mean test score over the tasks | "
              "its learning rate, × full's |", "|---:|---|---:|---|"]  # fmt: skip
-    best_so_far = -1.0
-    for method in sorted(methods, key=lambda m: (state_share(m), -score(m), m)):
-        if score(method) <= best_so_far:
-            continue
-        best_so_far = score(method)
+    for method, share, score in frontier(tasks):
         scales = ", ".join(f"{rows[method]['learning_rate'] / rows['full']['learning_rate']:.3g}×"
                            for rows in tasks.values())  # fmt: skip
-        lines.append(f"| {state_share(method):.3g} | {method} | {100 * score(method):.1f}% | {scales} |")
+        lines.append(f"| {share:.3g} | {method} | {100 * score:.1f}% | {scales} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,10 @@ from every side, resuming, the choice of rates on validation rows only, the clai
 numbers; plot_mask.py draws the mask heatmap of one of its runs."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,25 +113,62 @@ def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
 
 def test_second_task_sweep_starts_at_each_methods_rate_on_the_first():
     sys.path.insert(0, str(REPO / "scripts"))
-    from compare import LR_FACTORS, sweep_grid
+    from compare import TINY, sweep_grid
 
+    wide = TINY["lr_factors"]
     first_task = {"gps": [{"learning_rate": 0.03, "score": 0.16}, {"learning_rate": 0.09, "score": 0.04}],
                   "full": [{"learning_rate": 1e-3, "score": 0.3}, {"learning_rate": 3e-3, "score": 0.3}]}  # fmt: skip
-    assert sweep_grid("gps", LR_FACTORS, first_task) == [0.01, 0.03, 0.1]
-    assert sweep_grid("full", LR_FACTORS, first_task) == [3e-4, 1e-3, 3e-3]  # a tie: the lower rate
-    # a method the first task did not sweep, or no first task: the base grid
-    assert sweep_grid("lora", LR_FACTORS, first_task) == sweep_grid("lora", LR_FACTORS, None)
-    assert sweep_grid("lora", LR_FACTORS, None) == pytest.approx([3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    assert sweep_grid("gps", 1e-3, wide, {}, first_task) == [0.01, 0.03, 0.1]
+    assert sweep_grid("full", 1e-3, wide, {}, first_task) == [3e-4, 1e-3, 3e-3]  # a tie: the lower rate
+    # a method the first task did not sweep, or no first task: the grid of --lr_factors
+    assert sweep_grid("lora", 1e-3, wide, {}, first_task) == sweep_grid("lora", 1e-3, wide, {}, None)
+    assert sweep_grid("lora", 1e-3, wide, {}, None) == [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 
-def test_compare_refuses_to_resume_runs_of_another_length(tmp_path):
+def test_a_recipes_grid_starts_at_its_rate_times_each_methods_usual_multiple():
     sys.path.insert(0, str(REPO / "scripts"))
-    from compare import cached_run
+    from compare import sweep_grid
+    from compare_plan import usual_multiples
 
-    (tmp_path / "result.json").write_text(json.dumps({"max_steps": 300, "score": 0.1}))
-    assert cached_run(tmp_path, "full", 0, 1e-3, 300, None, False, None)["score"] == 0.1
+    multiples = usual_multiples()  # what won each sweep on the tiny word problems (docs/compare/sweep.json)
+    assert multiples["full"] == 1 and multiples["gps"] == 10 and round(multiples["lora"], 2) == 3.33
+    # an 8B recipe's rate 2e-5: full around it, gps a decade up, lora half a decade up; one step either side
+    assert sweep_grid("full", 2e-5, None, multiples, None) == [6e-6, 2e-5, 6e-5]
+    assert sweep_grid("gps", 2e-5, None, multiples, None) == [6e-5, 2e-4, 6e-4]
+    assert sweep_grid("lora", 2e-5, None, multiples, None) == [2e-5, 6e-5, 2e-4]
+    assert sweep_grid("my-method", 2e-5, None, multiples, None) == [6e-6, 2e-5, 6e-5]  # unknown: 1x
+
+
+def test_sweep_steps_default_to_a_third_of_the_recipe():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_plan import read_recipe, sweep_steps_for
+
+    tiny = read_recipe("recipes/tiny/sft_full.yaml")
+    # 3600 rows after 400 are held out, 16 x 2 per step, 8 epochs: 904 steps (the tiny comparison's final runs)
+    assert tiny.steps(3600, 1) == 904 and sweep_steps_for(904) == 300
+    math = read_recipe("recipes/llama3-8b/sft_math_gmt.yaml")
+    per_step = math.settings["per_device_train_batch_size"] * math.settings["gradient_accumulation_steps"] * 8
+    assert per_step == 128 and math.steps(395_000, 8) == -(-395_000 // 128) * math.settings["num_train_epochs"]
+    assert math.script == "gmt/sft.py" and read_recipe("recipes/llama2-7b/dpo_ultrafeedback_gmt.yaml").script == (
+        "gmt/dpo.py")
+
+
+def test_compare_refuses_to_resume_runs_of_another_length_or_settings(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_plan import Run, cached
+
+    def run(steps: int, *overrides: str) -> Run:
+        return Run("sweep", "full", 0, 1e-3, steps, str(tmp_path), train=["gmt/sft.py", *overrides])
+
+    (tmp_path / "result.json").write_text(json.dumps({"max_steps": 300, "score": 0.1}))  # a run of an older gmt
+    assert cached(run(300))["score"] == 0.1
     with pytest.raises(SystemExit, match="ran 300 steps, this comparison asks 600 steps"):
-        cached_run(tmp_path, "full", 0, 1e-3, 600, None, False, None)
+        cached(run(600))
+    (tmp_path / "result.json").write_text(json.dumps({"max_steps": 300, "score": 0.1, "command": ["gmt/sft.py",
+                                                      "--gps_k", "16"]}))  # fmt: skip
+    assert cached(run(300, "--gps_k", "16"))["score"] == 0.1
+    with pytest.raises(SystemExit, match="was trained with other settings"):
+        cached(run(300, "--gps_k", "4"))
 
 
 def test_compare_refuses_a_missing_sweep_around_before_any_run(tiny_assets, tmp_path):
@@ -225,3 +264,96 @@ def test_plot_mask_draws_the_heatmap_of_a_run(tiny_assets, tmp_path):
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
+
+
+def test_a_slurm_array_task_writes_the_result_a_local_run_writes(tiny_assets, tmp_path):
+    # --submit slurm writes the runs to do as a job array; its per-task command, run here as SLURM
+    # would run array task 0, trains, scores and records the run exactly as the local tool does.
+    setup = [sys.executable, "scripts/compare.py", "--model", str(tiny_assets / "base"), "--data",
+             str(tiny_assets / "data/sft"), "--methods", "full", "--lr_factors", "1", "--max_extensions", "0",
+             "--phase", "sweep", "--sweep_steps", "3", "--validation_rows", "16", "--eval_limit", "4"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+    def compare(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([*setup, "--out", str(out), *extra], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=600)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    submitted = compare(tmp_path / "cluster", "--submit", "slurm", "--slurm_args", "--nodes 1 --time 1:00:00")
+    array = tmp_path / "cluster/slurm/sweep.sbatch"
+    assert f"sbatch {array}" in submitted.stdout and not list((tmp_path / "cluster").rglob("result.json"))
+    script = array.read_text()
+    assert "#SBATCH --array=0-0" in script and "#SBATCH --nodes=1" in script and "#SBATCH --time=1:00:00" in script
+    task = subprocess.run(["bash", str(array)], env={**env, "SLURM_ARRAY_TASK_ID": "0"}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert task.returncode == 0, task.stderr[-3000:]
+    compare(tmp_path / "local")
+    run = Path("runs/sweep/full/lr0.001/result.json")
+    on_cluster, here = (json.loads((tmp_path / side / run).read_text()) for side in ("cluster", "local"))
+    for record in (on_cluster, here):
+        del record["seconds"]
+        record["command"] = [word.replace(str(tmp_path), "") for word in record["command"]]
+        record["command"] = [word.replace("/cluster/", "/").replace("/local/", "/") for word in record["command"]]
+    assert on_cluster == here and here["scored_on"] == "validation.jsonl"
+    # the same command again collects the finished run and writes the sweep's tables
+    compare(tmp_path / "cluster", "--submit", "slurm")
+    sweep = json.loads((tmp_path / "cluster/sweep.json").read_text())["sweeps"]
+    assert [record["learning_rate"] for record in sweep["full"]] == [1e-3]
+
+
+@pytest.mark.slow  # 6 runs of 2 ranks each; the tiny smoke above covers the same tool in one process
+def test_the_comparison_runs_a_gpu_recipe_on_its_standins_under_two_process_zero3(standin_cache, tmp_path):
+    import yaml
+
+    from gmt.standins import data_standin, model_standin
+    from gmt.standins.eval_data import build_eval_data, suite_reads
+
+    shipped = yaml.safe_load((REPO / "recipes/llama3-8b/sft_math_gmt.yaml").read_text())
+    recipe = {**shipped, "model_name_or_path": str(model_standin(shipped["model_name_or_path"], standin_cache)),
+              "dataset_name": str(data_standin(shipped["dataset_name"], standin_cache)),
+              "attn_implementation": "sdpa", "use_cpu": True, "ddp_backend": "gloo", "report_to": "none",
+              "per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}  # fmt: skip
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    eval_data = build_eval_data(suite_reads("math"), tmp_path / "eval-data")
+    launcher = "accelerate launch --config_file recipes/accelerate/cpu_zero3.yaml"
+    command = [sys.executable, "scripts/compare.py", "--config", str(tmp_path / "recipe.yaml"), "--out",
+               str(tmp_path / "out"), "--methods", "full", "gmt-grad-0.5", "--lr_factors", "1", "3",
+               "--max_extensions", "0", "--seeds", "0", "--sweep_steps", "2", "--max_steps", "2",
+               "--validation_rows", "8", "--eval_suite", "math", "--eval_args",
+               f"--data_dir {eval_data} --gen_kwargs max_gen_toks=8", "--eval_limit", "2",
+               "--launcher", launcher]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = json.loads((tmp_path / "out/sweep.json").read_text())["sweeps"]
+    for records in sweeps.values():  # the recipe's rate and 3x, chosen by the loss on the held-out rows
+        assert [r["learning_rate"] for r in records] == [2e-5, 6e-5]
+        assert {r["metric"] for r in records} == {"eval_loss"} and all(r["score"] < 0 for r in records)
+        assert all("accelerate.commands.launch" in r["command"] for r in records)
+    rows = {row["method"]: row for row in json.loads((tmp_path / "out/compare.json").read_text())["rows"]}
+    assert rows["gmt-grad-0.5"]["kept_fraction"] == pytest.approx(0.5, abs=0.01)
+    assert rows["full"]["kept_fraction"] == 1
+    # each of 2 ranks holds half of AdamW's moments under ZeRO-3
+    trainable = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(
+        recipe["model_name_or_path"]).parameters())  # fmt: skip
+    assert 8 * trainable / 2 <= rows["full"]["optimizer_state_bytes"] <= 8 * trainable / 2 * 1.01
+    report = (tmp_path / "out/recommendation.md").read_text()
+    assert f"{launcher} gmt/sft.py --config {tmp_path / 'recipe.yaml'} --learning_rate" in report
+
+
+def test_a_run_through_launch_slurm_is_one_accelerate_launch_per_node(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_plan import training_command
+
+    recipe = tmp_path / "recipe.yaml"
+    overrides = ["--learning_rate", "6e-05", "--frozen_params", "embed_tokens|lm_head"]
+    command, env = training_command("scripts/launch.slurm recipes/accelerate/zero3_multinode.yaml", "gmt/dpo.py",
+                                    recipe, overrides)  # fmt: skip
+    assert command[:4] == ["bash", "scripts/launch.slurm", str(recipe), "recipes/accelerate/zero3_multinode.yaml"]
+    dry_run = {**os.environ, **env, "GMT_DRY_RUN": "1", "SLURM_NNODES": "2", "GPUS_PER_NODE": "8",
+               "MASTER_ADDR": "node0"}  # fmt: skip
+    node = subprocess.run(command, cwd=REPO, env=dry_run, capture_output=True, text=True, check=True).stdout
+    assert "--num_machines 2 --num_processes 16" in node
+    assert node.strip().endswith(f"gmt/dpo.py --config {recipe} --learning_rate 6e-05 --frozen_params "
+                                 "embed_tokens\\|lm_head")  # quoted for the node's shell
