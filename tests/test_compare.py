@@ -271,7 +271,8 @@ def test_a_slurm_array_task_writes_the_result_a_local_run_writes(tiny_assets, tm
     # would run array task 0, trains, scores and records the run exactly as the local tool does.
     setup = [sys.executable, "scripts/compare.py", "--model", str(tiny_assets / "base"), "--data",
              str(tiny_assets / "data/sft"), "--methods", "full", "--lr_factors", "1", "--max_extensions", "0",
-             "--phase", "sweep", "--sweep_steps", "3", "--validation_rows", "16", "--eval_limit", "4"]  # fmt: skip
+             "--phase", "sweep", "--sweep_steps", "3", "--validation_rows", "16", "--eval_limit", "4",
+             "--launcher", "python"]  # one process a run (on a cluster: scripts/launch.slurm, the default)  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
     def compare(out: Path, *extra: str) -> subprocess.CompletedProcess:
