@@ -194,8 +194,8 @@ class Plan:
         if steps:
             arguments += ["--max_steps", str(steps), "--logging_steps", str(max(1, min(10, steps // 5)))]
         curve = phase == "final" and args.curve and seed == 0
-        if curve:
-            arguments += ["--save_strategy", "steps", "--save_steps", "0.25"]
+        # a run that ends is rerun from its start if it is cut short: only a learning curve needs checkpoints
+        arguments += ["--save_strategy", "steps", "--save_steps", "0.25"] if curve else ["--save_strategy", "no"]
         if method in DENSE_PHASE_AT_FULLS_RATE:
             arguments += ["--dense_phase_learning_rate", str(best_rate(list(sweeps["full"].values())))]
         train, env = training_command(args.launcher, self.script, self.recipe_file, arguments)
@@ -720,10 +720,11 @@ def main(argv: list[str] | None = None) -> None:
     plan = Plan(args, recipe_file, recipe.script, methods)
     runner = Runner(args.jobs, submit=bool(args.submit) or args.collect)
 
-    # transformers' lazy imports are not thread-safe: resolve what the worker threads use first
-    from peft import PeftModel  # noqa: F401
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM  # noqa: F401
+
+    if not runner.submit:  # transformers' lazy imports are not thread-safe: resolve what the worker threads use first
+        from peft import PeftModel  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
 
     command = "python scripts/compare.py " + " ".join(result_arguments(sys.argv[1:] if argv is None else argv))
     machine = f"{platform.machine()}, {os.cpu_count()} cores"

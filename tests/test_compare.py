@@ -271,7 +271,7 @@ def test_a_slurm_array_task_writes_the_result_a_local_run_writes(tiny_assets, tm
     # would run array task 0, trains, scores and records the run exactly as the local tool does.
     setup = [sys.executable, "scripts/compare.py", "--model", str(tiny_assets / "base"), "--data",
              str(tiny_assets / "data/sft"), "--methods", "full", "--lr_factors", "1", "--max_extensions", "0",
-             "--phase", "sweep", "--sweep_steps", "3", "--validation_rows", "16", "--eval_limit", "4",
+             "--phase", "sweep", "--sweep_steps", "3", "--validation_rows", "16", "--select_by", "eval_loss",
              "--launcher", "python"]  # one process a run (on a cluster: scripts/launch.slurm, the default)  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -296,7 +296,7 @@ def test_a_slurm_array_task_writes_the_result_a_local_run_writes(tiny_assets, tm
         del record["seconds"]
         record["command"] = [word.replace(str(tmp_path), "") for word in record["command"]]
         record["command"] = [word.replace("/cluster/", "/").replace("/local/", "/") for word in record["command"]]
-    assert on_cluster == here and here["scored_on"] == "validation.jsonl"
+    assert on_cluster == here and here["scored_on"] == "validation.jsonl" and here["metric"] == "eval_loss"
     # the same command again collects the finished run and writes the sweep's tables
     compare(tmp_path / "cluster", "--submit", "slurm")
     sweep = json.loads((tmp_path / "cluster/sweep.json").read_text())["sweeps"]
