@@ -10,3 +10,9 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet torch==2.13.0 setuptools wheel
 # DeepSpeed (in the test extra) imports torch in its setup.py, so it builds against the torch above.
 python -m pip install --quiet --no-build-isolation -e ".[test]"
+# DeepSpeed compiles its CPU ops on first use (CPU Adam for the offload runs, the shared-memory
+# collectives of its CPU accelerator): minutes on 2 cores. Compile them here, once per install,
+# with the builders DeepSpeed itself loads, rather than inside the first test or run that needs them.
+python -c "from deepspeed.accelerator import get_accelerator
+for name in ('CPUAdamBuilder', 'ShareMemCommBuilder'):
+    get_accelerator().create_op_builder(name).load(verbose=False)"
