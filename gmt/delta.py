@@ -26,13 +26,17 @@ def compute_delta(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> di
         if base_tensor.shape != tuned_tensor.shape or base_tensor.dtype != tuned_tensor.dtype:
             raise ValueError(f"{name}: base {base_tensor.dtype}{tuple(base_tensor.shape)} vs "
                              f"fine-tuned {tuned_tensor.dtype}{tuple(tuned_tensor.shape)}")  # fmt: skip
-        flat_base, flat_tuned = base_tensor.reshape(-1), tuned_tensor.reshape(-1)
-        # Compare bit patterns, so that -0.0 vs 0.0 and NaN payloads count as changes too.
-        changed = (_bits(flat_base) != _bits(flat_tuned)).nonzero().squeeze(1)
+        changed = changed_entries(base_tensor, tuned_tensor).nonzero().squeeze(1)
         if changed.numel():
             delta[f"{name}.indices"] = changed
-            delta[f"{name}.values"] = flat_tuned[changed].contiguous()
+            delta[f"{name}.values"] = tuned_tensor.reshape(-1)[changed].contiguous()
     return delta
+
+
+def changed_entries(base: Tensor, tuned: Tensor) -> Tensor:
+    """Which entries of ``tuned`` differ from ``base`` (same shape and dtype), flat, as booleans.
+    Bit patterns are compared, so that -0.0 vs 0.0 and NaN payloads count as changes too."""
+    return _bits(base.reshape(-1)) != _bits(tuned.reshape(-1))
 
 
 def apply_delta(base: Mapping[str, Tensor], delta: Mapping[str, Tensor]) -> dict[str, Tensor]:

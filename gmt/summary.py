@@ -7,12 +7,14 @@ backend records them."""
 from __future__ import annotations
 
 import re
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from gmt.masking import MaskStrategy
+from gmt.delta import changed_entries as changed_in
+from gmt.masking import MaskStrategy, effective_frozen_params
 
 
 def full_numel(param: torch.Tensor) -> int:
@@ -46,7 +48,7 @@ def mask_summary(strategy: MaskStrategy, model: torch.nn.Module, frozen_by_patte
     dense = sum(numel for numel, is_dense in zip(layout.numels, strategy.dense, strict=True) if is_dense)
     matches = {}
     if strategy.name != "full":
-        frozen_pattern = _pattern(args, "frozen_params", strategy.default_frozen_params)
+        frozen_pattern = effective_frozen_params(args)
         if frozen_pattern:
             matches["frozen_params"] = (frozen_pattern, len(frozen_by_pattern),
                                         sum(numels[name] for name in frozen_by_pattern))  # fmt: skip
@@ -61,11 +63,6 @@ def mask_summary(strategy: MaskStrategy, model: torch.nn.Module, frozen_by_patte
     else:
         state = f"2 fp32 moments per trainable entry, about {8 * trainable / 2**20:,.1f} MiB in all (AdamW)"
     return MaskSummary(trainable, trainable - dense, dense, sum(numels.values()) - trainable, matches, state)
-
-
-def _pattern(args, name: str, default: str) -> str:
-    value = getattr(args, name)
-    return default if value is None else value
 
 
 def format_summary(strategy: MaskStrategy, summary: MaskSummary, args) -> str:
@@ -96,22 +93,21 @@ def changed_entries(base: str | Path, tuned: str | Path) -> tuple[int, int] | No
     base_files, tuned_files = _safetensors(base), _safetensors(tuned)
     if not base_files or not tuned_files:
         return None
-    base_index = {}
-    for file in base_files:
-        with safe_open(str(file), "pt") as handle:
-            base_index.update({key: file for key in handle.keys()})  # noqa: SIM118 (safe_open has no iteration)
     changed = compared = 0
-    for file in tuned_files:
-        with safe_open(str(file), "pt") as handle:
-            for key in handle.keys():  # noqa: SIM118
-                if key not in base_index:
+    with ExitStack() as files:
+        base_of = {}  # tensor name -> the open base file that holds it
+        for file in base_files:
+            handle = files.enter_context(safe_open(str(file), "pt"))
+            base_of.update(dict.fromkeys(handle.keys(), handle))
+        for file in tuned_files:
+            handle = files.enter_context(safe_open(str(file), "pt"))
+            for key in handle.keys():  # noqa: SIM118 (safe_open has no iteration)
+                if key not in base_of:
                     continue
-                tuned_tensor = handle.get_tensor(key)
-                with safe_open(str(base_index[key]), "pt") as base_handle:
-                    base_tensor = base_handle.get_tensor(key)
+                tuned_tensor, base_tensor = handle.get_tensor(key), base_of[key].get_tensor(key)
                 if base_tensor.shape != tuned_tensor.shape:
                     continue
-                changed += int((base_tensor.to(tuned_tensor.dtype) != tuned_tensor).sum())
+                changed += int(changed_in(base_tensor.to(tuned_tensor.dtype), tuned_tensor).sum())
                 compared += tuned_tensor.numel()
     return (changed, compared) if compared else None
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -64,7 +63,7 @@ from compare_plan import (
     execute,
     hold_out,
     ladder,
-    nearest_place,
+    ladder_place,
     normal_rate,
     read_recipe,
     score_jobs,
@@ -118,8 +117,7 @@ class Runner:
 
 def half_decade(rate: float, steps: int) -> float:
     """The rate ``steps`` places away on the ladder 1e-3, 3e-3, 1e-2, ... (``rate`` snapped onto it)."""
-    place = round(2 * math.log10(rate)) + steps
-    return float(f"{1 if place % 2 == 0 else 3}e{place // 2}")
+    return ladder(ladder_place(rate) + steps)
 
 
 def sweep_grid(method: str, base_rate: float, factors: list[float] | None, multiples: dict[str, float],
@@ -132,8 +130,8 @@ def sweep_grid(method: str, base_rate: float, factors: list[float] | None, multi
         return [half_decade(best, -1), half_decade(best, 0), half_decade(best, 1)]
     if factors is not None:
         return [normal_rate(base_rate * factor) for factor in factors]
-    place = nearest_place(multiples.get(method, 1.0))
-    return [ladder(base_rate, place - 1), ladder(base_rate, place), ladder(base_rate, place + 1)]
+    place = ladder_place(multiples.get(method, 1.0))
+    return [normal_rate(base_rate * ladder(place + step)) for step in (-1, 0, 1)]
 
 
 def sweep_all(methods: list[str], grids: dict[str, list[float]], plan: Plan, runner: Runner,
@@ -154,7 +152,7 @@ def sweep_all(methods: list[str], grids: dict[str, list[float]], plan: Plan, run
         for method in ready:
             best = normal_rate(best_rate(list(records[method].values())))
             edge = best in (min(rates[method]), max(rates[method]))
-            if not edge or extensions[method] == plan.max_extensions:
+            if not edge or extensions[method] == plan.args.max_extensions:
                 finished.add(method)
                 continue
             rates[method].append(normal_rate(best * 3 if best == max(rates[method]) else best / 3))
@@ -168,7 +166,6 @@ class Plan:
 
     def __init__(self, args, recipe_file: Path, script: str, methods: dict[str, tuple[str, ...]]) -> None:
         self.args, self.recipe_file, self.script, self.methods = args, recipe_file, script, methods
-        self.max_extensions = args.max_extensions
 
     def run(self, phase: str, method: str, seed: int, rate: float, sweeps: dict) -> Run:
         """The run of ``method`` at ``rate`` and ``seed`` in ``phase`` (``sweeps``: the sweep records so far)."""

@@ -69,21 +69,25 @@ class Recipe:
 
         return recipe_script(self.settings)
 
-    @property
-    def learning_rate(self) -> float:
+    def setting(self, name: str):
+        """A training setting: the recipe's, else its config's default (SFTConfig's or DPOConfig's)."""
         from gmt.config import GMTDPOConfig, GMTSFTConfig
 
         config = GMTDPOConfig if self.script == "gmt/dpo.py" else GMTSFTConfig
-        return float(self.settings.get("learning_rate", config.__dataclass_fields__["learning_rate"].default))
+        return self.settings.get(name, config.__dataclass_fields__[name].default)
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.setting("learning_rate"))
 
     def steps(self, train_rows: int, world_size: int) -> int:
-        """The recipe's optimizer steps on ``train_rows`` rows and ``world_size`` processes
-        (``max_steps`` where it sets one)."""
-        if int(self.settings.get("max_steps", -1)) > 0:
-            return int(self.settings["max_steps"])
-        per_step = (int(self.settings.get("per_device_train_batch_size", 8)) * world_size
-                    * int(self.settings.get("gradient_accumulation_steps", 1)))  # fmt: skip
-        return math.ceil(train_rows / per_step) * math.ceil(float(self.settings.get("num_train_epochs", 3)))
+        """The recipe's optimizer steps on ``train_rows`` rows and ``world_size`` processes, counted
+        as the Trainer counts them (``max_steps`` where the recipe sets one)."""
+        if int(self.setting("max_steps")) > 0:
+            return int(self.setting("max_steps"))
+        batches = math.ceil(math.ceil(train_rows / world_size) / int(self.setting("per_device_train_batch_size")))
+        per_epoch = max(1, math.ceil(batches / int(self.setting("gradient_accumulation_steps"))))
+        return math.ceil(float(self.setting("num_train_epochs")) * per_epoch)
 
 
 def read_recipe(path: str | Path) -> Recipe:
@@ -187,14 +191,14 @@ def usual_multiples(sweep_file: Path = USUAL_MULTIPLES_FROM) -> dict[str, float]
     return {method: best_rate(records) / full for method, records in sweeps.items()}
 
 
-def ladder(rate: float, place: int) -> float:
-    """``rate`` times the ``place``-th step of the ladder 1, 3, 10, 30, ... (negative: 0.3, 0.1, ...)."""
-    return normal_rate(rate * (1 if place % 2 == 0 else 3) * 10.0 ** (place // 2))
+def ladder(place: int) -> float:
+    """The ``place``-th step of the ladder ..., 0.3, 1, 3, 10, 30, ... (place 0 is 1, 1 is 3, 2 is 10)."""
+    return normal_rate((1 if place % 2 == 0 else 3) * 10.0 ** (place // 2))
 
 
-def nearest_place(multiple: float) -> int:
-    """The ladder step nearest ``multiple`` (in log scale)."""
-    return min(range(-8, 9), key=lambda place: abs(math.log10(ladder(1.0, place)) - math.log10(multiple)))
+def ladder_place(value: float) -> int:
+    """The ladder step ``value`` is nearest to (half-decades in log scale)."""
+    return round(2 * math.log10(value))
 
 
 def normal_rate(rate: float) -> float:
@@ -328,11 +332,13 @@ def updated_fraction(base: str, tuned: Path, history: list[dict]) -> float:
     from transformers import AutoModelForCausalLM
 
     from gmt.adapter import is_adapter, merged_model
+    from gmt.delta import changed_entries
 
     before = dict(AutoModelForCausalLM.from_pretrained(base).named_parameters())
     model = merged_model(tuned, str(base)) if is_adapter(tuned) else AutoModelForCausalLM.from_pretrained(tuned)
     after = dict(model.named_parameters())
-    changed = sum(int((after[name] != before[name]).sum()) for name in before)
+    changed = sum(int(changed_entries(before[name].detach().to(after[name].dtype), after[name].detach()).sum())
+                  for name in before)  # fmt: skip
     return changed / sum(p.numel() for p in before.values())
 
 
@@ -350,16 +356,13 @@ def score_checkpoints(jobs: list[tuple[Path, str, str, Path]], env: dict[str, st
 
 def score_jobs(spec: str) -> None:
     """``--score_jobs``: score each job of the JSON list; print the scores as one JSON line."""
-    from transformers import HfArgumentParser
-
-    from gmt.evaluation.harness import EvalArguments, evaluate
+    from gmt.evaluation.harness import evaluate, parse
 
     scores = []
     for job in json.loads(spec):
         argv = ["--suite", job["suite"], "--model", job["model"], "--output_dir", job["output_dir"],
                 *shlex.split(job["eval_args"])]  # fmt: skip
-        (arguments,) = HfArgumentParser(EvalArguments).parse_args_into_dataclasses(argv)
-        scores.append(evaluate(arguments)["score"])
+        scores.append(evaluate(parse(argv))["score"])
     print(json.dumps(scores))
 
 
