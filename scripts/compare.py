@@ -565,6 +565,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                        help="a data set of validation rows (the recipe's layout) instead of held-out training rows")
     score.add_argument("--eval_limit", type=int, default=None, help="score only the first N problems")
     score.add_argument("--forgetting_suite", default=None, help="also score final runs with this suite")
+    score.add_argument("--forgetting_args", default=None, help="gmt-eval settings of the forgetting suite")
     score.add_argument("--curve", action=argparse.BooleanOptionalAction, default=None,
                        help="score seed 0's checkpoint at each quarter of its steps (a learning curve)")
     budget = parser.add_argument_group("the sweep's budget")
@@ -616,8 +617,9 @@ def settle(args: argparse.Namespace) -> tuple:
         for name, value in TINY.items():
             if getattr(args, name, None) is None:
                 setattr(args, name, Path(value) if name in ("data", "out") else value)
-        args.forgetting_args = f"--tiny_data {args.data.parent / 'equations' / 'test.jsonl'}"
-    args.forgetting_args = getattr(args, "forgetting_args", "")
+        if args.forgetting_args is None:
+            args.forgetting_args = f"--tiny_data {args.data.parent / 'equations' / 'test.jsonl'}"
+    args.forgetting_args = args.forgetting_args or ""
     args.out = (args.out or REPO / "outputs" / "compare" / recipe.path.stem).resolve()
     args.eval_suite = args.eval_suite or recipe.settings.get("eval_suite")
     if not args.eval_suite or args.eval_suite == "none":
@@ -660,9 +662,10 @@ def settle(args: argparse.Namespace) -> tuple:
                  "--validation_eval_args (settings that point it at validation data) or --select_by eval_loss")
     args.curve = bool(args.curve)
     recipe_file = comparison_recipe(trained, args.data_dir, args.model, args.out)
+    args.train_rows = sum(1 for _ in (args.data_dir / "train.jsonl").open())
+    args.recipe_steps = recipe.steps(args.train_rows, args.world_size or launcher_processes(args))
     if args.sweep_steps is None:
-        train_rows = sum(1 for _ in (args.data_dir / "train.jsonl").open())
-        args.sweep_steps = sweep_steps_for(recipe.steps(train_rows, args.world_size or launcher_processes(args)))
+        args.sweep_steps = sweep_steps_for(args.recipe_steps)
     around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
     multiples = usual_multiples()
     grids = {m: sweep_grid(m, recipe.learning_rate, args.lr_factors, multiples, around) for m in args.methods}
@@ -685,8 +688,7 @@ def launcher_processes(args) -> int:
 
 def cost(args, recipe, grids: dict[str, list[float]]) -> str:
     """What the comparison will run: its runs and their optimizer steps, in recipe-lengths."""
-    train_rows = sum(1 for _ in (args.data_dir / "train.jsonl").open())
-    length = args.max_steps or recipe.steps(train_rows, args.world_size or launcher_processes(args))
+    train_rows, length = args.train_rows, args.max_steps or args.recipe_steps
     seeds = len(args.seeds if args.seeds is not None else [0, 1, 2])
     fewest = sum(map(len, grids.values()))
     most = fewest + args.max_extensions * len(grids)
