@@ -123,6 +123,12 @@ def shared_run(tmp_path_factory):
     return run
 
 
+def first_log(trainer, key: str = "mask/kept_fraction") -> dict:
+    """The first entry of a trainer's log history that holds ``key`` (the start-of-run summary
+    comes before the first step's)."""
+    return next(log for log in trainer.state.log_history if key in log)
+
+
 def logged(stdout: str, key: str) -> list[float]:
     """Values of ``key`` in the Trainer's printed log dicts."""
     return [float(value) for value in re.findall(rf"'{re.escape(key)}': '?([^',}}]+)", stdout)]

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from test_standin_recipes import parsed_recipe
 
-from conftest import REPO
+from conftest import REPO, first_log
 
 DPO_RECIPE = REPO / "recipes/llama2-7b/dpo_ultrafeedback_gmt.yaml"
 
@@ -31,7 +31,7 @@ def test_dpo_recipe_changes_every_kept_entry_at_its_first_step(standin_cache, tm
     assert all(p.dtype == torch.float32 for p in trained.values() if p.requires_grad)
     changed = sum(int((trained[n].detach() != p.float()).sum()) for n, p in base.named_parameters())
     total = sum(p.numel() for p in base.parameters())
-    kept = next(log["mask/kept_fraction"] for log in trainer.state.log_history if "mask/kept_fraction" in log) * total
+    kept = first_log(trainer)["mask/kept_fraction"] * total
     assert 0.8 <= kept / total < 0.81
     assert changed == pytest.approx(kept, rel=1e-4)  # T > 0, so every kept entry has a gradient and moves
     # The final model in the recipe's dtype; the checkpoint keeps the fp32 weights a resumed run goes on from.

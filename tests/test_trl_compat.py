@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, first_log
 from gmt.cli import build_trainer
 from gmt.sft import make_parser
 from gmt.standins import model_standin
@@ -15,11 +15,6 @@ STOCK_TEMPLATES = {
     "Qwen/Qwen3-8B": "<|im_end|>",
     "meta-llama/Meta-Llama-3-8B-Instruct": "<|eot_id|>",
 }
-
-
-def first_log(trainer, key: str = "mask/kept_fraction") -> dict:
-    """The first training log that holds ``key`` (the start-of-run summary comes before it)."""
-    return next(log for log in trainer.state.log_history if key in log)
 
 
 def tiny_recipe(model, data, output_dir, *overrides):
