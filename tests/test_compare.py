@@ -358,3 +358,25 @@ def test_a_run_through_launch_slurm_is_one_accelerate_launch_per_node(tmp_path):
     assert "--num_machines 2 --num_processes 16" in node
     assert node.strip().endswith(f"gmt/dpo.py --config {recipe} --learning_rate 6e-05 --frozen_params "
                                  "embed_tokens\\|lm_head")  # quoted for the node's shell
+
+
+def test_validation_rows_come_from_the_recipes_data_or_a_named_set(standin_cache, tmp_path):
+    # A hub layout (MetaMathQA's, one JSON file) is held out row by row in its raw columns, so the
+    # recipe's column map and prompt format still apply; --validation_data names a set instead.
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_plan import Recipe, hold_out
+
+    from gmt.standins import data_standin
+
+    data = data_standin("meta-math/MetaMathQA", standin_cache)
+    recipe = Recipe(Path("recipes/llama3-8b/sft_math_gmt.yaml"), {"dataset_name": str(data)})
+
+    def rows(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    held = hold_out(recipe, tmp_path / "held", 8, None)
+    train, validation = rows(held / "train.jsonl"), rows(held / "validation.jsonl")
+    assert len(validation) == 8 and len(train) + 8 == 48 and {"query", "response"} <= set(train[0])
+    assert not {row["query"] for row in validation} & {row["query"] for row in train}
+    named = hold_out(recipe, tmp_path / "named", 8, str(held / "validation.jsonl"))
+    assert rows(named / "validation.jsonl") == validation and len(rows(named / "train.jsonl")) == 48
