@@ -91,7 +91,23 @@ def load_training_dataset(
     if path.is_dir():
         for file in sorted(path.rglob("*.jsonl")):
             check_json_lines(file, row_checker)
+        return _load_folder(name, config, streaming)
     return load_dataset(name, name=config, streaming=streaming)
+
+
+def _load_folder(name: str, config: str | None, streaming: bool):
+    """A local data folder, one split at a time: the splits datasets finds in it (its own file
+    patterns), each read on its own, so that a test split with a column more than the training
+    split's (a scoring ``answer``) is not cast to the training split's columns and refused."""
+    from datasets import IterableDatasetDict, load_dataset_builder
+
+    builder = load_dataset_builder(name, name=config)
+    splits = dict(builder.config.data_files or {})
+    if len(splits) < 2 or builder.name not in set(_BUILDERS.values()):
+        return load_dataset(name, name=config, streaming=streaming)
+    loaded = {split: load_dataset(builder.name, data_files=list(files), split="train", streaming=streaming)
+              for split, files in splits.items()}  # fmt: skip
+    return IterableDatasetDict(loaded) if streaming else DatasetDict(loaded)
 
 
 def json_lines_only(name: str | None) -> bool:

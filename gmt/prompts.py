@@ -45,6 +45,18 @@ def apply_prompt_format(dataset, name: str):
     return dataset.map(lambda row: {"prompt": format_prompt(name, row["prompt"])}, desc=f"prompt_format {name}")
 
 
+def task_yaml_spec(task_yaml: str) -> dict:
+    """A harness task file's fields, its ``!function module.name`` values kept as their text (the
+    harness resolves them itself when it builds the task)."""
+    import yaml
+
+    class TaskLoader(yaml.SafeLoader):
+        pass
+
+    TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    return yaml.load(task_yaml, Loader=TaskLoader)
+
+
 def prompt_task_yaml(task_yaml: str, included_doc_to_text) -> str:
     """``task_yaml`` with a ``__GMT_PROMPT_<NAME>__`` doc_to_text put in its format.
 
@@ -52,9 +64,7 @@ def prompt_task_yaml(task_yaml: str, included_doc_to_text) -> str:
     with nothing after it. The result is a Jinja template, as the harness reads doc_to_text."""
     import re
 
-    import yaml
-
-    doc_to_text = yaml.safe_load(task_yaml).get("doc_to_text")
+    doc_to_text = task_yaml_spec(task_yaml).get("doc_to_text")
     if not isinstance(doc_to_text, str):
         return task_yaml
     for name in PROMPT_FORMATS:

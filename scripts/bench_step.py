@@ -5,6 +5,8 @@
     python scripts/bench_step.py --runs tiny/single --rounds 1 --steps 4 --no-docs    # a quick look
     python scripts/bench_step.py --runs 1b/single --device cuda    # GPU: 1B random Llama, bf16,
                                                   # flash-attn, activation checkpointing
+    python scripts/bench_step.py --runs smollm2/single --out docs/benchmarks/step_smollm2.json \
+        --section step-smollm2                    # the real model (python -m gmt.smollm2), every strategy
 
 Needs the tiny assets (``python -m gmt.tiny``; the bigger models reuse its tokenizer and data).
 
@@ -43,6 +45,17 @@ METHODS = {
     "gmt-grad": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad"],
     "gmt-update": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"],
 }
+# Every strategy, for the real model (its budgets as the comparison sets them for hidden size 576:
+# compare_plan.fixed_mask_budgets); gspf's 1-step warm-up falls in the dropped warm-up steps.
+EVERY_STRATEGY = {
+    **METHODS,
+    "random": ["--mask_strategy", "random", "--mask_ratio", "0.5"],
+    "magnitude": ["--mask_strategy", "magnitude", "--mask_ratio", "0.5"],
+    "gps": ["--mask_strategy", "gps", "--gps_k", "72"],
+    "grft": ["--mask_strategy", "grft", "--grft_k", "72"],
+    "gspf": ["--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "1"],
+}
+SMOLLM2 = REPO / ".cache" / "smollm2"
 # Random-initialized Llamas on the tiny tokenizer (a 463-token vocabulary: the blocks hold nearly
 # every entry). Batch: micro-batch x accumulation (the tiny recipe's 16 x 2), sequences of about 50 tokens.
 MODELS = {
@@ -59,6 +72,9 @@ MODELS = {
         "batch": (16, 2),
         "steps": 6,
     },
+    # SmolLM2-135M-Instruct on its recipe's rows (up to 192 tokens; its recipe's batch).
+    "smollm2": {"size": None, "batch": (4, 2), "steps": 6, "recipe": "recipes/smollm2-135m/sft_full.yaml",
+                "data": SMOLLM2 / "data" / "letter_counting", "methods": EVERY_STRATEGY},
     "1b": {
         "size": {
             "hidden_size": 2048,
@@ -79,8 +95,17 @@ ENGINES = {
 DEFAULT_RUNS = ("tiny/single", "100m/single", "tiny/zero3")
 
 
+def methods_of(model: str) -> dict[str, list[str]]:
+    """The methods timed on ``model``: gmt's modes and full, or every strategy (the real model)."""
+    return MODELS[model].get("methods", METHODS)
+
+
 def model_path(model: str) -> Path:
-    """The model's directory: the tiny base itself, or a random-initialized Llama saved once."""
+    """The model's directory: the tiny base or the real model itself, or a random-initialized Llama saved once."""
+    if model == "smollm2":
+        from gmt.smollm2 import ensure_smollm2_assets
+
+        return ensure_smollm2_assets(SMOLLM2 / "SmolLM2-135M-Instruct", SMOLLM2 / "data")[0]
     if MODELS[model]["size"] is None:
         return TINY / "base"
     path = REPO / ".cache" / "gmt-bench" / f"llama-{model}"
@@ -108,7 +133,7 @@ def worker(args: argparse.Namespace, overrides: list[str]) -> None:
     from gmt.trainer import GMTSFTTrainer
 
     script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=["--config", "recipes/tiny/sft_full.yaml", *overrides]
+        args=["--config", args.worker_recipe, *overrides]
     )
     trainer = build_trainer(GMTSFTTrainer, script_args, training_args, model_args)
     cuda = torch.cuda.is_available()
@@ -179,7 +204,7 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
         "--model_name_or_path",
         str(model_path(model)),
         "--dataset_name",
-        str(TINY / "data" / "sft"),
+        str(MODELS[model].get("data", TINY / "data" / "sft")),
         "--output_dir",
         str(out_dir / "trainer"),
         "--max_steps",
@@ -194,7 +219,7 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
         "none",
         "--disable_tqdm",
         "true",
-        *METHODS[method],
+        *methods_of(model)[method],
     ]
     if engine == "zero3":
         overrides += ["--ddp_backend", "gloo"]
@@ -209,7 +234,9 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
             "--dataloader_pin_memory",
             "true",
         ]
-    command = [*ENGINES[engine], str(Path(__file__).resolve()), "--worker_out", str(out), "--", *overrides]
+    recipe = MODELS[model].get("recipe", "recipes/tiny/sft_full.yaml")
+    command = [*ENGINES[engine], str(Path(__file__).resolve()), "--worker_out", str(out), "--worker_recipe", recipe,
+               "--", *overrides]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
     if engine == "zero3" and args.device == "cpu":
         environment["OMP_NUM_THREADS"] = "1"  # 2 ranks on the cores: one thread each, not 2 x all
@@ -281,6 +308,19 @@ def markdown(results: dict, args: argparse.Namespace, machine: str, command: str
             f"of the full SFT step: {', '.join(verdicts)}."
         )
         lines.append("")
+    for run, by_method in results.items():
+        if set(by_method) <= set(METHODS):
+            continue
+        lines += [f"Every strategy on {run} (gmt, random and magnitude at ratio 0.5; gps and grft at 72 of 576; "
+                  "gspf keeping 5%), each step's time as a ratio of full SFT's in the same run:", "",
+                  "| method | step (median) | × full's step | mask step | timed overhead |",
+                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        full = by_method["full"]["median_seconds"]
+        for method, this in by_method.items():
+            overhead = 100 * this["timed_overhead_vs_full"]
+            lines.append(f"| {method} | {this['median_seconds']:.2f} s | {this['median_seconds'] / full:.3f} "
+                         f"| {1000 * this['median_mask_seconds']:.0f} ms | {overhead:+.1f}% |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -294,6 +334,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks" / "step.json")
     parser.add_argument("--no-docs", dest="docs", action="store_false", help="don't write docs/benchmarks.md")
     parser.add_argument("--worker_out", help=argparse.SUPPRESS)
+    parser.add_argument("--worker_recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--section", default=None,
+                        help="the markers of docs/benchmarks.md the table goes between (default: step, or step-gpu)")
     parser.add_argument("--render", action="store_true", help="rewrite the tables from --out's JSON, no timing")
     args, overrides = parser.parse_known_args()
     if args.render:
@@ -307,7 +350,7 @@ def main() -> None:
             steps = {run: steps for run in result["runs"]}
         command = result.get("command", "python scripts/bench_step.py")
         table = markdown(result["runs"], args, result["machine"], command, steps)
-        section = ("step" if args.device == "cpu" else "step-gpu") if args.docs else None
+        section = (args.section or ("step" if args.device == "cpu" else "step-gpu")) if args.docs else None
         write_benchmark(args.out, result, table, section, DOC)
         return
     if args.worker_out:
@@ -321,11 +364,12 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for run in runs:
-            seconds: dict[str, list[float]] = {method: [] for method in METHODS}
-            optimizer_seconds: dict[str, list[float]] = {method: [] for method in METHODS}
-            mask_seconds: dict[str, list[float]] = {method: [] for method in METHODS}
+            methods = methods_of(run.split("/")[0])
+            seconds: dict[str, list[float]] = {method: [] for method in methods}
+            optimizer_seconds: dict[str, list[float]] = {method: [] for method in methods}
+            mask_seconds: dict[str, list[float]] = {method: [] for method in methods}
             records: dict[str, dict] = {}
-            order = list(METHODS)
+            order = list(methods)
             for round_index in range(args.rounds):
                 rotated = order[round_index % len(order) :] + order[: round_index % len(order)]
                 for method in rotated:
@@ -348,10 +392,10 @@ def main() -> None:
                     "parameters": records[method]["parameters"],
                     "peak_gpu_bytes": records[method]["peak_gpu_bytes"],
                 }
-                for method in METHODS
+                for method in methods
             }
             full = results[run]["full"]
-            for method in METHODS:
+            for method in methods:
                 this = results[run][method]
                 this["overhead_vs_full"] = this["median_seconds"] / full["median_seconds"] - 1
                 # What the method adds, timed inside its own steps: the mask step, and its optimizer
@@ -372,7 +416,7 @@ def main() -> None:
     }
     from readme_section import write_benchmark
 
-    section = ("step" if args.device == "cpu" else "step-gpu") if args.docs else None
+    section = (args.section or ("step" if args.device == "cpu" else "step-gpu")) if args.docs else None
     write_benchmark(args.out, result, markdown(results, args, machine, command, steps), section, DOC)
 
 

@@ -140,7 +140,7 @@ def markdown(rows: list[dict], seeds: list[int], threads: list[int], machine: st
 
 
 def readme_main_job(records: list[dict], machine: str) -> None:
-    """Put the main job's measured score range (and time per run) into README.md, between the
+    """Put the tiny main job's measured score range (and time per run) into docs/tiny.md, between the
     main-job markers."""
     from readme_section import replace_readme_section
 
@@ -161,9 +161,9 @@ def readme_main_job(records: list[dict], machine: str) -> None:
         f"On {machine}, over {len(runs)} runs ({measured}; the seed of the base's build and of training), it "
         f"printed scores from {min(scores):.3f} to {max(scores):.3f}, and a run (the base's build, then the "
         f"job) took {min(minutes):.1f} to {max(minutes):.1f} min "
-        "(`python scripts/check_margins.py --outcomes main_job`; [docs/margins/margins.md](docs/margins/margins.md)).\n"
+        "(`python scripts/check_margins.py --outcomes main_job`; [margins/margins.md](margins/margins.md)).\n"
     )
-    replace_readme_section("<!-- main-job:start -->", "<!-- main-job:end -->", body)
+    replace_readme_section("<!-- main-job:start -->", "<!-- main-job:end -->", body, REPO / "docs" / "tiny.md")
 
 
 def main(argv: list[str] | None = None) -> int:

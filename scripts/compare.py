@@ -61,6 +61,9 @@ from compare_plan import (
     cached,
     comparison_recipe,
     execute,
+    failed,
+    fixed_mask_budgets,
+    gspf_warmup,
     hold_out,
     ladder,
     ladder_place,
@@ -150,7 +153,11 @@ def sweep_all(methods: list[str], grids: dict[str, list[float]], plan: Plan, run
         for run, record in zip(runs, runner.records(runs, progress)):
             records[run.method][run.learning_rate] = record
         for method in ready:
-            best = normal_rate(best_rate(list(records[method].values())))
+            best = best_rate(list(records[method].values()))
+            if best is None:  # every rate failed: reported in the sweep table, left out of the final phase
+                finished.add(method)
+                continue
+            best = normal_rate(best)
             edge = best in (min(rates[method]), max(rates[method]))
             if not edge or extensions[method] == plan.args.max_extensions:
                 finished.add(method)
@@ -173,7 +180,7 @@ class Plan:
         run_dir = args.out / "runs" / phase / method / (f"lr{rate:g}" if phase == "sweep" else f"seed{seed}")
         steps = args.sweep_steps if phase == "sweep" else args.max_steps
         arguments = ["--output_dir", str(run_dir), "--seed", str(seed), "--learning_rate", str(rate),
-                     "--report_to", "none", *self.methods[method]]  # fmt: skip
+                     "--report_to", "none", *gspf_warmup(self.methods[method], steps)]  # fmt: skip
         validation = phase == "sweep"
         scored_on = "validation.jsonl" if validation else "test"
         suite = args.eval_suite
@@ -205,10 +212,14 @@ class Plan:
                    forgetting=forgetting)  # fmt: skip
 
 
-def method_table(definitions: list[str]) -> dict[str, tuple[str, ...]]:
-    """The methods: the built-in ones, with ``--method NAME=ARGS`` adding ARGS to NAME's overrides
-    (a later flag wins over an earlier one) or defining a new method NAME."""
+def method_table(definitions: list[str], model: str | None = None) -> dict[str, tuple[str, ...]]:
+    """The methods: the built-in ones (gps's and grft's budgets from ``model``), with ``--method
+    NAME=ARGS`` adding ARGS to NAME's overrides (a later flag wins over an earlier one) or defining
+    a new method NAME."""
     methods = dict(METHODS)
+    if model is not None:
+        for name, budget in fixed_mask_budgets(model).items():
+            methods[name] = (*methods[name], *budget)
     for definition in definitions:
         name, separator, arguments = definition.partition("=")
         if not separator or not name:
@@ -254,7 +265,7 @@ def aggregate(records: list[dict], chosen: list[str], methods: dict[str, tuple[s
     """One row per method of ``chosen``: its final runs' mean and spread, and what they measured."""
     rows = []
     for method in chosen:
-        runs = [r for r in records if r["method"] == method]
+        runs = [r for r in records if r["method"] == method and not failed(r)]
         if not runs:
             continue
         scores = [r["score"] for r in runs]
@@ -282,12 +293,17 @@ def _mean_or_none(values: list) -> float | None:
     return statistics.fmean(present) if present else None
 
 
+def forgetting_name(suite: str | None) -> str:
+    """What the forgetting column measures, as the tables name it."""
+    return "pretraining equations" if suite in (None, "tiny_equations") else f"{suite} (forgetting probe)"
+
+
 def markdown(rows: list[dict], header: str, base_equations: float | None = None,
-             score_name: str = "exact match") -> str:
+             score_name: str = "exact match", forgetting: str = forgetting_name(None)) -> str:
     """The final table: a row per method, its rate and memory relative to full fine-tuning's."""
     full = next((row for row in rows if row["method"] == "full"), None)
     base = "" if base_equations is None else f" (base {100 * base_equations:.1f}%)"
-    columns = (f"| method | learning rate (× full's) | seeds | {score_name} (mean ± std) | pretraining equations"
+    columns = (f"| method | learning rate (× full's) | seeds | {score_name} (mean ± std) | {forgetting}"
                f"{base} | optimizer state (× full's) | kept per step | entries changed | wall time (median) |")
     lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
@@ -358,12 +374,15 @@ def sweep_markdown(sweeps: dict[str, list[dict]], header: str) -> str:
         best = best_rate(records)
         cells = [("-" if rate not in by_rate else f"**{by_rate[rate]}**" if rate == best else by_rate[rate])
                  for rate in rates]  # fmt: skip
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best:g} |")
+        best_text = "every run failed" if best is None else f"{best:g}"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {best_text} |")
     return "\n".join(lines) + "\n"
 
 
 def shown(record: dict) -> str:
     """A sweep run's score as the sweep table shows it: a percentage, or the validation loss."""
+    if failed(record):
+        return "failed"
     if record.get("metric") == "eval_loss":
         return f"{-record['score']:.4f}"
     return f"{100 * record['score']:.1f}"
@@ -378,6 +397,7 @@ def plot_sweep(sweeps: dict[str, list[dict]], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for index, (method, records) in enumerate(sweeps.items()):
+        records = [record for record in records if not failed(record)]
         axis.plot([r["learning_rate"] for r in records], [float(shown(r)) for r in records], marker="o",
                   label=method, color=f"C{index % 10}", linestyle="-" if index < 10 else "--")  # fmt: skip
     axis.set_xscale("log")
@@ -395,7 +415,8 @@ def _fraction(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def plot(rows: list[dict], path: Path, base_equations: float | None = None) -> None:
+def plot(rows: list[dict], path: Path, base_equations: float | None = None,
+         forgetting: str = forgetting_name(None), score_name: str = "test exact match") -> None:
     """Each method's test score (mean ± std over seeds) against its optimizer-state memory, against
     the fraction of entries it changed, and against what it kept of the base's pretraining task."""
     import matplotlib
@@ -405,7 +426,7 @@ def plot(rows: list[dict], path: Path, base_equations: float | None = None) -> N
 
     panels = [("optimizer_state_bytes", "optimizer state (MiB, log scale)", 1 / 2**20),
               ("updated_fraction", "fraction of entries that differ from the base", 1.0),
-              ("equations", "pretraining equations still solved (%)", 100.0)]  # fmt: skip
+              ("equations", f"{forgetting}: still solved (%)", 100.0)]  # fmt: skip
     figure, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
     colors: dict[str, str] = {}  # one color per family (gmt-grad, random, ...), in the legend's order
     for axis, (key, label, scale) in zip(axes, panels):
@@ -434,7 +455,7 @@ def plot(rows: list[dict], path: Path, base_equations: float | None = None) -> N
                 handles.append(handle)
                 labels.append(name)
     axes[0].legend(handles, labels, fontsize=8)
-    axes[0].set_ylabel("test exact match (%)")
+    axes[0].set_ylabel(f"{score_name} (%)")
     figure.suptitle("each method at its best validation learning rate")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -461,7 +482,7 @@ def write_final(records: list[dict], args, methods: dict[str, tuple[str, ...]], 
                 machine: str) -> None:  # fmt: skip
     """``<out>/compare.{json,md,png}``, the learning curves where they were scored, and ``<out>/recommendation.md``."""
     rows = aggregate(records, args.methods, methods)
-    score_name = "exact match" if args.eval_suite == "tiny" else f"{args.eval_suite} score"
+    score_name = "exact match" if args.eval_suite == "tiny" else f"{args.eval_suite} test score"
     base_equations = None
     if args.forgetting_suite:  # the base's own score, for the forgetting column
         base_file = args.out / "base_equations.json"
@@ -474,19 +495,23 @@ def write_final(records: list[dict], args, methods: dict[str, tuple[str, ...]], 
             base_file.write_text(json.dumps({"score": score}))
         base_equations = json.loads(base_file.read_text())["score"]
     total_minutes = sum(r["seconds"] for r in records) / 60
+    failures = [f"{r['method']} seed {r['seed']}" for r in records if failed(r)]
     header = (f"`{command}` ({len(records)} runs at each method's best validation learning rate, "
               f"the runs took {total_minutes:.0f} min of training and scoring in all on {machine}; scored with "
-              f"the {args.eval_suite} suite on its test data)")  # fmt: skip
+              f"the {args.eval_suite} suite on its test data)"
+              + (f". Failed, left out (each run's failed.json says why; the same command tries them again): "
+                 f"{', '.join(failures)}" if failures else ""))  # fmt: skip
+    forgetting = forgetting_name(args.forgetting_suite)
     (args.out / "compare.json").write_text(json.dumps({"command": command, "base_equations": base_equations,
                                                        "rows": rows, "runs": records}, indent=2))  # fmt: skip
-    (args.out / "compare.md").write_text(markdown(rows, header, base_equations, score_name))
-    plot(rows, args.out / "compare.png", base_equations)
+    (args.out / "compare.md").write_text(markdown(rows, header, base_equations, score_name, forgetting))
+    plot(rows, args.out / "compare.png", base_equations, forgetting, score_name)
     if any(row.get("curve") and len(row["curve"]) > 1 for row in rows):
         curve_header = ("Test score (%) at each checkpoint of the seed-0 final run (the learning-rate "
                         "schedule is the full run's, so an early point is not a shorter run)")  # fmt: skip
         (args.out / "curve.md").write_text(curve_markdown(rows, curve_header))
         plot_curves(rows, args.out / "curve.png")
-    print(markdown(rows, header, base_equations, score_name))
+    print(markdown(rows, header, base_equations, score_name, forgetting))
     if "full" in args.methods:
         report = task_report(rows, args, methods, recipe)
         (args.out / "recommendation.md").write_text(report)
@@ -556,7 +581,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     score.add_argument("--eval_args", default="", help="more gmt-eval settings for every score, e.g. '--data_dir D'")
     score.add_argument("--validation_eval_args", default=None,
                        help="gmt-eval settings that point the suite at validation data (the tiny suite: "
-                            "--tiny_data <out>/data/validation.jsonl, set for you)")  # fmt: skip
+                            "--task_data <out>/data/validation.jsonl, set for you)")  # fmt: skip
     score.add_argument("--select_by", choices=("suite", "eval_loss"), default=None,
                        help="what chooses each rate: the suite on validation data (where it can read them), "
                             "or the loss on the held-out rows (default where it cannot)")  # fmt: skip
@@ -618,7 +643,7 @@ def settle(args: argparse.Namespace) -> tuple:
             if getattr(args, name, None) is None:
                 setattr(args, name, Path(value) if name in ("data", "out") else value)
         if args.forgetting_args is None:
-            args.forgetting_args = f"--tiny_data {args.data.parent / 'equations' / 'test.jsonl'}"
+            args.forgetting_args = f"--task_data {args.data.parent / 'equations' / 'test.jsonl'}"
     args.forgetting_args = args.forgetting_args or ""
     args.out = (args.out or REPO / "outputs" / "compare" / recipe.path.stem).resolve()
     args.eval_suite = args.eval_suite or recipe.settings.get("eval_suite")
@@ -650,11 +675,29 @@ def settle(args: argparse.Namespace) -> tuple:
     if args.data is not None:
         trained = type(recipe)(recipe.path, {**recipe.settings, "dataset_name": str(args.data)})
     args.model = args.model or recipe.settings["model_name_or_path"]
-    args.data_dir = hold_out(trained, args.out / "data", args.validation_rows, args.validation_data)
-    suite_reads_files = args.eval_suite == "tiny"  # its problems come from a file (--tiny_data)
+    if {"gps", "grft"} & set(chosen):  # their budgets come from the model's config
+        methods = method_table(args.method, str(args.model))
+    try:
+        args.data_dir = hold_out(trained, args.out / "data", args.validation_rows, args.validation_data)
+    except (ConnectionError, FileNotFoundError, OSError, ValueError) as error:  # the hub's data offline, above all
+        source = args.validation_data if args.validation_data and str(args.validation_data) in str(error) else (
+            trained.settings.get("dataset_name") or "the recipe's datasets")  # fmt: skip
+        sys.exit(f"the comparison cannot read {source} ({type(error).__name__}: {str(error)[:300]}); it holds out "
+                 "validation rows and counts the training rows from it, --plan too. Copy the data set where the hub "
+                 "is reachable and pass --data LOCAL_COPY (and --validation_data), or run with the hub")
+    from gmt.evaluation.suites import check_columns, load_suite
+
+    suite = load_suite(args.eval_suite)
+    suite_reads_files = suite.default_data is not None  # its rows come from --task_data
+    if suite_reads_files and args.validation_eval_args is None:  # the rows it will score, checked now
+        for split in ("validation", "test"):
+            try:
+                check_columns(suite, args.data_dir / f"{split}.jsonl")
+            except ValueError as error:
+                sys.exit(f"--eval_suite {args.eval_suite}: {error}")
     if args.validation_eval_args is None and suite_reads_files:
-        args.validation_eval_args = f"--tiny_data {args.data_dir / 'validation.jsonl'}"
-    args.test_eval_args = f"--tiny_data {args.data_dir / 'test.jsonl'}" if suite_reads_files else ""
+        args.validation_eval_args = f"--task_data {args.data_dir / 'validation.jsonl'}"
+    args.test_eval_args = f"--task_data {args.data_dir / 'test.jsonl'}" if suite_reads_files else ""
     if args.select_by is None:
         args.select_by = "suite" if args.validation_eval_args else "eval_loss"
     if args.select_by == "suite" and not args.validation_eval_args:
@@ -686,7 +729,7 @@ def launcher_processes(args) -> int:
     return 1
 
 
-def cost(args, recipe, grids: dict[str, list[float]]) -> str:
+def cost(args, recipe, grids: dict[str, list[float]], methods: dict[str, tuple[str, ...]]) -> str:
     """What the comparison will run: its runs and their optimizer steps, in recipe-lengths."""
     train_rows, length = args.train_rows, args.max_steps or args.recipe_steps
     seeds = len(args.seeds if args.seeds is not None else [0, 1, 2])
@@ -700,7 +743,9 @@ def cost(args, recipe, grids: dict[str, list[float]]) -> str:
              f"  final: {finals} runs ({seeds} seeds) of {length} steps, {finals:.0f} recipe-lengths",
              f"  in all: {sweep_lengths[0] + finals:.0f} to {sweep_lengths[1] + finals:.0f} times the GPU-hours of one "
              "training run of the recipe, plus scoring"]  # fmt: skip
-    lines += [f"  {method}: {', '.join(f'{rate:g}' for rate in rates)}" for method, rates in grids.items()]
+    # each method's rates and settings, as a sweep run gets them (gspf's warm-up fitted to its length)
+    lines += [f"  {method}: {', '.join(f'{rate:g}' for rate in rates)} "
+              f"({shlex.join(gspf_warmup(methods[method], args.sweep_steps))})" for method, rates in grids.items()]
     return "\n".join(lines)
 
 
@@ -714,7 +759,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     recipe, recipe_file, methods, grids = settle(args)
     if args.plan:
-        print(cost(args, recipe, grids))
+        print(cost(args, recipe, grids, methods))
         return
     plan = Plan(args, recipe_file, recipe.script, methods)
     runner = Runner(args.jobs, submit=bool(args.submit) or args.collect)
@@ -735,8 +780,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         records_by_rate = {method: {r["learning_rate"]: r for r in records} for method, records in sweeps.items()}
         seeds = args.seeds if args.seeds is not None else [0, 1, 2]
+        swept = [method for method in args.methods if best_rate(sweeps[method]) is not None]
         runs = [plan.run("final", method, seed, best_rate(sweeps[method]), records_by_rate)
-                for seed in seeds for method in args.methods]  # every method's first seed comes first  # fmt: skip
+                for seed in seeds for method in swept]  # every method's first seed comes first  # fmt: skip
         with tqdm(total=len(runs), desc="final runs", unit="run") as progress:
             records = runner.records(runs, progress)
     except Pending as pending:

@@ -27,17 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_RECIPE = "recipes/tiny/sft_full.yaml"
 RATIOS = (0.2, 0.5, 0.8)
 
-# Method name -> overrides of the recipe. The fixed-mask budgets suit the 0.86M-parameter tiny
-# model (hidden 128): the papers' budgets (gspf 0.3%, gps K of 1-20) are for 100M+ parameters; set
-# them per method for another model (--method 'gps=--gps_k 4').
+# Method name -> overrides of the recipe. gps and grft get their budgets from the model at hand
+# (fixed_mask_budgets); gspf's keep ratio is a share of the model already.
 METHODS: dict[str, tuple[str, ...]] = {
     "full": ("--mask_strategy", "full"),
     **{f"gmt-grad-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "grad") for r in RATIOS},
     # update mode (mask on the optimizer's update) at the middle ratio: does it differ from grad mode?
     "gmt-update-0.5": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"),
     **{f"random-{r}": ("--mask_strategy", "random", "--mask_ratio", str(r)) for r in RATIOS},
-    "gps": ("--mask_strategy", "gps", "--gps_k", "16"),
-    "grft": ("--mask_strategy", "grft", "--grft_k", "16"),
+    "gps": ("--mask_strategy", "gps"),
+    "grft": ("--mask_strategy", "grft"),
     "gspf": ("--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "25"),
     # gspf whose dense warm-up runs at full fine-tuning's best rate (dense_phase_learning_rate), the
     # swept rate being that of its sparse phase only
@@ -49,6 +48,14 @@ METHODS: dict[str, tuple[str, ...]] = {
     "lora": ("--mask_strategy", "full", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
              "--lora_target_modules", "all-linear"),  # fmt: skip
 }
+# gps keeps gps_k input connections of every output neuron, grft grft_k rows of every matrix: an
+# eighth of the hidden size each (16 in the tiny model, hidden 128, as its comparison ran), so that
+# they train about the same share of every model. The papers' budgets (gps K of 1-20, gspf 0.3%)
+# are for 100M+ parameters and far sparser; --method 'gps=--gps_k 4' sets one.
+FIXED_MASK_SHARE_OF_HIDDEN = 1 / 8
+# gspf's dense warm-up, at most this share of a run (the tiny comparison's 25 steps in 300-step
+# sweeps is 1/12); a shorter run gets a shorter warm-up, said by --plan.
+GSPF_WARMUP_MAX_SHARE = 1 / 4
 DENSE_PHASE_AT_FULLS_RATE = ("gspf-dense-lr",)  # their dense phase at full's best validation rate
 # Each method's usual learning rate as a multiple of full fine-tuning's: what won its sweep on the
 # tiny word problems (docs/compare/sweep.json), the centre of its grid on another recipe.
@@ -180,6 +187,33 @@ def comparison_recipe(recipe: Recipe, data: Path, model: str | None, out: Path) 
     return path
 
 
+def fixed_mask_budgets(model: str) -> dict[str, tuple[str, ...]]:
+    """gps's and grft's budgets for ``model`` (a folder or a hub id: its config only), an eighth of
+    its hidden size (FIXED_MASK_SHARE_OF_HIDDEN)."""
+    from transformers import AutoConfig
+
+    try:
+        hidden = AutoConfig.from_pretrained(model).hidden_size
+    except (OSError, ValueError, AttributeError) as error:
+        sys.exit(f"the fixed-mask budgets (gps_k, grft_k) come from the model's hidden size, and {model}'s config "
+                 f"cannot be read ({type(error).__name__}: {error}); set them with --method 'gps=--gps_k K' "
+                 "--method 'grft=--grft_k K'")  # fmt: skip
+    budget = str(max(1, round(hidden * FIXED_MASK_SHARE_OF_HIDDEN)))
+    return {"gps": ("--gps_k", budget), "grft": ("--grft_k", budget)}
+
+
+def gspf_warmup(overrides: tuple[str, ...], steps: int | None) -> tuple[str, ...]:
+    """``overrides`` with gspf's warm-up shortened to at most GSPF_WARMUP_MAX_SHARE of a run of
+    ``steps`` (gmt-sft refuses a warm-up as long as the run)."""
+    if not steps or "--gspf_warmup_steps" not in overrides:
+        return overrides
+    at = overrides.index("--gspf_warmup_steps") + 1
+    longest = max(1, int(steps * GSPF_WARMUP_MAX_SHARE))
+    if int(overrides[at]) <= longest:
+        return overrides
+    return (*overrides[:at], str(longest), *overrides[at + 1 :])
+
+
 def usual_multiples(sweep_file: Path = USUAL_MULTIPLES_FROM) -> dict[str, float]:
     """Each method's winning rate over full fine-tuning's in a finished sweep (``sweep.json``)."""
     if not sweep_file.is_file():
@@ -207,9 +241,17 @@ def normal_rate(rate: float) -> float:
     return float(f"{rate:.6g}")
 
 
-def best_rate(records: list[dict]) -> float:
-    """The rate with the best validation score (ties: the lower rate)."""
-    return min(records, key=lambda record: (-record["score"], record["learning_rate"]))["learning_rate"]
+def best_rate(records: list[dict]) -> float | None:
+    """The rate with the best validation score (ties: the lower rate); None when every run failed."""
+    scored = [record for record in records if not failed(record)]
+    if not scored:
+        return None
+    return min(scored, key=lambda record: (-record["score"], record["learning_rate"]))["learning_rate"]
+
+
+def failed(record: dict) -> bool:
+    """Whether ``record`` is of a run that failed (``failed.json``; it is tried again next time)."""
+    return "failed" in record
 
 
 @dataclass
@@ -267,9 +309,22 @@ def execute(run: Run, threads: int | None = None) -> dict:
     if threads:
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     result = subprocess.run(run.train, cwd=REPO, capture_output=True, text=True, env=env)
+    failure = None
     if result.returncode != 0:
-        raise RuntimeError(f"{run.method} seed {run.seed} lr {run.learning_rate:g} failed:\n{result.stderr[-3000:]}")
-    record = finish(run, env)
+        failure = f"exit status {result.returncode}:\n{result.stderr[-3000:]}"
+    else:
+        try:
+            record = finish(run, env)
+        except (RuntimeError, OSError, KeyError, ValueError) as error:  # a scoring that failed
+            failure = f"{type(error).__name__}: {error}"
+    if failure is not None:  # recorded, reported in the tables, and tried again by the next invocation
+        record = {"method": run.method, "seed": run.seed, "learning_rate": run.learning_rate,
+                  "max_steps": run.max_steps, "failed": failure, "seconds": time.perf_counter() - started}  # fmt: skip
+        (Path(run.run_dir) / "failed.json").write_text(json.dumps(record, indent=2))
+        print(f"{run.method} seed {run.seed} lr {run.learning_rate:g} failed ({run.run_dir}/failed.json):\n"
+              f"{failure[-1500:]}", file=sys.stderr, flush=True)  # fmt: skip
+        return record
+    (Path(run.run_dir) / "failed.json").unlink(missing_ok=True)
     record["seconds"] = time.perf_counter() - started
     (Path(run.run_dir) / "result.json").write_text(json.dumps(record, indent=2))
     return record

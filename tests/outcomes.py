@@ -245,9 +245,9 @@ def scored_fine_tune(assets: Path, workdir: Path, seed: int) -> dict[str, float]
     trainer.save_model(str(workdir / "model"))
     products = workdir / "test_products.jsonl"
     count = product_problems(assets / "data/sft/test.jsonl", products)
-    base = evaluate_checkpoint(assets / "base", "tiny", tiny_data=products, output_dir=workdir / "eval-base")
-    tuned = evaluate_checkpoint(workdir / "model", "tiny", tiny_data=products, output_dir=workdir / "eval-tuned")
-    every = evaluate_checkpoint(workdir / "model", "tiny", tiny_data=assets / "data/sft/test.jsonl",
+    base = evaluate_checkpoint(assets / "base", "tiny", task_data=products, output_dir=workdir / "eval-base")
+    tuned = evaluate_checkpoint(workdir / "model", "tiny", task_data=products, output_dir=workdir / "eval-tuned")
+    every = evaluate_checkpoint(workdir / "model", "tiny", task_data=assets / "data/sft/test.jsonl",
                                 output_dir=workdir / "eval-all")  # fmt: skip
     return {"base": base["score"], "tuned": tuned["score"], "gain": tuned["score"] - base["score"],
             "problems": count, "tuned_all": every["score"]}  # fmt: skip

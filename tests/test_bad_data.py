@@ -145,3 +145,17 @@ def test_a_bad_json_line_is_named_by_file_and_line_before_anything_loads(tmp_pat
         load_training_dataset(str(path))
     with pytest.raises(ValueError, match=re.escape(f"{path}{message}")):
         load_training_dataset(str(tmp_path))  # a folder of data files: each checked
+
+
+def test_a_folder_whose_test_split_has_a_column_more_loads_each_split_as_it_is(tmp_path):
+    """train.jsonl for training and a test.jsonl with the scoring's `answer` beside it: datasets casts
+    a folder's splits to one schema and refuses this one (CastError); gmt reads each split alone."""
+    from gmt.data import load_training_dataset
+
+    rows = [{"prompt": [{"role": "user", "content": "1 + 1?"}], "completion": [{"role": "assistant", "content": "2"}]}]
+    write_jsonl(tmp_path / "train.jsonl", rows * 3)
+    write_jsonl(tmp_path / "test.jsonl", [{**rows[0], "answer": "2"}])
+    loaded = load_training_dataset(str(tmp_path))
+    assert loaded["train"].column_names == ["prompt", "completion"] and loaded["train"].num_rows == 3
+    assert loaded["test"].column_names == ["prompt", "completion", "answer"]
+    assert splits(str(tmp_path), "SFT").train.num_rows == 3  # and the run's own loading, with its checks

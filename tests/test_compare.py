@@ -380,3 +380,79 @@ def test_validation_rows_come_from_the_recipes_data_or_a_named_set(standin_cache
     assert not {row["query"] for row in validation} & {row["query"] for row in train}
     named = hold_out(recipe, tmp_path / "named", 8, str(held / "validation.jsonl"))
     assert rows(named / "validation.jsonl") == validation and len(rows(named / "train.jsonl")) == 48
+
+
+def test_a_failed_run_is_recorded_reported_and_tried_again(tmp_path):
+    """A run that fails leaves failed.json (no result.json, so the next invocation tries it again);
+    its method's sweep goes on without it, and a method whose every rate failed is left out."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import Plan, Runner, sweep_all, sweep_markdown
+    from compare_plan import Run, best_rate, execute
+
+    fail = "import sys; print('no such model', file=sys.stderr); sys.exit(3)"
+    failing = Run("sweep", "bad", 0, 1e-3, 5, str(tmp_path / "bad"), train=[sys.executable, "-c", fail])
+    failing.save()
+    record = execute(failing)
+    assert "exit status 3" in record["failed"] and "no such model" in record["failed"]
+    assert (tmp_path / "bad/failed.json").is_file() and not (tmp_path / "bad/result.json").exists()
+
+    class Scripted(Runner):  # the records a round of runs gives: one method's runs all fail, one fails once
+        def records(self, runs, progress=None):
+            return [{"method": run.method, "seed": 0, "learning_rate": run.learning_rate, "seconds": 1.0,
+                     **({"failed": "exit status 1"} if run.method == "bad" or run.learning_rate == 3e-3
+                        else {"score": run.learning_rate * 100})} for run in runs]  # fmt: skip
+
+    class Args:
+        max_extensions = 0
+
+    plan = Plan(Args(), Path("recipe.yaml"), "gmt/sft.py", {})
+    plan.run = lambda phase, method, seed, rate, sweeps: Run(phase, method, seed, rate, 5, "", [])
+
+    class Progress:
+        total = 0
+
+        def update(self):
+            pass
+
+    sweeps = sweep_all(["full", "bad"], {"full": [1e-3, 3e-3], "bad": [1e-3]}, plan, Scripted(1, False), Progress())
+    assert best_rate(sweeps["full"]) == 1e-3 and best_rate(sweeps["bad"]) is None
+    table = sweep_markdown(sweeps, "sweep")
+    assert "| full | **10.0** | failed | 0.001 |" in table and "| bad | failed | - | every run failed |" in table
+
+
+def test_fixed_mask_budgets_come_from_the_model(tiny_assets, tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare import method_table
+    from compare_plan import fixed_mask_budgets
+
+    assert fixed_mask_budgets(str(tiny_assets / "base")) == {"gps": ("--gps_k", "16"), "grft": ("--grft_k", "16")}
+    methods = method_table(["gps=--gps_k 4"], str(tiny_assets / "base"))
+    assert methods["gps"] == ("--mask_strategy", "gps", "--gps_k", "16", "--gps_k", "4")  # the user's flag wins
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 576}))  # SmolLM2's
+    assert fixed_mask_budgets(str(tmp_path)) == {"gps": ("--gps_k", "72"), "grft": ("--grft_k", "72")}
+    with pytest.raises(SystemExit, match="--method 'gps=--gps_k K'"):
+        fixed_mask_budgets(str(tmp_path / "no-model"))
+
+
+def test_gspf_warm_up_fits_the_run():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from compare_plan import METHODS, gspf_warmup
+
+    gspf = METHODS["gspf"]
+    assert gspf_warmup(gspf, 300) == gspf  # the tiny comparison's 25 of 300, as it ran
+    shortened = gspf_warmup(gspf, 6)  # a smoke's sweep run: gmt-sft refuses a warm-up as long as the run
+    assert shortened[shortened.index("--gspf_warmup_steps") + 1] == "1"
+    assert gspf_warmup(METHODS["full"], 6) == METHODS["full"]
+
+
+def test_plan_offline_names_the_data_it_cannot_read(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: .cache/gmt-tiny/base\ndataset_name: no-such-org/no-such-data\n"
+                      "learning_rate: 1.0e-4\neval_suite: tiny\n")  # fmt: skip
+    command = [sys.executable, "scripts/compare.py", "--config", str(recipe), "--out", str(tmp_path / "out"),
+               "--methods", "full", "--plan"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "the comparison cannot read no-such-org/no-such-data" in result.stderr
+    assert "--data LOCAL_COPY" in result.stderr

@@ -127,7 +127,7 @@ def test_the_readme_is_a_front_door():
     assert len(lines) <= 300
     head = "\n".join(lines[:120])
     # the two commands first, then a real-model launch on one node and under SLURM, and DPO
-    assert lines[4].startswith("bash scripts/setup_cpu.sh") and "gmt/sft.py --config recipes/tiny/" in lines[4]
+    assert lines[4].startswith("bash scripts/setup_cpu.sh") and "gmt/sft.py --config recipes/smollm2-135m/" in lines[4]
     assert lines[6] == "bash scripts/setup_cpu.sh && . .venv/bin/activate && pytest -q -n auto"
     assert "accelerate launch --config_file recipes/accelerate/zero3.yaml gmt/sft.py" in head
     assert "sbatch --nodes" in head and "gmt/dpo.py --config recipes/llama2-7b/" in head

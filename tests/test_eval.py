@@ -14,7 +14,7 @@ from gmt.evaluation import SUITES, EvalArguments, evaluate, load_suite, resolve_
 
 @pytest.fixture(scope="module")
 def manager(tiny_assets):
-    return task_manager(tiny_data=tiny_assets / "data/sft/test.jsonl")
+    return task_manager(task_data=tiny_assets / "data/sft/test.jsonl")
 
 
 @pytest.mark.parametrize("name", SUITES)
@@ -54,12 +54,27 @@ def eval_standins(tmp_path_factory):
 STANDIN_ROWS = 3  # build_eval_data's default: rows per config and split
 
 
+@pytest.fixture(scope="module")
+def local_task_data(tiny_assets, tmp_path_factory) -> dict[str, str]:
+    """The file each suite of local tasks scores: the tiny build's, and a few reasoning-gym rows."""
+    from gmt.smollm2.tasks import next_word_probe, write_task
+
+    folder = tmp_path_factory.mktemp("smollm2-data")
+    write_task("letter_counting", folder / "letter_counting", {"train": 4, "validation": 2, "test": 4})
+    next_word_probe(folder / "next_word", rows=4)
+    return {"tiny": str(tiny_assets / "data/sft/test.jsonl"),
+            "tiny_equations": str(tiny_assets / "data/equations/test.jsonl"),
+            "reasoning_gym": str(folder / "letter_counting/test.jsonl"),
+            "next_word": str(folder / "next_word/test.jsonl")}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", SUITES)
-def test_every_suite_runs_the_harness_tasks_on_local_data(name, tiny_assets, eval_standins, tmp_path):
+def test_every_suite_runs_the_harness_tasks_on_local_data(name, tiny_assets, eval_standins, local_task_data,
+                                                          tmp_path):  # fmt: skip
     suite = load_suite(name)
-    tiny_data = {"tiny": "data/sft/test.jsonl", "tiny_equations": "data/equations/test.jsonl"}.get(name)
+    assert (suite.default_data is not None) == (name in local_task_data)
     args = EvalArguments(suite=name, model=str(tiny_assets / "base"), limit=2, data_dir=str(eval_standins),
-                         tiny_data=str(tiny_assets / tiny_data) if tiny_data else None, gen_kwargs="max_gen_toks=8",
+                         task_data=local_task_data.get(name), gen_kwargs="max_gen_toks=8",
                          allow_code_execution=suite.executes_code, output_dir=str(tmp_path))  # fmt: skip
     summary = evaluate(args)
     written = json.loads((tmp_path / f"lm_eval_{name}.json").read_text())
@@ -124,7 +139,23 @@ def test_a_failed_evaluation_keeps_the_model_and_exits_non_zero(tiny_assets, tmp
     out, broken = tmp_path / "run", tmp_path / "broken.jsonl"
     broken.write_text("this is not json\n")  # exists (so training starts), cannot be read by the harness
     result = run_sft("recipes/tiny/sft_gmt.yaml", tiny_assets / "base", tiny_assets / "data/sft", out,
-                     "--max_steps", "1", "--eval_suite", "tiny", "--eval_args", f"--tiny_data {broken}")  # fmt: skip
+                     "--max_steps", "1", "--eval_suite", "tiny", "--eval_args", f"--task_data {broken}")  # fmt: skip
     assert result.returncode != 0
     assert (out / "model.safetensors").is_file() and not (out / "eval" / "lm_eval_tiny.json").exists()
     assert "eval_suite tiny failed" in result.stderr and f"gmt-eval --suite tiny --model {out}" in result.stderr
+
+
+def test_a_suite_refuses_rows_without_the_columns_it_reads(tiny_assets, tmp_path):
+    """The tiny suite scores `messages` and `answer`: a file without `answer` (a recipe's training
+    rows, say) is refused by name before any model loads, not mid-scoring."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "1 + 1?"}]}) + "\n")
+    with pytest.raises(ValueError, match=r"suite 'tiny' scores rows with the columns \['messages', 'answer'\]; .* "
+                                         r"without \['answer'\]"):
+        task_manager(load_suite("tiny"), rows)
+
+
+def test_the_rerun_command_names_each_setting_once():
+    args = EvalArguments(suite="tiny", model="out/run", limit=5, task_data="rows.jsonl")
+    argv = args.to_argv()
+    assert argv == ["--suite", "tiny", "--model", "out/run", "--limit", "5", "--task_data", "rows.jsonl"]

@@ -19,7 +19,7 @@ def tiny_args(tiny_assets, **settings) -> EvalArguments:
     defaults = {
         "suite": "tiny",
         "model": str(tiny_assets / "base"),
-        "tiny_data": str(tiny_assets / "data/sft/test.jsonl"),
+        "task_data": str(tiny_assets / "data/sft/test.jsonl"),
     }
     return EvalArguments(**{**defaults, **settings})
 
@@ -85,11 +85,11 @@ def test_list_data_prints_the_copies_to_make():
     assert "hf download EleutherAI/hendrycks_math --repo-type dataset" in listing
 
 
-def test_bad_suite_and_missing_tiny_data_are_named(tiny_assets, tmp_path):
+def test_bad_suite_and_missing_task_data_are_named(tiny_assets, tmp_path):
     with pytest.raises(ValueError, match="suite must be one of"):
         plan(tiny_args(tiny_assets, suite="nope"))
     with pytest.raises(FileNotFoundError, match="python -m gmt.tiny builds it"):
-        plan(tiny_args(tiny_assets, tiny_data=str(tmp_path / "missing.jsonl")))
+        plan(tiny_args(tiny_assets, task_data=str(tmp_path / "missing.jsonl")))
     with pytest.raises(FileNotFoundError, match="model .* does not exist"):
         plan(tiny_args(tiny_assets, model=str(tmp_path / "no-model")))
 

@@ -43,9 +43,9 @@ def evaluation_settings(script_args, training_args) -> EvalArguments | None:
         args.output_dir = str(Path(training_args.output_dir) / "eval")
     if args.device is None and getattr(training_args, "use_cpu", False):
         args.device = "cpu"
-    if args.tiny_data is None and args.suite == "tiny" and script_args.dataset_name:
+    if args.task_data is None and load_suite(args.suite).scores_training_test_split and script_args.dataset_name:
         candidate = Path(script_args.dataset_name) / "test.jsonl"  # the held-out split beside the training data
-        args.tiny_data = str(candidate) if candidate.is_file() else None
+        args.task_data = str(candidate) if candidate.is_file() else None
     return args
 
 
@@ -59,7 +59,7 @@ def check_before_training(args: EvalArguments, model_name_or_path: str, chat_tem
     check_settings(args, suite)
     if suite.apply_chat_template and not chat_template_path:
         check_model(EvalArguments(suite=args.suite, model=model_name_or_path), suite)
-    task_manager(suite, Path(args.tiny_data) if args.tiny_data else None,
+    task_manager(suite, Path(args.task_data) if args.task_data else None,
                  Path(args.data_dir) if args.data_dir else None)  # fmt: skip
 
 

@@ -58,8 +58,10 @@ class EvalArguments:
             "--list_data): for machines without the hub"
         },
     )
-    tiny_data: str | None = field(
-        default=None, metadata={"help": "tiny suite: the held-out jsonl (default: the cache's, python -m gmt.tiny)"}
+    task_data: str | None = field(
+        default=None,
+        metadata={"help": "suites of local tasks (tiny, reasoning_gym, ...): the jsonl they score (default: the "
+                  "suite's default_data, e.g. the cache python -m gmt.tiny or python -m gmt.smollm2 writes)"},
     )
     allow_code_execution: bool = field(
         default=False,
@@ -75,7 +77,7 @@ class EvalArguments:
         argv = []
         defaults = EvalArguments(suite=self.suite, model=self.model)
         for key, value in asdict(self).items():
-            if key in ("suite", "model") or value != getattr(defaults, key):
+            if key not in ("suite", "model") and value != getattr(defaults, key):
                 if isinstance(value, bool):
                     argv += [f"--{key}"] if value else []
                 else:
@@ -186,7 +188,7 @@ def plan(args: EvalArguments, suite: Suite | None = None) -> Plan:
     check_requirements(suite)
     check_settings(args, suite)
     check_model(args, suite)
-    manager = task_manager(suite, Path(args.tiny_data) if args.tiny_data else None,
+    manager = task_manager(suite, Path(args.task_data) if args.task_data else None,
                            Path(args.data_dir) if args.data_dir else None)  # fmt: skip
     leaves = {task.name: leaf_tasks(manager, task.name) for task in suite.tasks}
     if suite.executes_code:
@@ -310,7 +312,7 @@ def list_data(args: EvalArguments) -> str:
 
     suite = load_suite(args.suite)
     check_requirements(suite)
-    manager = task_manager(tiny_data=Path(args.tiny_data) if args.tiny_data else None)
+    manager = task_manager(task_data=Path(args.task_data) if args.task_data else None)
     leaves = [leaf for task, *_ in suite.tasks for leaf in leaf_tasks(manager, task)]
     target = args.data_dir or "DATA_DIR"
     repos = sorted(hub_reads(leaves))

