@@ -74,7 +74,7 @@ MODELS = {
     },
     # SmolLM2-135M-Instruct on its recipe's rows (up to 192 tokens; its recipe's batch).
     "smollm2": {"size": None, "batch": (4, 2), "steps": 6, "recipe": "recipes/smollm2-135m/sft_full.yaml",
-                "data": SMOLLM2 / "data" / "letter_counting", "methods": EVERY_STRATEGY},
+                "data": SMOLLM2 / "data" / "word_sequence_reversal", "methods": EVERY_STRATEGY},
     "1b": {
         "size": {
             "hidden_size": 2048,

@@ -8,7 +8,7 @@ every run in a fresh process with its own assets, and reports, for each assertio
 measured and how far the limit sits outside it:
 
     python scripts/check_margins.py                        # every outcome: about 75 min on 2 cores,
-                                                           # 50 of them README's main job
+                                                           # 50 of them the tiny main job
     python scripts/check_margins.py --outcomes main_job --resume   # only what an earlier call did not finish
     python scripts/check_margins.py --outcomes dpo_margin  # one of them
     python scripts/check_margins.py --seeds 0 1 --threads 1

@@ -25,6 +25,9 @@ from pathlib import Path
 import torch
 from readme_section import replace_readme_section
 
+from gmt.smollm2.build import DEFAULT_TASKS
+from gmt.smollm2.tasks import majority_baseline
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "docs" / "smollm2"
 SURVEY_TASKS = ("letter_counting", "spell_backward", "word_sorting", "number_sorting", "basic_arithmetic",
@@ -66,15 +69,17 @@ def recipe(args) -> None:
         build_seconds, _ = run(build)
         out = Path(work) / "sft"
         train_seconds, stdout = run([sys.executable, "gmt/sft.py", "--config", args.recipe, "--model_name_or_path",
-                                     str(model_dir), "--dataset_name", str(data_dir / "letter_counting"),
+                                     str(model_dir), "--dataset_name", str(data_dir / args.task),
                                      "--output_dir", str(out)])  # fmt: skip
         scores = json.loads((out / "eval" / "lm_eval_reasoning_gym.json").read_text())["gmt"]["scores"]
         tuned = {key.split(",")[0]: value for key, value in scores["gmt_reasoning_gym"].items()}
-        base = score(model_dir, data_dir / "letter_counting" / "test.jsonl")
+        base = score(model_dir, data_dir / args.task / "test.jsonl")
+        majority = majority_baseline(data_dir / args.task)
         forgetting = {"base": score(model_dir, data_dir / "next_word" / "test.jsonl", "next_word"),
                       "tuned": score(out, data_dir / "next_word" / "test.jsonl", "next_word")}  # fmt: skip
     result = {"recipe": args.recipe, "machine": machine(), "build_seconds": build_seconds,
-              "train_and_score_seconds": train_seconds, "base": base, "tuned": tuned,
+              "train_and_score_seconds": train_seconds, "task": args.task, "base": base, "tuned": tuned,
+              "majority_answer": majority,
               "next_word": forgetting, "stdout_tail": stdout[-2000:]}  # fmt: skip
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "recipe.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -86,10 +91,11 @@ def render(result: dict) -> None:
     base, tuned, forgetting = result["base"], result["tuned"], result["next_word"]
     minutes = (result["build_seconds"] + result["train_and_score_seconds"]) / 60
     line = (f"On {result['machine']}, the whole command took {minutes:.1f} min ({result['build_seconds']:.0f} s "
-            "to convert the model and write the data, the rest to train 100 steps and score): the task's verifier "
+            "to convert the model and write the data, the rest to train and score): the task's verifier "
             f"gave full marks on {100 * tuned['solved']:.1f}% of the 200 held-out rows, against "
             f"{100 * base['solved']:.1f}% for the base (which gave the final-answer line on "
-            f"{100 * base['answered']:.0f}% of them); the next-word probe of its English went from "
+            f"{100 * base['answered']:.0f}% of them) and {100 * result['majority_answer']:.1f}% for always giving the "
+            "training rows' most common answer; the next-word probe of its English went from "
             f"{100 * forgetting['base']['acc']:.1f}% to {100 * forgetting['tuned']['acc']:.1f}% "
             "(`python scripts/smollm2_recipe.py`")  # fmt: skip
     (OUT / "recipe.md").write_text(line + ").\n")
@@ -101,7 +107,7 @@ def render(result: dict) -> None:
 
 
 def survey() -> None:
-    from gmt.smollm2.tasks import entries, sft_row, write_jsonl
+    from gmt.smollm2.tasks import write_task
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
@@ -110,17 +116,17 @@ def survey() -> None:
 
         convert(model_dir)
         for task in SURVEY_TASKS:
-            data = Path(work) / f"{task}.jsonl"
-            write_jsonl([sft_row(task, entry) for entry in entries(task, SURVEY_ROWS, 2_000_001)], data)
-            metrics = score(model_dir, data)
-            rows.append({"task": task, **metrics})
+            folder = write_task(task, Path(work) / task, {"train": 640, "validation": 1, "test": SURVEY_ROWS})
+            metrics = score(model_dir, folder / "test.jsonl")
+            rows.append({"task": task, **metrics, "majority_answer": majority_baseline(folder)})
             print(rows[-1], flush=True)
     lines = [f"SmolLM2-135M-Instruct (dequantized Q4_1) on {SURVEY_ROWS} rows of each task, greedy, chat "
              "format, scored by the task's verifier on the final-answer line (`python scripts/smollm2_recipe.py "
-             f"--survey`, {machine()})", "", "| task | solved | verifier's mean reward | gave the final-answer line |",
-             "|---|---:|---:|---:|"]  # fmt: skip
-    lines += [f"| {r['task']} | {100 * r['solved']:.1f}% | {r['reward']:.3f} | {100 * r['answered']:.0f}% |"
-              for r in rows]
+             f"--survey`, {machine()})", "",
+             "| task | solved | verifier's mean reward | gave the final-answer line "
+             "| always the most common training answer: solved |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [f"| {r['task']} | {100 * r['solved']:.1f}% | {r['reward']:.3f} | {100 * r['answered']:.0f}% "
+              f"| {100 * r['majority_answer']:.1f}% |" for r in rows]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "survey.json").write_text(json.dumps(rows, indent=2) + "\n")
     (OUT / "survey.md").write_text("\n".join(lines) + "\n")
@@ -132,6 +138,7 @@ def survey() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/smollm2-135m/sft_gmt.yaml")
+    parser.add_argument("--task", default=DEFAULT_TASKS[0], help="the recipe's reasoning-gym task")
     parser.add_argument("--survey", action="store_true", help="score the base on the candidate tasks instead")
     parser.add_argument("--render", action="store_true", help="rewrite the docs' lines from recipe.json, no run")
     args = parser.parse_args()

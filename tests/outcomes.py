@@ -254,7 +254,7 @@ def scored_fine_tune(assets: Path, workdir: Path, seed: int) -> dict[str, float]
 
 
 # ---------------------------------------------------------------------------------------------
-# README's main job: no test asserts its score, but README quotes the range it lands in.
+# The tiny recipe's main job: no test asserts its score, but docs/tiny.md quotes the range it lands in.
 
 
 def main_job(assets: Path, workdir: Path, seed: int) -> dict[str, float]:
@@ -303,7 +303,7 @@ OUTCOMES: dict[str, Outcome] = {
                 launched=True),
         Outcome("scored_fine_tune", "tests/test_eval_scores.py::test_tiny_suite_scores_the_fine_tune_above_its_base",
                 SCORED_ASSETS, scored_fine_tune, SCORED_BOUNDS, reported=("tuned_all",)),
-        Outcome("main_job", "README.md (the main job's printed score)", TinySettings(), main_job, (),
+        Outcome("main_job", "docs/tiny.md (the tiny main job's printed score)", TinySettings(), main_job, (),
                 reported=("score",)),
     )
 }  # fmt: skip

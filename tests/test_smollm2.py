@@ -2,6 +2,7 @@
 data, the verifier suite, and a few masked SFT steps of SmolLM2-135M-Instruct."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 from conftest import REPO, logged, run_sft
 from gmt.smollm2 import ensure_smollm2_assets
+from gmt.smollm2.build import DEFAULT_TASKS
 from gmt.smollm2.convert import (
     PERPLEXITY_BOUND,
     check_perplexity,
@@ -18,7 +20,17 @@ from gmt.smollm2.convert import (
     packaged_gguf,
     perplexity,
 )
-from gmt.smollm2.tasks import FINAL_ANSWER, entries, final_answer, preference_pairs, verify, write_task
+from gmt.smollm2.tasks import (
+    FINAL_ANSWER,
+    entries,
+    final_answer,
+    majority_baseline,
+    preference_pairs,
+    verify,
+    write_task,
+)
+
+TASK = DEFAULT_TASKS[0]  # the recipes' task
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +121,9 @@ def test_task_rows_splits_and_pairs(tmp_path):
     for pair, row in zip(pairs, rows["train"]):
         entry = json.loads(row["entry"])
         assert verify("letter_counting", final_answer(pair["chosen"][0]["content"]), entry) == 1.0
-        assert verify("letter_counting", final_answer(pair["rejected"][0]["content"]), entry) == 0.0
+        assert verify("letter_counting", final_answer(pair["rejected"][0]["content"]), entry) < 1.0
+    # most letter_counting answers are "1": a model that always says so solves this share of the test rows
+    assert majority_baseline(folder) == sum(r["answer"] == "1" for r in rows["test"]) / len(rows["test"]) > 0.2
 
 
 def test_reasoning_in_the_reply_where_the_task_has_it():
@@ -129,9 +143,9 @@ def test_final_answer_line():
 def test_verifier_scores_the_reply(smollm2):
     from gmt.evaluation.verifiers import process_results
 
-    row = json.loads((smollm2[1] / "letter_counting" / "test.jsonl").open().readline())
+    row = json.loads((smollm2[1] / TASK / "test.jsonl").open().readline())
     assert process_results(row, [f"Final answer: {row['answer']}"]) == {"solved": 1.0, "reward": 1.0, "answered": 1.0}
-    wrong = str(int(row["answer"]) + 3)
+    wrong = ", ".join(reversed(row["answer"].split(", ")))  # the list as given, not reversed
     assert process_results(row, [f"Final answer: {wrong}"])["solved"] == 0.0
     # reasoning-gym's partial credit for a reply that holds the answer: a reward, not a solve
     partial = process_results(row, [f"Final answer: {row['answer']} or so"])
@@ -144,7 +158,7 @@ def test_masked_steps_of_the_real_model_then_the_verifier_suite(smollm2, tmp_pat
     falls, and gmt-eval's verifier suite scores the result on 6 held-out rows."""
     model_dir, data_dir = smollm2
     out = tmp_path / "run"
-    result = run_sft("recipes/smollm2-135m/sft_gmt.yaml", model_dir, data_dir / "letter_counting", out,
+    result = run_sft("recipes/smollm2-135m/sft_gmt.yaml", model_dir, data_dir / TASK, out,
                      "--max_steps", "4", "--logging_steps", "1", "--mask_ratio", "0.5", "--learning_rate", "1e-4",
                      "--per_device_train_batch_size", "2", "--warmup_steps", "0", "--eval_suite", "reasoning_gym",
                      "--eval_limit", "6", env={"OMP_NUM_THREADS": "2"})  # fmt: skip
@@ -161,15 +175,31 @@ def test_masked_steps_of_the_real_model_then_the_verifier_suite(smollm2, tmp_pat
 
 def test_the_comparison_plans_the_real_recipe_with_the_models_budgets(smollm2, tmp_path):
     """--plan on the SmolLM2 recipe: fixed-mask budgets from its hidden size (72 of 576), the suite
-    checked against the rows it will score, the run lengths from the recipe (100 steps, sweeps of 33)."""
+    checked against the rows it will score, the run lengths from the recipe (80 steps, sweeps of 27)."""
     command = [sys.executable, "scripts/compare.py", "--config", "recipes/smollm2-135m/sft_gmt.yaml",
-               "--model", str(smollm2[0]), "--data", str(smollm2[1] / "letter_counting"),
-               "--validation_data", str(smollm2[1] / "letter_counting" / "validation.jsonl"),
+               "--model", str(smollm2[0]), "--data", str(smollm2[1] / TASK),
+               "--validation_data", str(smollm2[1] / TASK / "validation.jsonl"),
                "--out", str(tmp_path / "out"), "--methods", "full", "grft", "gps", "--plan"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(100 optimizer steps a run on 800 rows)" in result.stdout and "runs of 33 steps" in result.stdout
+    assert "(80 optimizer steps a run on 640 rows)" in result.stdout and "runs of 27 steps" in result.stdout
     assert "(--mask_strategy grft --grft_k 72)" in result.stdout
     assert "(--mask_strategy gps --gps_k 72)" in result.stdout
     copied = tmp_path / "out" / "data"
     assert sum(1 for _ in (copied / "validation.jsonl").open()) == 200 and (copied / "test.jsonl").is_file()
+
+
+def test_the_dpo_recipe_masks_the_real_policy(smollm2, tmp_path):
+    """recipes/smollm2-135m/dpo_gmt.yaml as shipped, 2 steps from the base on the task's pairs: the
+    policy starts as its reference (loss log 2), gmt keeps 80% of the entries at each step, and the
+    saved policy differs from the base in no more entries than were kept."""
+    model_dir, data_dir = smollm2
+    result = run_sft("recipes/smollm2-135m/dpo_gmt.yaml", model_dir, data_dir / f"{TASK}_dpo",
+                     tmp_path / "dpo", "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size",
+                     "2", "--eval_args", "", script="gmt/dpo.py", env={"OMP_NUM_THREADS": "2"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [round(value, 3) for value in logged(result.stdout, "mask/kept_fraction")] == [0.8, 0.8]
+    assert logged(result.stdout, "loss")[0] == pytest.approx(0.6931, abs=1e-3)
+    changed = re.search(r"changed ([\d,]+) of its ([\d,]+) entries", result.stdout)
+    share = int(changed[1].replace(",", "")) / int(changed[2].replace(",", ""))
+    assert 0.5 < share <= 0.85, share  # two steps' kept entries (80% each, mostly the same ones)

@@ -10,7 +10,9 @@ from conftest import ACCELERATE_CPU_ZERO3, REPO
 from gmt.standins import check_output, data_standin, model_standin, standin_run
 from gmt.standins.recipes import run
 
-GPU_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name not in ("tiny", "accelerate"))
+# tiny and smollm2-135m are offline recipes, run for real (tests/test_smollm2.py for the latter)
+GPU_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml")
+                     if p.parent.name not in ("tiny", "smollm2-135m", "accelerate"))
 TULU = REPO / "recipes/llama2-7b/sft_tulu_gmt.yaml"
 
 

@@ -1,7 +1,7 @@
 """reasoning-gym tasks as data sets for SmolLM2: SFT rows, DPO pairs, validation and test rows, and a
 next-word probe of the base's English for forgetting.
 
-    python -m gmt.smollm2.tasks --task letter_counting      # into .cache/smollm2/data/letter_counting
+    python -m gmt.smollm2.tasks --task word_sequence_reversal   # into .cache/smollm2/data/word_sequence_reversal
 
 A task's folder ``<task>/`` holds ``train.jsonl``, ``validation.jsonl`` and ``test.jsonl`` (the SFT
 layout, the same columns in every split: ``load_dataset`` of the folder casts every split to one
@@ -37,7 +37,7 @@ ANSWER_INSTRUCTION = f"\nGive your final answer on the last line as: {FINAL_ANSW
 # One generator seed per split. reasoning-gym draws row i from seed + i, so the seeds lie far apart:
 # seeds 1 and 2 would give the same rows, shifted by one.
 TASK_SEEDS = {"train": 1, "validation": 1_000_001, "test": 2_000_001}
-DEFAULT_ROWS = {"train": 800, "validation": 200, "test": 200}
+DEFAULT_ROWS = {"train": 640, "validation": 200, "test": 200}
 # The English text of the next-word probe: the public-domain story reasoning-gym ships (pinned with
 # reasoning-gym's version, so every machine writes the same probe).
 PROBE_TEXT = "in_the_year_2889.txt"
@@ -58,10 +58,12 @@ def task_dataset(name: str):
 
 
 def entries(name: str, rows: int, seed: int) -> list[dict[str, Any]]:
-    """``rows`` entries of task ``name`` from its generator at ``seed`` (JSON-safe: tuples as lists)."""
+    """``rows`` entries of task ``name`` from its generator at ``seed``, JSON-safe: tuples as lists, and
+    values JSON has no type for (a Fraction in some tasks' metadata) as their text."""
     import reasoning_gym
 
-    return [json.loads(json.dumps(entry)) for entry in reasoning_gym.create_dataset(name, size=rows, seed=seed)]
+    generated = reasoning_gym.create_dataset(name, size=rows, seed=seed)
+    return [json.loads(json.dumps(entry, default=str)) for entry in generated]
 
 
 def reply(entry: dict[str, Any]) -> str:
@@ -88,6 +90,19 @@ def final_answer(text: str) -> str | None:
     """What follows the last ``Final answer:`` of a reply, to the end of its line (None if absent)."""
     found = re.findall(re.escape(FINAL_ANSWER) + r"[ \t]*([^\n]*)", text)
     return found[-1].strip() if found else None
+
+
+def majority_baseline(folder: Path) -> float:
+    """The share of ``folder``'s test rows that a model always giving the training rows' most common
+    answer would solve: the score a gain must clear (letter_counting's is over 40%: most counts are 1)."""
+    from collections import Counter
+
+    def answers(split: str) -> list[str]:
+        return [json.loads(line)["answer"] for line in (folder / f"{split}.jsonl").open()]
+
+    (most_common, _), = Counter(answers("train")).most_common(1)
+    test = answers("test")
+    return sum(answer == most_common for answer in test) / len(test)
 
 
 def preference_pairs(name: str, split: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
