@@ -2,7 +2,10 @@
 
     python scripts/compare.py && python scripts/compare.py --data .cache/gmt-tiny/data/sft_twostep \\
         --out docs/compare/twostep --methods ...              # the two tasks (docs/comparison.md)
-    python scripts/compare_report.py                         # docs/compare/report.md and README
+    python scripts/compare_report.py --readme none           # docs/compare/report.md (the tiny toy's)
+    python scripts/compare_report.py --tasks 'word_sequence_reversal=docs/compare/smollm2' \
+        --title 'SmolLM2-135M-Instruct (dequantized 4-bit) on reasoning-gym' \
+        --out docs/compare/smollm2/report.md                  # the real model's, and README's summary
 
 Reads each task's ``compare.json`` and ``sweep.json`` (written by ``scripts/compare.py``) and
 writes ``docs/compare/report.md``: which method to start from for a memory budget; every claim of
@@ -191,7 +194,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=[f"{name}={path}" for name, path in TASKS.items()],
                         help="NAME=DIR for each task's comparison (compare.py's --out)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "compare" / "report.md")
-    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--readme", default=str(REPO / "README.md"),
+                        help="the file whose compare:start/end section gets the summary ('none': no file)")
+    parser.add_argument("--title", default="the tiny recipe (a 0.86M-parameter toy)",
+                        help="what the tasks were run on, for the report's heading and the summary")
     args = parser.parse_args()
     task_dirs = {name: Path(path).resolve() for name, path in (task.split("=", 1) for task in args.tasks)}
     loaded = {name: load(path) for name, path in task_dirs.items()}
@@ -229,13 +235,16 @@ def main() -> None:
         ])  # fmt: skip
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("# The methods compared on the tiny recipe\n\nHow they were run: "
+    args.out.write_text(f"# The methods compared on {args.title}\n\nHow they were run: "
                         f"[comparison.md]({os.path.relpath(REPO / 'docs/comparison.md', args.out.resolve().parent)})"
                         ".\n\n" + report(args.out))  # fmt: skip
-    link = Path(os.path.relpath(args.out.resolve(), args.readme.resolve().parent)).as_posix()
-    replace_readme_section("<!-- compare:start -->", "<!-- compare:end -->",
-                           summary() + f"\nEach task's tables, sweeps, learning curves and plots: [{link}]({link}).\n",
-                           args.readme)  # fmt: skip
+    if args.readme != "none":
+        readme = Path(args.readme)
+        link = Path(os.path.relpath(args.out.resolve(), readme.resolve().parent)).as_posix()
+        replace_readme_section("<!-- compare:start -->", "<!-- compare:end -->",
+                               f"Measured on {args.title}, tasks: {', '.join(loaded)}.\n\n" + summary()
+                               + f"\nEach task's tables, sweeps, learning curves and plots: [{link}]({link}).\n",
+                               readme)  # fmt: skip
     print(report(args.out))
 
 
