@@ -456,3 +456,15 @@ def test_plan_offline_names_the_data_it_cannot_read(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "the comparison cannot read no-such-org/no-such-data" in result.stderr
     assert "--data LOCAL_COPY" in result.stderr
+
+
+def test_the_report_names_what_it_ran_on_and_can_leave_the_readme_alone(tmp_path):
+    """The committed tiny comparison's report, titled as the toy it is; --readme none writes the
+    report alone (README's summary is the real model's once that comparison is in)."""
+    readme_before = (REPO / "README.md").read_text()
+    out = tmp_path / "report.md"
+    command = [sys.executable, "scripts/compare_report.py", "--readme", "none", "--out", str(out), "--title", "a toy"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.read_text().startswith("# The methods compared on a toy\n")
+    assert "#### word problems" in out.read_text() and (REPO / "README.md").read_text() == readme_before
