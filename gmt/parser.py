@@ -7,6 +7,8 @@ what a user of a gmt recipe needs on top:
   strategy (a gmt recipe's ``mask_ratio`` under ``--mask_strategy gps``) are left out, and the run
   says which. An option given on the command line is never left out: set for a strategy that does
   not take it, it is refused as before;
+- ``--eval_suite none`` on the command line likewise leaves out the recipe's ``eval_args`` and
+  ``eval_limit`` (settings of the scoring it switches off), and says so;
 - ``--help`` shows gmt's own settings first, above TRL's and transformers' hundreds.
 """
 
@@ -21,6 +23,8 @@ from collections.abc import Iterable
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from gmt.masking.registry import STRATEGIES, strategy_options
+
+SCORING_OPTIONS = ("eval_args", "eval_limit")  # what eval_suite's scoring takes besides the suite
 
 
 class GMTParser(TrlParser):
@@ -56,7 +60,8 @@ class GMTParser(TrlParser):
         if unknown and self._fail_with_unknown:
             raise ValueError("; ".join(f"unknown setting {key!r} in the --config file{_suggestion(key, known)}"
                                      for key in unknown))  # fmt: skip
-        return super().set_defaults_with_config(**self._without_other_strategies_options(config))
+        config = self._without_scoring_options(self._without_other_strategies_options(config))
+        return super().set_defaults_with_config(**config)
 
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
         if not return_remaining_strings:  # before the dataclasses are built (their checks would speak first)
@@ -80,6 +85,16 @@ class GMTParser(TrlParser):
             recipe_strategy = config.get("mask_strategy", "gmt")
             print(f"--mask_strategy {switched_to}: the --config file's {settings} (options of mask_strategy "
                   f"{recipe_strategy!r}, not of {switched_to!r}) are left out", flush=True)  # fmt: skip
+        return {key: value for key, value in config.items() if key not in left_out}
+
+    def _without_scoring_options(self, config: dict) -> dict:
+        if self._command_line.get("eval_suite") != "none" or config.get("eval_suite") in (None, "none"):
+            return config
+        left_out = [key for key in SCORING_OPTIONS if key in config and key not in self._command_line]
+        if left_out and int(os.environ.get("RANK", "0")) == 0:
+            settings = ", ".join(f"{key}: {config[key]!r}" for key in left_out)
+            print(f"--eval_suite none: the --config file's {settings} (settings of its eval_suite "
+                  f"{config['eval_suite']!r}) are left out", flush=True)  # fmt: skip
         return {key: value for key, value in config.items() if key not in left_out}
 
     def _group_gmt_settings(self, dataclass_types) -> None:

@@ -53,6 +53,20 @@ def test_an_option_of_another_strategy_given_on_the_command_line_is_still_refuse
     assert random_args.mask_ratio == 0.2
 
 
+def test_eval_suite_none_switches_off_the_recipes_scoring_settings(capsys):
+    """The SmolLM2 DPO recipe scores with eval_args (the SFT rows' test split): --eval_suite none
+    leaves them out and says so, rather than refusing eval_args without a suite."""
+    command = ["--config", "recipes/smollm2-135m/dpo_gmt.yaml", "--bf16", "false"]
+    script_args, _, _ = dpo_parser().parse_args_and_config([*command, "--eval_suite", "none"])
+    assert script_args.eval_suite == "none" and script_args.eval_args is None
+    said = capsys.readouterr().out
+    assert "--eval_suite none: the --config file's eval_args: '--task_data" in said and "left out" in said
+    kept, _, _ = dpo_parser().parse_args_and_config([*command, "--eval_suite", "none", "--eval_limit", "4"])
+    assert kept.eval_limit == 4  # given on the command line: kept, and refused later with the reason
+    scored, _, _ = dpo_parser().parse_args_and_config(command)
+    assert scored.eval_suite == "reasoning_gym" and scored.eval_args.startswith("--task_data")
+
+
 def test_help_shows_gmt_settings_first():
     text = make_parser().format_help()
     lines = text.splitlines()

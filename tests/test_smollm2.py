@@ -196,7 +196,7 @@ def test_the_dpo_recipe_masks_the_real_policy(smollm2, tmp_path):
     model_dir, data_dir = smollm2
     result = run_sft("recipes/smollm2-135m/dpo_gmt.yaml", model_dir, data_dir / f"{TASK}_dpo",
                      tmp_path / "dpo", "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size",
-                     "2", "--eval_args", "", script="gmt/dpo.py", env={"OMP_NUM_THREADS": "2"})  # fmt: skip
+                     "2", script="gmt/dpo.py", env={"OMP_NUM_THREADS": "2"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert [round(value, 3) for value in logged(result.stdout, "mask/kept_fraction")] == [0.8, 0.8]
     assert logged(result.stdout, "loss")[0] == pytest.approx(0.6931, abs=1e-3)
