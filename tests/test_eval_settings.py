@@ -88,8 +88,10 @@ def test_list_data_prints_the_copies_to_make():
 def test_bad_suite_and_missing_task_data_are_named(tiny_assets, tmp_path):
     with pytest.raises(ValueError, match="suite must be one of"):
         plan(tiny_args(tiny_assets, suite="nope"))
-    with pytest.raises(FileNotFoundError, match="python -m gmt.tiny builds it"):
+    with pytest.raises(FileNotFoundError, match="python -m gmt.tiny writes it"):
         plan(tiny_args(tiny_assets, task_data=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(FileNotFoundError, match="python -m gmt.smollm2 writes it"):  # the real model's suites
+        plan(tiny_args(tiny_assets, suite="reasoning_gym", task_data=str(tmp_path / "missing.jsonl")))
     with pytest.raises(FileNotFoundError, match="model .* does not exist"):
         plan(tiny_args(tiny_assets, model=str(tmp_path / "no-model")))
 

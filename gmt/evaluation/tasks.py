@@ -26,6 +26,8 @@ DEFAULT_TINY_DATA = Path(".cache/gmt-tiny/data/sft/test.jsonl")
 # datasets' builders that read local files named in dataset_kwargs.data_files, not a hub repository.
 FILE_BUILDERS = frozenset({"json", "csv", "parquet", "text", "arrow"})
 SPLIT_FIELDS = ("training_split", "validation_split", "test_split", "fewshot_split")
+# gmt's tasks of local rows, by name prefix, and the module that writes their default rows
+LOCAL_DATA_BUILDERS = {"gmt_tiny": "gmt.tiny", "gmt_reasoning_gym": "gmt.smollm2", "gmt_next_word": "gmt.smollm2"}
 
 
 @dataclass(frozen=True)
@@ -241,11 +243,9 @@ def check_task_data(leaf: LeafTask, override: dict[str, Any]) -> None:
         for split, files in data_files.items():
             for file in [files] if isinstance(files, str) else files:
                 if "://" not in file and not Path(file).exists():
-                    hint = (
-                        " (python -m gmt.tiny builds it; or pass --task_data)"
-                        if leaf.name.startswith("gmt_tiny")
-                        else ""
-                    )
+                    builder = next((module for prefix, module in LOCAL_DATA_BUILDERS.items()
+                                    if leaf.name.startswith(prefix)), None)  # fmt: skip
+                    hint = f" (python -m {builder} writes it; or pass --task_data)" if builder else ""
                     raise FileNotFoundError(f"task {leaf.name!r}: its {split!r} data {file} does not exist{hint}")
     import datasets
 
