@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,13 @@ def load_training_dataset(
             check_json_lines(file, row_checker)
         return _load_folder(name, config, streaming)
     return load_dataset(name, name=config, streaming=streaming)
+
+
+def write_jsonl(rows: list[dict], path: Path) -> None:
+    """``rows`` as a JSON-lines file at ``path`` (its folder made first): the local layout gmt's own
+    data (stand-ins, the SmolLM2 tasks) is written in and ``load_training_dataset`` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _load_folder(name: str, config: str | None, streaming: bool):

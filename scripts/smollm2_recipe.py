@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from machine import describe_machine
 from readme_section import replace_readme_section
 
 from gmt.smollm2.build import DEFAULT_TASKS
@@ -37,28 +35,26 @@ SURVEY_TASKS = ("letter_counting", "spell_backward", "word_sorting", "number_sor
 SURVEY_ROWS = 24
 
 
-def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
+def run(command: list[str]) -> tuple[float, str]:
     """Run ``command`` from the repository root; its seconds and its stdout (its error ends the script)."""
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started, result.stdout
 
 
-def score(model: Path, data: Path, suite: str = "reasoning_gym", limit: int | None = None) -> dict[str, float]:
+def by_metric(task_scores: dict[str, float]) -> dict[str, float]:
+    """A task's scores by metric name (the harness's keys are ``metric,filter``)."""
+    return {key.split(",")[0]: value for key, value in task_scores.items()}
+
+
+def score(model: Path, data: Path, suite: str = "reasoning_gym") -> dict[str, float]:
     """gmt-eval's metrics of ``suite`` on ``data`` for ``model``."""
     from gmt.evaluation import evaluate_checkpoint
 
-    settings = {"task_data": str(data), "batch_size": "16", "device": "cpu"}
-    if limit:
-        settings["limit"] = limit
-    summary = evaluate_checkpoint(model, suite, **settings)
-    return {key.split(",")[0]: value for key, value in next(iter(summary["scores"].values())).items()}
-
-
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    summary = evaluate_checkpoint(model, suite, task_data=str(data), batch_size="16", device="cpu")
+    return by_metric(next(iter(summary["scores"].values())))
 
 
 def recipe(args) -> None:
@@ -72,12 +68,12 @@ def recipe(args) -> None:
                                      str(model_dir), "--dataset_name", str(data_dir / args.task),
                                      "--output_dir", str(out)])  # fmt: skip
         scores = json.loads((out / "eval" / "lm_eval_reasoning_gym.json").read_text())["gmt"]["scores"]
-        tuned = {key.split(",")[0]: value for key, value in scores["gmt_reasoning_gym"].items()}
+        tuned = by_metric(scores["gmt_reasoning_gym"])
         base = score(model_dir, data_dir / args.task / "test.jsonl")
         majority = majority_baseline(data_dir / args.task)
         forgetting = {"base": score(model_dir, data_dir / "next_word" / "test.jsonl", "next_word"),
                       "tuned": score(out, data_dir / "next_word" / "test.jsonl", "next_word")}  # fmt: skip
-    result = {"recipe": args.recipe, "machine": machine(), "build_seconds": build_seconds,
+    result = {"recipe": args.recipe, "machine": describe_machine("cpu"), "build_seconds": build_seconds,
               "train_and_score_seconds": train_seconds, "task": args.task, "base": base, "tuned": tuned,
               "majority_answer": majority,
               "next_word": forgetting, "stdout_tail": stdout[-2000:]}  # fmt: skip
@@ -122,7 +118,7 @@ def survey() -> None:
             print(rows[-1], flush=True)
     lines = [f"SmolLM2-135M-Instruct (dequantized Q4_1) on {SURVEY_ROWS} rows of each task, greedy, chat "
              "format, scored by the task's verifier on the final-answer line (`python scripts/smollm2_recipe.py "
-             f"--survey`, {machine()})", "",
+             f"--survey`, {describe_machine('cpu')})", "",
              "| task | solved | verifier's mean reward | gave the final-answer line "
              "| always the most common training answer: solved |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     lines += [f"| {r['task']} | {100 * r['solved']:.1f}% | {r['reward']:.3f} | {100 * r['answered']:.0f}% "

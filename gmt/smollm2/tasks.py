@@ -31,6 +31,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gmt.data import write_jsonl
+
 DEFAULT_DIR = Path(".cache/smollm2/data")
 FINAL_ANSWER = "Final answer:"
 ANSWER_INSTRUCTION = f"\nGive your final answer on the last line as: {FINAL_ANSWER} <answer>"
@@ -121,13 +123,6 @@ def preference_pairs(name: str, split: list[dict[str, Any]], seed: int) -> list[
     return pairs
 
 
-def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-
-
 def write_task(name: str, out: Path, rows: dict[str, int] | None = None) -> Path:
     """Write task ``name``'s SFT splits and DPO pairs into ``out`` (skipped when already written alike)."""
     rows = {**DEFAULT_ROWS, **(rows or {})}
@@ -152,7 +147,7 @@ def write_task(name: str, out: Path, rows: dict[str, int] | None = None) -> Path
 def next_word_probe(out: Path, rows: int = PROBE_ROWS, seed: int = 0) -> Path:
     """``out/test.jsonl``: ``rows`` passages of PROBE_TEXT, each ``context`` (PROBE_CONTEXT_WORDS words)
     and the word that follows it as ``target`` (a word of 4+ letters, with its leading space). Scored
-    as LAMBADA is: is the target the model's greedy continuation (eval/suites/smollm2_english.yaml)."""
+    as LAMBADA is: is the target the model's greedy continuation (eval/suites/next_word.yaml)."""
     from reasoning_gym.data import read_data_file
 
     text = read_data_file(PROBE_TEXT)

@@ -14,6 +14,8 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+from gmt.data import write_jsonl
+
 NAMES = ["Ana", "Ben", "Carla", "Dev", "Eva", "Farid", "Gita", "Hugo"]
 ITEMS = ["apples", "books", "coins", "cards", "shells", "pencils"]
 
@@ -97,10 +99,6 @@ def _write_json_array(rows: list[dict], path: Path) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
-def _write_jsonl(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-
 
 def write_parquet(rows: list[dict], path: Path) -> None:
     from datasets import Dataset
@@ -124,7 +122,7 @@ def build_metamathqa(out_dir: Path, rng: random.Random, rows: int) -> None:
 
 def build_magicoder(out_dir: Path, rng: random.Random, rows: int) -> None:
     """One JSON-lines file, as the hub repository's data-evol_instruct-decontaminated.jsonl: ``train``."""
-    _write_jsonl(magicoder_rows(rows, rng), out_dir / "data-evol_instruct-decontaminated.jsonl")
+    write_jsonl(magicoder_rows(rows, rng), out_dir / "data-evol_instruct-decontaminated.jsonl")
 
 
 def build_tulu(out_dir: Path, rng: random.Random, rows: int) -> None:
