@@ -38,6 +38,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from compare_plan import METHODS as COMPARED  # noqa: E402  (scripts/ is on the path: this file's folder)
+from compare_plan import fixed_mask_budgets, gspf_warmup  # noqa: E402
+
 DOC = REPO / "docs" / "benchmarks.md"
 TINY = REPO / ".cache" / "gmt-tiny"
 METHODS = {
@@ -45,15 +48,16 @@ METHODS = {
     "gmt-grad": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad"],
     "gmt-update": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"],
 }
-# Every strategy, for the real model (its budgets as the comparison sets them for hidden size 576:
-# compare_plan.fixed_mask_budgets); gspf's 1-step warm-up falls in the dropped warm-up steps.
+# Every strategy, for the real model, as the comparison runs each (compare_plan.METHODS; gps's and
+# grft's budgets from the model, methods_of); gspf's warm-up, fitted to the timed run, falls in the
+# dropped warm-up steps.
 EVERY_STRATEGY = {
     **METHODS,
-    "random": ["--mask_strategy", "random", "--mask_ratio", "0.5"],
+    "random": list(COMPARED["random-0.5"]),
     "magnitude": ["--mask_strategy", "magnitude", "--mask_ratio", "0.5"],
-    "gps": ["--mask_strategy", "gps", "--gps_k", "72"],
-    "grft": ["--mask_strategy", "grft", "--grft_k", "72"],
-    "gspf": ["--mask_strategy", "gspf", "--gspf_keep_ratio", "0.05", "--gspf_warmup_steps", "1"],
+    "gps": list(COMPARED["gps"]),
+    "grft": list(COMPARED["grft"]),
+    "gspf": list(COMPARED["gspf"]),
 }
 SMOLLM2 = REPO / ".cache" / "smollm2"
 # Random-initialized Llamas on the tiny tokenizer (a 463-token vocabulary: the blocks hold nearly
@@ -95,9 +99,15 @@ ENGINES = {
 DEFAULT_RUNS = ("tiny/single", "100m/single", "tiny/zero3")
 
 
-def methods_of(model: str) -> dict[str, list[str]]:
-    """The methods timed on ``model``: gmt's modes and full, or every strategy (the real model)."""
-    return MODELS[model].get("methods", METHODS)
+def methods_of(model: str, steps: int | None = None) -> dict[str, list[str]]:
+    """The methods timed on ``model``: gmt's modes and full, or every strategy (the real model, with
+    gps's and grft's budgets for it and gspf's warm-up fitted to a run of ``steps``)."""
+    methods = MODELS[model].get("methods", METHODS)
+    if methods is not EVERY_STRATEGY:
+        return methods
+    budgets = fixed_mask_budgets(str(model_path(model)))
+    return {name: [*gspf_warmup(tuple(overrides), steps), *budgets.get(name, ())]
+            for name, overrides in methods.items()}
 
 
 def model_path(model: str) -> Path:
@@ -219,7 +229,7 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
         "none",
         "--disable_tqdm",
         "true",
-        *methods_of(model)[method],
+        *methods_of(model, args.warmup_steps + timed_steps(model, args))[method],
     ]
     if engine == "zero3":
         overrides += ["--ddp_backend", "gloo"]
@@ -311,8 +321,8 @@ def markdown(results: dict, args: argparse.Namespace, machine: str, command: str
     for run, by_method in results.items():
         if set(by_method) <= set(METHODS):
             continue
-        lines += [f"Every strategy on {run} (gmt, random and magnitude at ratio 0.5; gps and grft at 72 of 576; "
-                  "gspf keeping 5%), each step's time as a ratio of full SFT's in the same run:", "",
+        lines += [f"Every strategy on {run} (gmt, random and magnitude at ratio 0.5; gps and grft at an eighth of "
+                  "the hidden size; gspf keeping 5%), each step's time as a ratio of full SFT's in the same run:", "",
                   "| method | step (median) | × full's step | mask step | timed overhead |",
                   "|---|---:|---:|---:|---:|"]  # fmt: skip
         full = by_method["full"]["median_seconds"]
