@@ -134,6 +134,13 @@ def test_reasoning_in_the_reply_where_the_task_has_it():
     assert chosen.splitlines()[-1] == f"{FINAL_ANSWER} {generated[0]['answer']}"
 
 
+def test_an_unknown_task_is_refused_by_name(tmp_path):
+    with pytest.raises(ValueError, match="--task 'letter_countin': reasoning-gym has no such task \\(did you mean "
+                                         "'letter_counting'\\?\\)"):  # fmt: skip
+        write_task("letter_countin", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
 def test_final_answer_line():
     assert final_answer("3 h's.\nFinal answer: 3") == "3"
     assert final_answer("Final answer: 2\nno, wait\nFinal answer:  4 ") == "4"  # the last one counts

@@ -24,6 +24,7 @@ another question of the split whose answer the verifier scores wrong for this on
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import json
 import random
@@ -55,7 +56,9 @@ def task_dataset(name: str):
     import reasoning_gym
 
     if name not in reasoning_gym.factory.DATASETS:
-        raise ValueError(f"reasoning-gym has no task {name!r}; it has {sorted(reasoning_gym.factory.DATASETS)}")
+        close = difflib.get_close_matches(name, reasoning_gym.factory.DATASETS, n=1)
+        raise ValueError(f"--task {name!r}: reasoning-gym has no such task" + (f" (did you mean {close[0]!r}?)" if close
+                         else f"; it has {sorted(reasoning_gym.factory.DATASETS)}"))  # fmt: skip
     return reasoning_gym.create_dataset(name, size=1, seed=0)
 
 
@@ -125,6 +128,7 @@ def preference_pairs(name: str, split: list[dict[str, Any]], seed: int) -> list[
 
 def write_task(name: str, out: Path, rows: dict[str, int] | None = None) -> Path:
     """Write task ``name``'s SFT splits and DPO pairs into ``out`` (skipped when already written alike)."""
+    task_dataset(name)  # an unknown task is refused by name before anything is written
     rows = {**DEFAULT_ROWS, **(rows or {})}
     record = {"version": GENERATOR_VERSION, "task": name, "rows": rows, "seeds": TASK_SEEDS}
     build = out / "build.json"
