@@ -1,9 +1,17 @@
-"""Which checkpoint a resumed run starts from.
+"""Which checkpoint a resumed run starts from, and whether a checkpoint is whole.
 
 The Trainer writes ``checkpoint-N/trainer_state.json`` last (after the model, the optimizer, the
-RNG states and gmt's mask state). A checkpoint folder without it (or with it truncated) was cut short (a kill or a node
-failure during the save) and is skipped, so the run resumes from the previous complete one; the
-Trainer's own ``get_last_checkpoint`` would pick the newest folder, complete or not.
+RNG states and gmt's mask state); once every rank has written its files, gmt adds a manifest
+(``gmt_manifest.json``): each file's size and content hash, the run that wrote it and whether it
+holds the optimizer. A checkpoint is complete when its manifest is there and every file still
+matches it; one without (a kill or a node failure during the save), or whose files changed since,
+is skipped with the file named, so the run resumes from the previous complete one. The Trainer's
+own ``get_last_checkpoint`` would pick the newest folder, complete or not.
+
+``resume last`` takes only checkpoints of the run that owns ``output_dir`` (``gmt_run.json``,
+written by gmt.output_dir): its own, and those of the runs it was resumed from up to the step it
+resumed at. A fork (a resume from an older checkpoint) never resumes from the abandoned branch.
+docs/reliability.md says what this covers.
 """
 
 from __future__ import annotations
@@ -14,41 +22,96 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 TRAINER_STATE = "trainer_state.json"
 MASK_SETTINGS = "gmt_mask_settings.json"  # the mask settings a checkpoint was trained with
-MANIFEST = "gmt_manifest.json"  # written last: the checkpoint is complete, with these file sizes
+MANIFEST = "gmt_manifest.json"  # written last: the checkpoint is complete, with these files
+RUN_FILE = "gmt_run.json"  # in output_dir: the run that owns it (gmt.output_dir)
 RESUME_LAST = ("true", "last", "latest")  # resume_from_checkpoint values meaning "the newest complete one"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_HASH_CHUNK = 16 << 20
 
 
-def write_manifest(checkpoint: Path) -> None:
-    """Mark ``checkpoint`` complete, last of all its files: the size of every file in it."""
-    sizes = {str(path.relative_to(checkpoint)): path.stat().st_size
-             for path in sorted(checkpoint.rglob("*")) if path.is_file() and path.name != MANIFEST}  # fmt: skip
+def content_hash(path: Path) -> str:
+    """The xxh3-128 hash of a file's bytes (several GB/s a core; docs/reliability.md has its cost)."""
+    digest = xxhash.xxh3_128()
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hashes(paths: list[Path]) -> list[str]:
+    """``content_hash`` of each path, a few files at a time (the hash releases the GIL)."""
+    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1, len(paths)))) as pool:
+        return list(pool.map(content_hash, paths))
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """N of a ``checkpoint-N`` folder (None for another name)."""
+    match = _CHECKPOINT.match(Path(checkpoint).name)
+    return int(match.group(1)) if match else None
+
+
+def write_manifest(checkpoint: Path, run: dict[str, Any] | None = None, model_only: bool = False) -> None:
+    """Mark ``checkpoint`` complete, last of all its files: the size and content hash of every file
+    in it, the run that wrote it (``run``: its id and lineage, gmt.output_dir) and whether it holds
+    only the model (``save_only_model``: no optimizer, scheduler or RNG state to resume from)."""
+    paths = [path for path in sorted(checkpoint.rglob("*")) if path.is_file() and not path.name.startswith(".")
+             and path.name != MANIFEST]  # fmt: skip
+    files = {str(path.relative_to(checkpoint)): {"bytes": path.stat().st_size, "xxh3_128": digest}
+             for path, digest in zip(paths, _hashes(paths), strict=True)}  # fmt: skip
+    manifest = {"format": 2, "run_id": (run or {}).get("run_id"), "lineage": (run or {}).get("lineage", []),
+                "model_only": model_only, "files": files}  # fmt: skip
     partial = checkpoint / f".{MANIFEST}.partial"
-    partial.write_text(json.dumps(sizes, indent=1) + "\n")
+    partial.write_text(json.dumps(manifest, indent=1) + "\n")
     partial.replace(checkpoint / MANIFEST)  # atomic: there is a whole manifest or none
 
 
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why ``checkpoint`` cannot be resumed from (None: it was saved to the end). A checkpoint gmt
-    wrote has a manifest, written last, whose file sizes must all match; an older one (or the
-    Trainer's alone) must at least have a ``trainer_state.json`` that parses."""
-    manifest = checkpoint / MANIFEST
-    if manifest.is_file():
-        try:
-            sizes = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+def read_manifest(checkpoint: Path) -> dict[str, Any] | None:
+    """A checkpoint's manifest in the current layout (an older gmt's, sizes only, is converted);
+    None where there is none or it is unreadable."""
+    try:
+        manifest = json.loads((Path(checkpoint) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    if "files" not in manifest:  # an older gmt's: {name: size}
+        return {"run_id": None, "lineage": [], "model_only": False,
+                "files": {name: {"bytes": size} for name, size in manifest.items()}}  # fmt: skip
+    return manifest
+
+
+def checkpoint_problem(checkpoint: Path, verify_content: bool = True) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (None: it was saved to the end and is unchanged). A
+    checkpoint gmt wrote has a manifest, written last: every file must be there with its size and
+    (``verify_content``) its content hash. An older one (or the Trainer's alone) must at least have
+    a ``trainer_state.json`` that parses."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / MANIFEST).is_file():
+        manifest = read_manifest(checkpoint)
+        if manifest is None:
             return f"its {MANIFEST} is unreadable"
-        for name, size in sizes.items():
+        files = manifest["files"]
+        for name, record in files.items():
             path = checkpoint / name
             if not path.is_file():
                 return f"{path} is missing"
-            if path.stat().st_size != size:
-                return f"{path} is {path.stat().st_size} bytes, {size} when it was saved (damaged or cut short)"
+            if path.stat().st_size != record["bytes"]:
+                return (f"{path} is {path.stat().st_size} bytes, {record['bytes']} when it was saved (damaged or cut "
+                        "short)")  # fmt: skip
+        hashed = [name for name, record in files.items() if "xxh3_128" in record]
+        if verify_content and hashed:
+            for name, digest in zip(hashed, _hashes([checkpoint / name for name in hashed]), strict=True):
+                if digest != files[name]["xxh3_128"]:
+                    return (f"{checkpoint / name} changed since it was saved (its content hash differs from the "
+                            "manifest's: damaged, or replaced by another file)")  # fmt: skip
         return None
     if (checkpoint / MASK_SETTINGS).is_file():  # gmt began this save and never marked it complete
         return f"its save did not finish (no {MANIFEST})"
@@ -59,21 +122,51 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
-def is_complete(checkpoint: Path) -> bool:
+def is_complete(checkpoint: Path, verify_content: bool = True) -> bool:
     """Whether a checkpoint folder was saved to the end (``checkpoint_problem`` finds nothing)."""
-    return checkpoint_problem(checkpoint) is None
+    return checkpoint_problem(checkpoint, verify_content) is None
+
+
+def read_run(output_dir: str | Path) -> dict[str, Any] | None:
+    """The run that owns ``output_dir`` (its ``gmt_run.json``: ``run_id`` and ``lineage``), if any."""
+    try:
+        run = json.loads((Path(output_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return run if isinstance(run, dict) and "run_id" in run else None
+
+
+def other_run(checkpoint: Path, run: dict[str, Any] | None) -> str | None:
+    """Why ``checkpoint`` is not of ``run`` (None: it is, or there is no run to compare with). Of
+    the run are its own checkpoints and those of the runs in its lineage ([run id, step resumed at]:
+    the runs it was resumed from) up to the step it left each."""
+    if run is None:
+        return None
+    manifest = read_manifest(checkpoint)
+    written_by = manifest.get("run_id") if manifest else None
+    if written_by == run["run_id"]:
+        return None
+    step = checkpoint_step(checkpoint)
+    for ancestor, resumed_at in run.get("lineage", []):
+        if ancestor == written_by and step is not None and step <= resumed_at:
+            return None
+    if written_by is None:
+        return f"it was not written by this output_dir's run {run['run_id']} (no run id: an older gmt, or another tool)"
+    return f"it was written by another run ({written_by}; this output_dir's run is {run['run_id']})"
 
 
 def last_complete_checkpoint(output_dir: str | Path, report: bool = False) -> Path | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir`` that was saved to the end, if any;
-    ``report``: say on stdout which one was taken and which newer ones were skipped, and why."""
+    """The newest ``checkpoint-N`` folder in ``output_dir`` that was saved to the end and belongs to
+    the run that owns the folder, if any; ``report``: say on stdout which one was taken and which
+    newer ones were skipped, and why."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    numbered = [(int(m.group(1)), path) for path in folder.iterdir() if (m := _CHECKPOINT.match(path.name))]
+    run = read_run(folder)
+    numbered = [(step, path) for path in folder.iterdir() if (step := checkpoint_step(path)) is not None]
     skipped = []
     for _, path in sorted(numbered, reverse=True):
-        problem = checkpoint_problem(path) if path.is_dir() else "not a folder"
+        problem = "not a folder" if not path.is_dir() else other_run(path, run) or checkpoint_problem(path)
         if problem is None:
             if report:
                 for name, why in skipped:
@@ -81,30 +174,45 @@ def last_complete_checkpoint(output_dir: str | Path, report: bool = False) -> Pa
                 print(f"resume: from {path}")
             return path
         skipped.append((path, problem))
+    if report:
+        for name, why in skipped:
+            print(f"resume: skipping {name}: {why}")
     return None
 
 
 def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) -> str | None:
     """Turn ``resume_from_checkpoint`` into a checkpoint path (or None: start afresh).
 
-    ``true``/``last``/``latest`` pick the newest complete checkpoint in ``output_dir``; a path must
-    be a complete checkpoint. Anything else is refused with the setting named.
+    ``true``/``last``/``latest`` pick the newest complete checkpoint of this output_dir's run; a
+    path must be a complete checkpoint. A checkpoint saved with ``save_only_model`` cannot be
+    resumed exactly (no optimizer, schedule or RNG state) and is refused. Anything else is refused
+    with the setting named.
     """
     if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "false", "none")):
         return None
     if value is True or (isinstance(value, str) and value.lower() in RESUME_LAST):
         found = last_complete_checkpoint(output_dir, report=int(os.environ.get("RANK", "0")) == 0)  # once
         if found is None:
-            raise ValueError(f"resume_from_checkpoint={value!r}: no complete checkpoint-N folder in {output_dir}")
-        return str(found)
-    path = Path(value)
-    if not path.is_dir():
-        raise ValueError(f"resume_from_checkpoint {value!r} is not a folder")
-    problem = checkpoint_problem(path)
-    if problem is not None:
+            raise ValueError(f"resume_from_checkpoint={value!r}: no complete checkpoint-N folder of this run in "
+                             f"{output_dir}")  # fmt: skip
+        path = found
+    else:
+        path = Path(value)
+        if not path.is_dir():
+            raise ValueError(f"resume_from_checkpoint {value!r} is not a folder")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ValueError(
+                f"resume_from_checkpoint {value!r} was not saved to the end ({problem}): resume from an "
+                f"earlier checkpoint, or give resume_from_checkpoint=last to take the newest complete one"
+            )
+    manifest = read_manifest(path)
+    if manifest is not None and manifest.get("model_only"):
         raise ValueError(
-            f"resume_from_checkpoint {value!r} was not saved to the end ({problem}): resume from an "
-            f"earlier checkpoint, or give resume_from_checkpoint=last to take the newest complete one"
+            f"resume_from_checkpoint {str(path)!r} was saved with save_only_model: true: it holds the weights but no "
+            "optimizer, schedule or RNG state, so the run cannot go on exactly (AdamW and the warm-up would restart). "
+            f"Start a new run from its weights (model_name_or_path {path}), or save full checkpoints "
+            "(save_only_model: false) to resume"
         )
     return str(path)
 
@@ -121,6 +229,8 @@ def mask_settings(args: Any) -> dict[str, Any]:
         if option.decides_mask:
             settings[option.name] = getattr(args, option.name)
     settings["frozen_params"] = effective_frozen_params(args)
+    if strategy_class(args.mask_strategy).mask_seeded:  # the mask is drawn from the run's seed
+        settings["seed"] = args.seed
     if settings["dense_params"] is None:
         settings["dense_params"] = strategy_class(args.mask_strategy).default_dense_params
     return settings
@@ -229,6 +339,7 @@ def save_failure(folder: Path, error: BaseException) -> str:
 
 
 def remove_partial_checkpoint(folder: Path) -> None:
-    """Delete a checkpoint folder whose save failed, unless it was already complete."""
-    if folder.is_dir() and not is_complete(folder):
+    """Delete a checkpoint folder whose save failed, unless it was already marked complete (a
+    failure after the manifest, a barrier say, never deletes a complete checkpoint)."""
+    if folder.is_dir() and not (folder / MANIFEST).is_file():
         shutil.rmtree(folder, ignore_errors=True)

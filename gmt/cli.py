@@ -32,6 +32,7 @@ from gmt.data import (
 )
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
 from gmt.masking import strategy_class
+from gmt.output_dir import claim_output_dir, lock_output_dir
 from gmt.parallel import check_parallel_layout
 from gmt.prompts import apply_prompt_format
 from gmt.rows import RoleExample, RowChecker
@@ -160,12 +161,16 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args, training_args, model_args)
     check_output_dir(training_args.output_dir)  # before the model loads
-    if int(os.environ.get("RANK", "0")) == 0:
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process:
+        lock_output_dir(training_args.output_dir)  # before anything reads or writes it (gmt.output_dir)
         checkpoints = training_args.save_strategy not in ("no", SaveStrategy.NO)
         warn_if_a_save_will_not_fit(training_args.output_dir, model_args.model_name_or_path, checkpoints)
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if checkpoint is not None:  # before the model loads
         check_resume_settings(checkpoint, training_args)
+    if main_process:
+        claim_output_dir(training_args.output_dir, checkpoint, training_args.overwrite_output_dir)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(training_args.output_dir)

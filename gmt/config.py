@@ -128,12 +128,25 @@ def check_masked_steps(strategy: MaskStrategy, mask_start_step: int, steps: int,
 
 
 @dataclass
-class GMTSFTConfig(MaskArguments, SFTConfig):
+class RunFolderArguments:
+    """How a run treats an output_dir that another run has used (gmt.output_dir)."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a fresh run in an output_dir that holds another run's checkpoints, removing them first "
+            "(refused otherwise, so that two runs' checkpoints never mix). A resume never needs it."
+        },
+    )
+
+
+@dataclass
+class GMTSFTConfig(MaskArguments, RunFolderArguments, SFTConfig):
     """``trl.SFTConfig`` with the mask settings of ``MaskArguments``."""
 
 
 @dataclass
-class GMTDPOConfig(MaskArguments, DPOConfig):
+class GMTDPOConfig(MaskArguments, RunFolderArguments, DPOConfig):
     """``trl.DPOConfig`` with the mask settings of ``MaskArguments``."""
 
 

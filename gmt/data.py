@@ -134,14 +134,18 @@ def json_lines_only(name: str | None) -> bool:
 
 def check_json_lines(path: Path, row_checker: RowChecker | None = None) -> None:
     """Refuse a JSON-lines file with a line that is not UTF-8 or not a JSON object, naming the file
-    and the 1-based line, before anything loads (the json builder reports neither); each row then
-    goes through ``row_checker``. Blank lines are allowed, as the builder skips them. The cost, on
-    100k rows, is in docs/data.md (``scripts/row_check_cost.py``)."""
+    and the 1-based line, before anything loads (the json builder reports neither); also what Python
+    reads and pyarrow refuses: a key given twice in one object, a lone surrogate escape. Each row then
+    goes through ``row_checker``. Blank lines are allowed, as the builder skips them, and so is a
+    UTF-8 byte-order mark at the start. The cost, on 100k rows, is in docs/data.md
+    (``scripts/row_check_cost.py``)."""
     import json
 
-    decode = json.JSONDecoder().decode  # json.loads without its per-call checks
+    decode = json.JSONDecoder(object_pairs_hook=_object_with_unique_keys).decode
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM: the json builder reads past it
+                raw = raw[3:]
             if not raw.strip():
                 continue
             try:
@@ -154,10 +158,43 @@ def check_json_lines(path: Path, row_checker: RowChecker | None = None) -> None:
                 row = decode(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            except _DuplicateKey as error:
+                raise ValueError(f"{path}:{number}: the key {error.args[0]!r} is given twice in one object (Python "
+                                 "would keep the last, pyarrow refuses the row)") from None  # fmt: skip
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+            if b"\\ud" in raw.lower() and (where := _lone_surrogate(row)) is not None:  # only escapes make one
+                raise ValueError(f"{path}:{number}: {where} holds a lone UTF-16 surrogate escape (\\ud800-\\udfff "
+                                 "without its pair), which is not text; pyarrow refuses the row")  # fmt: skip
             if row_checker is not None:
                 row_checker.check(row, f"{path}:{number}")
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_with_unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return row
+
+
+def _lone_surrogate(value, where: str = "row") -> str | None:
+    """Where in ``value`` a string holds a lone surrogate (None: nowhere)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if (found := _lone_surrogate(item, f"{where}[{key!r}]")) is not None:
+            return found
+    return None
 
 
 def _has_no_rows(path: Path) -> bool:

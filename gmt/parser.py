@@ -47,6 +47,8 @@ class GMTParser(TrlParser):
     ):
         args = list(args) if args is not None else sys.argv[1:]
         self._command_line = _flags(args)
+        if "--config" in args and args.index("--config") + 1 < len(args):
+            refuse_repeated_keys(args[args.index("--config") + 1])
         self._fail_with_unknown = fail_with_unknown_args and not return_remaining_strings
         return super().parse_args_and_config(
             args, return_remaining_strings, fail_with_unknown_args, separate_remaining_strings
@@ -61,6 +63,10 @@ class GMTParser(TrlParser):
             raise ValueError("; ".join(f"unknown setting {key!r} in the --config file{_suggestion(key, known)}"
                                      for key in unknown))  # fmt: skip
         config = self._without_scoring_options(self._without_other_strategies_options(config))
+        integers = {action.dest for action in self._actions if action.type is int}
+        for key, value in config.items():  # the Trainer would fail on it after the model loads
+            if key in integers and (isinstance(value, bool) or isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"{key} in the --config file must be a whole number, got {value!r}")
         return super().set_defaults_with_config(**config)
 
     def parse_args_into_dataclasses(self, args=None, return_remaining_strings=False, **kwargs):
@@ -122,6 +128,32 @@ class GMTParser(TrlParser):
             new_groups.append(group)
         rest = [group for group in self._action_groups if group not in new_groups]
         self._action_groups[:] = new_groups + rest
+
+
+def refuse_repeated_keys(config_file: str) -> None:
+    """Refuse a YAML recipe that gives one key twice in the same mapping (YAML loaders keep the
+    last without a word), naming the key and both lines."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise ValueError(f"{config_file}: the setting {key!r} is given twice (lines {seen[key] + 1} and "
+                                 f"{key_node.start_mark.line + 1}); YAML would keep the last without a word")  # fmt: skip
+            seen[key] = key_node.start_mark.line
+        return loader.construct_mapping(node)
+
+    _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        with open(config_file) as file:
+            yaml.load(file, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return  # TrlParser reports a missing or malformed file itself
 
 
 def _flags(args: list[str]) -> dict[str, str | None]:

@@ -191,8 +191,11 @@ class RowChecker:
                 pass  # the common turn, checked in one test (this loop runs for every turn of every row)
             elif problem := _odd_turn_problem(turn, f"{column}[{index}]"):
                 return problem
-            if role not in roles and isinstance(content := turn.get("content"), str) and content.strip():
+            content = turn.get("content")
+            if role not in roles and isinstance(content, str) and content.strip():
                 roles[role] = RoleExample(place, [*before, *turns], len(before) + index)  # text to probe
+            if learned and role == "assistant" and isinstance(content, str) and not content.strip():
+                return f"{column}[{index}] (role 'assistant') is empty: an empty reply teaches nothing"
             assistant = assistant or role == "assistant"
         if learned and self.assistant_turn_needed and not assistant:
             return (
@@ -204,7 +207,7 @@ class RowChecker:
 
 
 def _odd_turn_problem(turn, name: str) -> str | None:
-    """What is wrong with a turn that is not a plain role/text pair (None: a tool call, or parts)."""
+    """What is wrong with a turn that is not a plain role/text pair (None: a tool call)."""
     if not isinstance(turn, dict):
         return f"{name} must be an object with 'role' and 'content', got {_kind(turn)}"
     role = turn.get("role")
@@ -214,8 +217,14 @@ def _odd_turn_problem(turn, name: str) -> str | None:
     content = turn.get("content")
     if content is None and not turn.get("tool_calls"):
         return f"{name} (role {role!r}) has no content"
-    if content is not None and not isinstance(content, (str, list)):
-        return f"{name} (role {role!r}): content must be text or a list of parts, got {_kind(content)}"
+    if isinstance(content, list):  # the OpenAI/TRL multimodal layout: a text template renders the list's repr
+        return (
+            f"{name} (role {role!r}): content is a list of parts ({_kind(content[0]) if content else 'empty'} ...), "
+            "the multimodal layout; gmt trains text models, whose chat templates would render the list as its Python "
+            "repr. Give content as text (join the parts' text)"
+        )
+    if content is not None and not isinstance(content, str):
+        return f"{name} (role {role!r}): content must be text, got {_kind(content)}"
     return None
 
 

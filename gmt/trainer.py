@@ -21,12 +21,16 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 from trl import DPOTrainer, SFTTrainer
 
 from gmt.checkpoints import (
+    RESUME_LAST,
     check_resume_settings,
     remove_partial_checkpoint,
+    resolve_resume_checkpoint,
     save_failure,
     write_manifest,
     write_mask_settings,
@@ -47,6 +51,7 @@ from gmt.masking import (
     unwrap_optimizer,
 )
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
+from gmt.output_dir import claim_output_dir, current_run, lock_output_dir
 from gmt.parallel import check_parallel_layout
 from gmt.precision import MasterWeights, keep_fp32_masters
 from gmt.summary import format_summary, mask_summary, optimizer_state_bytes
@@ -61,6 +66,7 @@ class MaskingMixin:
     _pending_logs: dict[str, float] | None = None  # telemetry collected for the next training log
     _master_weights: MasterWeights | None = None  # the weights gmt keeps in fp32 (gmt.precision)
     _frozen_by_pattern: list[str] = []  # what frozen_params froze (gmt.summary reports it)
+    _run: dict | None = None  # the run that owns output_dir (gmt.output_dir), on the main process
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -142,10 +148,19 @@ class MaskingMixin:
         builds a new engine only from the bare model (from the old one it would train without any)."""
         if self.is_deepspeed_enabled and self._masker is not None and self.model_wrapped is not self.model:
             self.model_wrapped = self.model
-        checkpoint = kwargs.get("resume_from_checkpoint", args[0] if args else None)
+        checkpoint = kwargs.pop("resume_from_checkpoint", args[0] if args else None)
+        args = args[1:]
+        if checkpoint is True or isinstance(checkpoint, str) and checkpoint.lower() in RESUME_LAST:
+            # gmt's "last": the newest complete checkpoint of this run (the Trainer's takes the newest folder)
+            checkpoint = resolve_resume_checkpoint(checkpoint, self.args.output_dir)
         if isinstance(checkpoint, (str, Path)):  # gmt.cli checks before the model loads; a direct call here
             check_resume_settings(checkpoint, self.args)
-        return super().train(*args, **kwargs)
+        if self.args.process_index == 0:
+            self._run = current_run(self.args.output_dir)
+            if self._run is None:  # a direct call (gmt.cli claims the folder before the model loads)
+                lock_output_dir(self.args.output_dir)
+                self._run = claim_output_dir(self.args.output_dir, checkpoint or None, self.args.overwrite_output_dir)
+        return super().train(checkpoint, *args, **kwargs)
 
     def _bind(self) -> None:
         """Bind strategy, masker and step to this ``train()`` call's engine (a second call may build
@@ -214,7 +229,9 @@ class MaskingMixin:
 
         Written before the Trainer's own files finish (``trainer_state.json`` comes last), so a
         checkpoint with a ``trainer_state.json`` has its mask state too."""
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"checkpoint-{self.state.global_step}"
+        save_total_limit = self.args.save_total_limit
         try:
             if self._masker is not None:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -223,14 +240,23 @@ class MaskingMixin:
                 torch.save(state, folder / mask_state_name(self.args.process_index))
                 if self.args.should_save:
                     write_mask_settings(folder, self.args)
-            super()._save_checkpoint(model, trial)
+            # The Trainer rotates at the end of its save, before gmt marks the new checkpoint complete:
+            # rotated here instead, once it is complete on every rank (docs/reliability.md).
+            self.args.save_total_limit = None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = save_total_limit
             self.accelerator.wait_for_everyone()  # every rank's files are written: mark it complete
             if self.args.should_save and folder.is_dir():
-                write_manifest(folder)
-        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+                write_manifest(folder, self._run, model_only=self.args.save_only_model)
+        except (OSError, RuntimeError, SafetensorError) as error:  # torch.save: a full disk is a RuntimeError
             if self.args.should_save:
                 remove_partial_checkpoint(folder)
             raise OSError(save_failure(folder, error)) from error
+        if self.args.should_save:
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

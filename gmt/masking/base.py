@@ -182,6 +182,7 @@ class MaskStrategy(ABC):
     # [experts, out, in], is a stack of them); vectors (biases, norms) are dense.
     matrices_only: ClassVar[bool] = False
     fixed_masks: ClassVar[bool] = False  # the mask stays fixed for stretches of training (sparse optimizer state)
+    mask_seeded: ClassVar[bool] = False  # the mask is drawn from the run's seed (recorded and checked on resume)
 
     def __init__(self, *values: Any, dense_params: str | None = None, **options: Any) -> None:
         declared = self.declared_options()

@@ -105,6 +105,7 @@ MAX_NONFINITE_STEPS = Option(
     "unchanged; counted in the logs as nonfinite_skipped_steps); one more stops the run with "
     "NonFiniteGradientError. 0: stop at the first.",
     low=0,
+    decides_mask=False,  # how a run reacts to a bad step: the natural retry after a stop raises it
 )
 FROZEN_PARAMS = Option(
     "frozen_params",

@@ -180,8 +180,13 @@ class ThresholdSearch:
         # takes the same branch.
         counts_list = counts.tolist()
         count_lo, count_hi, nonfinite = counts_list[:num_groups], counts_list[num_groups:-1], counts_list[-1]
-        if check_finite:
-            raise_if_nonfinite(nonfinite)
+        if check_finite and nonfinite:  # counted per chunk above; the entries, for the message (every rank)
+            exact = torch.zeros(1, dtype=torch.int64, device=device)
+            for flat in flats:
+                exact += (~torch.isfinite(flat)).sum().to(device)
+            if all_reduce is not None:
+                all_reduce(exact)
+            raise_if_nonfinite(int(exact))
         bracketed, missed, base = [], [], []
         for k, lo, above_lo, above_hi in zip(keep_counts, lo_keys, count_lo, count_hi, strict=True):
             inside = 0 < k and above_hi < k <= above_lo

@@ -44,6 +44,7 @@ class RandomStrategy(TopKStrategy):
     summary = "baseline: the same number of entries as gmt keeps, drawn at random (fresh every step or fixed)"
     options: ClassVar[tuple[Option, ...]] = (RANDOM_FIXED,)
     integer_scores = True
+    mask_seeded = True
     random_fixed: bool
 
     def __init__(self, *values, seed: int = 0, **options) -> None:

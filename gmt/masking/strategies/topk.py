@@ -161,8 +161,13 @@ class TopKStrategy(MaskStrategy):
             return None  # r = 0 is plain fine-tuning, exactly: no threshold pass at all
         present = [i for i, grad in enumerate(grads) if grad is not None and not self.dense[i]]
         score_of = self.score_function(grads, step)
-        if score_of is not None:  # the scores don't look at Γ: check it for NaN/inf on its own
-            check_finite([grads[i] for i in present], self.all_reduce)
+        # The search checks what it reads for NaN/inf; the rest of Γ is checked here, every rank
+        # together: the dense tensors (never searched), and all of Γ where the scores don't look at it.
+        unread = [grad for grad, dense in zip(grads, self.dense, strict=True) if dense and grad is not None]
+        if score_of is not None:
+            unread += [grads[i] for i in present]
+        if score_of is not None or any(self.dense):  # decided alike on every rank (a collective follows)
+            check_finite(unread, self.all_reduce)
         scores = [grads[i] if score_of is None else score_of(i, grads[i]) for i in present]
         thresholds = topk_thresholds(
             scores,
