@@ -28,6 +28,8 @@ from typing import Any
 
 import xxhash
 
+from gmt.launch import is_main_launched_process
+
 TRAINER_STATE = "trainer_state.json"
 MASK_SETTINGS = "gmt_mask_settings.json"  # the mask settings a checkpoint was trained with
 MANIFEST = "gmt_manifest.json"  # written last: the checkpoint is complete, with these files
@@ -35,6 +37,11 @@ RUN_FILE = "gmt_run.json"  # in output_dir: the run that owns it (gmt.output_dir
 RESUME_LAST = ("true", "last", "latest")  # resume_from_checkpoint values meaning "the newest complete one"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 _HASH_CHUNK = 16 << 20
+# How many rows an optimizer step consumes: a resume with other values resumes at another place in the data.
+BATCH_SETTINGS = ("per_device_train_batch_size", "gradient_accumulation_steps", "world_size")
+# What makes a checkpoint's weights fit a model (config.json); another value is another architecture.
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "vocab_size", "num_experts", "num_local_experts")  # fmt: skip
 
 
 def content_hash(path: Path) -> str:
@@ -58,16 +65,19 @@ def checkpoint_step(checkpoint: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write_manifest(checkpoint: Path, run: dict[str, Any] | None = None, model_only: bool = False) -> None:
+def write_manifest(
+    checkpoint: Path, run: dict[str, Any] | None = None, model_only: bool = False, batch: dict[str, int] | None = None
+) -> None:
     """Mark ``checkpoint`` complete, last of all its files: the size and content hash of every file
-    in it, the run that wrote it (``run``: its id and lineage, gmt.output_dir) and whether it holds
-    only the model (``save_only_model``: no optimizer, scheduler or RNG state to resume from)."""
+    in it, the run that wrote it (``run``: its id and lineage, gmt.output_dir), whether it holds
+    only the model (``save_only_model``: no optimizer, scheduler or RNG state to resume from) and
+    the ``batch`` layout that decides which rows its steps consumed (``BATCH_SETTINGS``)."""
     paths = [path for path in sorted(checkpoint.rglob("*")) if path.is_file() and not path.name.startswith(".")
              and path.name != MANIFEST]  # fmt: skip
     files = {str(path.relative_to(checkpoint)): {"bytes": path.stat().st_size, "xxh3_128": digest}
              for path, digest in zip(paths, _hashes(paths), strict=True)}  # fmt: skip
     manifest = {"format": 2, "run_id": (run or {}).get("run_id"), "lineage": (run or {}).get("lineage", []),
-                "model_only": model_only, "files": files}  # fmt: skip
+                "model_only": model_only, "batch": batch or {}, "files": files}  # fmt: skip
     partial = checkpoint / f".{MANIFEST}.partial"
     partial.write_text(json.dumps(manifest, indent=1) + "\n")
     partial.replace(checkpoint / MANIFEST)  # atomic: there is a whole manifest or none
@@ -191,7 +201,7 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) 
     if value is None or value is False or (isinstance(value, str) and value.lower() in ("", "false", "none")):
         return None
     if value is True or (isinstance(value, str) and value.lower() in RESUME_LAST):
-        found = last_complete_checkpoint(output_dir, report=int(os.environ.get("RANK", "0")) == 0)  # once
+        found = last_complete_checkpoint(output_dir, report=is_main_launched_process())  # once
         if found is None:
             raise ValueError(f"resume_from_checkpoint={value!r}: no complete checkpoint-N folder of this run in "
                              f"{output_dir}")  # fmt: skip
@@ -215,6 +225,68 @@ def resolve_resume_checkpoint(value: str | bool | None, output_dir: str | Path) 
             "(save_only_model: false) to resume"
         )
     return str(path)
+
+
+def batch_layout(args: Any) -> dict[str, int]:
+    """The run's ``BATCH_SETTINGS``, as recorded in its checkpoints' manifests."""
+    return {name: int(getattr(args, name)) for name in BATCH_SETTINGS}
+
+
+def check_resume_layout(checkpoint: str | Path, args: Any, model_name_or_path: str | None) -> None:
+    """Before the model loads: refuse a resume with another number of processes (the mask state and
+    the optimizer are sharded per process) or onto another architecture (the weights would not
+    fit), naming both; say when the batch layout changed (the Trainer then skips another number of
+    rows than the checkpoint's steps consumed, without a word)."""
+    checkpoint = Path(checkpoint)
+    ranks = len(list(checkpoint.glob("gmt_mask_state_rank*.pt")))
+    manifest = read_manifest(checkpoint) or {}
+    recorded = manifest.get("batch") or {}
+    written_by = recorded.get("world_size", ranks or None)
+    if written_by and written_by != args.world_size:
+        raise ValueError(
+            f"resume_from_checkpoint {checkpoint} was written by {written_by} processes, this run has "
+            f"{args.world_size}: the optimizer and the mask state are sharded per process and must match. Resume with "
+            f"{written_by} processes, or start a new run from its weights (model_name_or_path {checkpoint})"
+        )
+    ours, theirs = _config(model_name_or_path), _config(checkpoint)
+    if ours and theirs:
+        differ = [key for key in ARCHITECTURE_KEYS if ours.get(key) != theirs.get(key)]
+        if differ:
+            shown = "; ".join(f"{key} {theirs.get(key)!r} in the checkpoint, {ours.get(key)!r} in the model"
+                              for key in differ)  # fmt: skip
+            raise ValueError(
+                f"resume_from_checkpoint {checkpoint} is of another architecture than model_name_or_path "
+                f"{model_name_or_path} ({shown}): resume with the model it was trained from"
+            )
+    now = batch_layout(args)
+    changed = [name for name in BATCH_SETTINGS if name in recorded and recorded[name] != now[name]]
+    if changed and is_main_launched_process():
+        step = checkpoint_step(checkpoint) or 0
+        rows_then = step * _rows_per_step(recorded, now)
+        rows_now = step * _rows_per_step(now, now)
+        settings = ", ".join(f"{name} {recorded[name]} -> {now[name]}" for name in changed)
+        effect = "never trained on" if rows_now > rows_then else "trained on again"
+        print(f"resume: {settings} since {checkpoint.name}. Its {step} steps consumed {rows_then} rows; the Trainer "
+              f"skips {rows_now} rows of the data order to go on, so {abs(rows_now - rows_then)} rows are {effect} "
+              "this epoch", flush=True)  # fmt: skip
+
+
+def _rows_per_step(layout: dict[str, int], fallback: dict[str, int]) -> int:
+    rows = 1
+    for name in BATCH_SETTINGS:
+        rows *= layout.get(name, fallback[name])
+    return rows
+
+
+def _config(folder: str | Path | None) -> dict[str, Any] | None:
+    """A local model's config.json (a multimodal model's text part), if there is one."""
+    if folder is None:
+        return None
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config.get("text_config", config) if isinstance(config, dict) else None
 
 
 def mask_settings(args: Any) -> dict[str, Any]:
@@ -276,9 +348,9 @@ def check_resume_settings(checkpoint: str | Path, args: Any) -> None:
         )
 
 
-def check_output_dir(output_dir: str | Path) -> None:
+def check_output_dir(output_dir: str | Path, what: str = "checkpoints and the model") -> None:
     """Refuse an ``output_dir`` that cannot be written (made, or a file put in it), before the
-    model loads: ``ValueError`` naming it and why."""
+    model loads: ``ValueError`` naming it, why, and ``what`` goes there."""
     path = Path(output_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -287,8 +359,8 @@ def check_output_dir(output_dir: str | Path) -> None:
             probe.flush()
     except OSError as error:
         raise ValueError(
-            f"output_dir {path} cannot be written ({error.strerror or error}): checkpoints and the model go "
-            "there; choose a writable output_dir"
+            f"output_dir {path} cannot be written ({error.strerror or error}): {what} go there; choose a "
+            "writable output_dir"
         ) from error
 
 

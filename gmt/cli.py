@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from gmt.attention import check_attention
 from gmt.chat import check_chat_template
 from gmt.checkpoints import (
     check_output_dir,
+    check_resume_layout,
     check_resume_settings,
     resolve_resume_checkpoint,
     warn_if_a_save_will_not_fit,
@@ -31,6 +31,7 @@ from gmt.data import (
     skips_preparation,
 )
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
+from gmt.launch import is_main_launched_process
 from gmt.masking import strategy_class
 from gmt.output_dir import claim_output_dir, lock_output_dir
 from gmt.parallel import check_parallel_layout
@@ -161,7 +162,7 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args, training_args, model_args)
     check_output_dir(training_args.output_dir)  # before the model loads
-    main_process = int(os.environ.get("RANK", "0")) == 0
+    main_process = is_main_launched_process()
     if main_process:
         lock_output_dir(training_args.output_dir)  # before anything reads or writes it (gmt.output_dir)
         checkpoints = training_args.save_strategy not in ("no", SaveStrategy.NO)
@@ -169,6 +170,7 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if checkpoint is not None:  # before the model loads
         check_resume_settings(checkpoint, training_args)
+        check_resume_layout(checkpoint, training_args, model_args.model_name_or_path)
     if main_process:
         claim_output_dir(training_args.output_dir, checkpoint, training_args.overwrite_output_dir)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
@@ -235,7 +237,7 @@ def check_eval_settings(script_args: GMTScriptArguments, training_args, model_ar
     evaluation = evaluation_settings(script_args, training_args)
     if evaluation is None:
         return
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_launched_process():
         check_before_training(
             evaluation, model_args.model_name_or_path, getattr(training_args, "chat_template_path", None)
         )

@@ -2,7 +2,9 @@
 
 A masked fine-tune changes a fraction of the weights; its delta stores, per tensor, the flat
 indices of the changed entries and their new values (not the differences, so applying a delta is
-exact, bit for bit). Saved as safetensors: ``<name>.indices`` (int64) and ``<name>.values``.
+exact, bit for bit). Saved as safetensors: ``<name>.indices`` (int64) and ``<name>.values``, with
+a fingerprint of the base's weights in the metadata: applied to any other base (same names and
+shapes, other values) it would rebuild a wrong model, so that is refused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+import xxhash
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -39,8 +43,27 @@ def changed_entries(base: Tensor, tuned: Tensor) -> Tensor:
     return _bits(base.reshape(-1)) != _bits(tuned.reshape(-1))
 
 
-def apply_delta(base: Mapping[str, Tensor], delta: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``base`` with the delta's entries written in (a new dict; ``base`` is not modified)."""
+def weights_fingerprint(weights: Mapping[str, Tensor]) -> str:
+    """An xxh3-128 hash of named weights: names, dtypes, shapes and every entry's bits."""
+    digest = xxhash.xxh3_128()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(_bits(tensor.reshape(-1)).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def apply_delta(
+    base: Mapping[str, Tensor], delta: Mapping[str, Tensor], base_fingerprint: str | None = None
+) -> dict[str, Tensor]:
+    """``base`` with the delta's entries written in (a new dict; ``base`` is not modified).
+    ``base_fingerprint``: the fingerprint of the base the delta was computed against (refused if
+    ``base`` is another)."""
+    if base_fingerprint is not None and weights_fingerprint(base) != base_fingerprint:
+        raise ValueError(
+            "this base is not the one the delta was computed against (its weights' fingerprint differs): applied "
+            "to it, the delta would rebuild a model that was never trained; give the delta's own base"
+        )
     out = {name: tensor.clone() for name, tensor in base.items()}
     for key, indices in delta.items():
         if not key.endswith(".indices"):
@@ -52,14 +75,23 @@ def apply_delta(base: Mapping[str, Tensor], delta: Mapping[str, Tensor]) -> dict
     return out
 
 
-def save_delta(delta: Mapping[str, Tensor], path: str | Path) -> None:
-    """Write a delta as safetensors."""
-    save_file(dict(delta), str(path), metadata={"format": "gmt-sparse-delta"})
+def save_delta(delta: Mapping[str, Tensor], path: str | Path, base_fingerprint: str | None = None) -> None:
+    """Write a delta as safetensors, with its base's ``weights_fingerprint``."""
+    metadata = {"format": "gmt-sparse-delta"}
+    if base_fingerprint is not None:
+        metadata["base_xxh3_128"] = base_fingerprint
+    save_file(dict(delta), str(path), metadata=metadata)
 
 
 def load_delta(path: str | Path) -> dict[str, Tensor]:
     """Read a delta written by ``save_delta``."""
     return load_file(str(path))
+
+
+def delta_base_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of the base a saved delta was computed against (None: an older delta)."""
+    with safe_open(str(path), framework="pt") as file:
+        return (file.metadata() or {}).get("base_xxh3_128")
 
 
 def changed_fraction(delta: Mapping[str, Tensor], base: Mapping[str, Tensor]) -> float:

@@ -116,4 +116,3 @@ def current_run(output_dir: str | Path) -> dict[str, Any] | None:
     """The run this process claimed ``output_dir`` for (None: it has not)."""
     held = _HELD.get(str(Path(output_dir).resolve()))
     return held[1] if held and held[1] else None
-

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import sys
 from collections.abc import Iterable
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 
+from gmt.launch import is_main_launched_process
 from gmt.masking.registry import STRATEGIES, strategy_options
 
 SCORING_OPTIONS = ("eval_args", "eval_limit")  # what eval_suite's scoring takes besides the suite
@@ -86,7 +86,7 @@ class GMTParser(TrlParser):
         own = {option.name for option in STRATEGIES[switched_to].declared_options()}
         others = {option.name for option in strategy_options()} - own
         left_out = [key for key in config if key in others and key not in self._command_line]
-        if left_out and int(os.environ.get("RANK", "0")) == 0:
+        if left_out and is_main_launched_process():
             settings = ", ".join(f"{key}: {config[key]!r}" for key in left_out)
             recipe_strategy = config.get("mask_strategy", "gmt")
             print(f"--mask_strategy {switched_to}: the --config file's {settings} (options of mask_strategy "
@@ -97,7 +97,7 @@ class GMTParser(TrlParser):
         if self._command_line.get("eval_suite") != "none" or config.get("eval_suite") in (None, "none"):
             return config
         left_out = [key for key in SCORING_OPTIONS if key in config and key not in self._command_line]
-        if left_out and int(os.environ.get("RANK", "0")) == 0:
+        if left_out and is_main_launched_process():
             settings = ", ".join(f"{key}: {config[key]!r}" for key in left_out)
             print(f"--eval_suite none: the --config file's {settings} (settings of its eval_suite "
                   f"{config['eval_suite']!r}) are left out", flush=True)  # fmt: skip
@@ -143,8 +143,9 @@ def refuse_repeated_keys(config_file: str) -> None:
         for key_node, _ in node.value:
             key = loader.construct_object(key_node)
             if key in seen:
-                raise ValueError(f"{config_file}: the setting {key!r} is given twice (lines {seen[key] + 1} and "
-                                 f"{key_node.start_mark.line + 1}); YAML would keep the last without a word")  # fmt: skip
+                lines = f"lines {seen[key] + 1} and {key_node.start_mark.line + 1}"
+                raise ValueError(f"{config_file}: the setting {key!r} is given twice ({lines}); YAML would keep the "
+                                 "last without a word")  # fmt: skip
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node)
 

@@ -28,6 +28,7 @@ from trl import DPOTrainer, SFTTrainer
 
 from gmt.checkpoints import (
     RESUME_LAST,
+    batch_layout,
     check_resume_settings,
     remove_partial_checkpoint,
     resolve_resume_checkpoint,
@@ -249,7 +250,7 @@ class MaskingMixin:
                 self.args.save_total_limit = save_total_limit
             self.accelerator.wait_for_everyone()  # every rank's files are written: mark it complete
             if self.args.should_save and folder.is_dir():
-                write_manifest(folder, self._run, model_only=self.args.save_only_model)
+                write_manifest(folder, self._run, self.args.save_only_model, batch_layout(self.args))
         except (OSError, RuntimeError, SafetensorError) as error:  # torch.save: a full disk is a RuntimeError
             if self.args.should_save:
                 remove_partial_checkpoint(folder)

@@ -14,7 +14,15 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gmt.delta import apply_delta, changed_fraction, compute_delta, load_delta, save_delta
+from gmt.delta import (
+    apply_delta,
+    changed_fraction,
+    compute_delta,
+    delta_base_fingerprint,
+    load_delta,
+    save_delta,
+    weights_fingerprint,
+)
 
 
 def state_dict(path: str):
@@ -37,12 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "export":
         base = state_dict(args.base)
         delta = compute_delta(base, state_dict(args.tuned))
-        save_delta(delta, args.out)
+        save_delta(delta, args.out, weights_fingerprint(base))
         size = args.out.stat().st_size
         print(f"{args.out}: {changed_fraction(delta, base):.2%} of the entries changed, {size / 2**20:.2f} MiB")
     else:
         model = AutoModelForCausalLM.from_pretrained(args.base)
-        model.load_state_dict(apply_delta(model.state_dict(), load_delta(args.delta)))
+        weights = apply_delta(model.state_dict(), load_delta(args.delta), delta_base_fingerprint(args.delta))
+        model.load_state_dict(weights)
         model.save_pretrained(args.out)
         AutoTokenizer.from_pretrained(args.base).save_pretrained(args.out)
         print(f"{args.out}: base {args.base} with {args.delta} applied")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gmt.adapter import adapter_base, is_adapter
+from gmt.checkpoints import check_output_dir, checkpoint_problem, checkpoint_step
 from gmt.evaluation.suites import SUITES, Suite, check_requirements, load_suite
 
 BACKENDS = ("hf", "vllm")
@@ -167,6 +168,11 @@ def check_model(args: EvalArguments, suite: Suite) -> None:
     looks_local = args.model.startswith((".", "/")) or Path(args.model).exists() or args.model.count("/") > 1
     if looks_local and not Path(args.model).exists():
         raise FileNotFoundError(f"model {args.model} does not exist")
+    if Path(args.model).is_dir() and checkpoint_step(Path(args.model)) is not None:
+        problem = checkpoint_problem(Path(args.model))
+        if problem is not None:
+            raise ValueError(f"model {args.model} is a checkpoint that was not saved to the end, or changed since "
+                             f"({problem}): its weights may be partial; score a complete checkpoint")  # fmt: skip
     if suite.apply_chat_template:
         from transformers import AutoTokenizer
 
@@ -188,6 +194,9 @@ def plan(args: EvalArguments, suite: Suite | None = None) -> Plan:
     check_requirements(suite)
     check_settings(args, suite)
     check_model(args, suite)
+    output_dir = results_dir(args)
+    if output_dir is not None:  # before any scoring: the results must have somewhere to go
+        check_output_dir(output_dir, "the results")
     manager = task_manager(suite, Path(args.task_data) if args.task_data else None,
                            Path(args.data_dir) if args.data_dir else None)  # fmt: skip
     leaves = {task.name: leaf_tasks(manager, task.name) for task in suite.tasks}
@@ -262,14 +271,34 @@ def evaluate(args: EvalArguments, suite: Suite | None = None) -> dict[str, Any]:
         "scores": scores,
         "score": sum(first) / len(first) if first else None,
     }
-    output_dir = args.output_dir or (str(Path(args.model) / "eval") if Path(args.model).is_dir() else None)
+    output_dir = results_dir(args)
     if output_dir is not None:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         name = planned.suite.name
-        (out / f"lm_eval_{name}.json").write_text(json.dumps({**merged, "gmt": summary}, indent=2, default=str))
-        (out / f"eval_{name}.md").write_text(markdown_table(summary))
+        files = {f"lm_eval_{name}.json": json.dumps({**merged, "gmt": summary}, indent=2, default=str),
+                 f"eval_{name}.md": markdown_table(summary)}  # fmt: skip
+        try:
+            for file, text in files.items():
+                write_atomically(Path(output_dir) / file, text)
+        except OSError as error:  # a disk that filled up while scoring: the scores are not lost
+            raise OSError(f"writing the results to {output_dir} failed ({error.strerror or error}); the scores: "
+                          f"{json.dumps(summary['scores'])}") from error  # fmt: skip
     return summary
+
+
+def results_dir(args: EvalArguments) -> str | None:
+    """Where the results go: ``--output_dir``, else ``<model>/eval`` for a local model (None: nowhere)."""
+    return args.output_dir or (str(Path(args.model) / "eval") if Path(args.model).is_dir() else None)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def evaluate_checkpoint(model: str | Path, suite: str, **settings: Any) -> dict[str, Any]:
