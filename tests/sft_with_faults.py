@@ -5,11 +5,14 @@ Environment:
         the whole accumulated gradient of those steps is NaN, on every engine.
     GMT_TEST_KILL_AT_SAVE: the step whose checkpoint save is cut short by SIGKILL, after the model
         and optimizer files are written and before ``trainer_state.json`` (a preemption mid-save).
+    GMT_TEST_KILL_AT_ROTATION: the step whose save is cut short by SIGKILL as ``save_total_limit``
+        starts deleting an older checkpoint (a preemption during the rotation).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 
 from gmt.cli import finish, train_and_save
@@ -18,6 +21,7 @@ from gmt.trainer import GMTSFTTrainer
 
 NAN_STEPS = {int(step) for step in os.environ.get("GMT_TEST_NAN_STEPS", "").split(",") if step}
 KILL_AT_SAVE = int(os.environ.get("GMT_TEST_KILL_AT_SAVE", "-1"))
+KILL_AT_ROTATION = int(os.environ.get("GMT_TEST_KILL_AT_ROTATION", "-1"))
 
 
 class FaultyTrainer(GMTSFTTrainer):
@@ -31,10 +35,26 @@ class FaultyTrainer(GMTSFTTrainer):
             return (result[0] * float("nan"), *result[1:])
         return result * float("nan")
 
+    current_step = -1  # the step being saved (for the rotation kill)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        FaultyTrainer.current_step = self.state.global_step
+        super()._save_checkpoint(model, trial)
+
     def _save_rng_state(self, output_dir) -> None:
         if self.state.global_step == KILL_AT_SAVE:
             os.kill(os.getpid(), signal.SIGKILL)
         super()._save_rng_state(output_dir)
+
+
+def _rmtree_killed_at_rotation(path, *args, _rmtree=shutil.rmtree, **kwargs):
+    if FaultyTrainer.current_step == KILL_AT_ROTATION and os.path.basename(str(path)).startswith("checkpoint-"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _rmtree(path, *args, **kwargs)
+
+
+if KILL_AT_ROTATION >= 0:
+    shutil.rmtree = _rmtree_killed_at_rotation
 
 
 if __name__ == "__main__":
