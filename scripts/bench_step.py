@@ -217,6 +217,8 @@ def measure(run: str, method: str, args: argparse.Namespace, out_dir: Path) -> d
         str(MODELS[model].get("data", TINY / "data" / "sft")),
         "--output_dir",
         str(out_dir / "trainer"),
+        "--overwrite_output_dir",  # every method trains in the same scratch folder, one after the other
+        "true",
         "--max_steps",
         str(args.warmup_steps + timed_steps(model, args)),
         "--per_device_train_batch_size",

@@ -179,8 +179,10 @@ class Plan:
         args = self.args
         run_dir = args.out / "runs" / phase / method / (f"lr{rate:g}" if phase == "sweep" else f"seed{seed}")
         steps = args.sweep_steps if phase == "sweep" else args.max_steps
-        arguments = ["--output_dir", str(run_dir), "--seed", str(seed), "--learning_rate", str(rate),
-                     "--report_to", "none", *gspf_warmup(self.methods[method], steps)]  # fmt: skip
+        # A run folder is the comparison's own: a run cut short is run again from its start, over what it left.
+        arguments = ["--output_dir", str(run_dir), "--overwrite_output_dir", "true", "--seed", str(seed),
+                     "--learning_rate", str(rate), "--report_to", "none",
+                     *gspf_warmup(self.methods[method], steps)]  # fmt: skip
         validation = phase == "sweep"
         scored_on = "validation.jsonl" if validation else "test"
         suite = args.eval_suite
