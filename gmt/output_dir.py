@@ -3,8 +3,9 @@
 - The run's main process holds a lock on ``output_dir/.gmt.lock`` (``flock``) until it exits. The
   kernel drops the lock when the process ends, however it ends, so the lock file a killed run leaves
   behind locks nothing; a second run started on the same folder is refused while the first lives.
-- ``gmt_run.json`` names the run that owns the folder: a fresh run gets a new id; a resumed run gets
-  a new id too, with the runs it continues in its lineage ([run id, step resumed at]). Each
+- ``gmt_run.json`` names the run that owns the folder, from its first save on: a fresh run gets a
+  new id; a resumed run gets a new id too, with the runs it continues in its lineage ([run id,
+  step resumed at]). Each
   checkpoint's manifest records both, and ``resume last`` takes only checkpoints of that lineage
   (gmt.checkpoints), so a fork from an older checkpoint never resumes from the abandoned branch.
 - A fresh run in a folder that holds another run's checkpoints or record is refused, before the
@@ -96,12 +97,22 @@ def claim_output_dir(output_dir: str | Path, resume_checkpoint: str | None, over
     else:
         lineage = continued_lineage(Path(resume_checkpoint))
     run = {"run_id": uuid.uuid4().hex[:16], "lineage": lineage}
-    partial = folder / f".{RUN_FILE}.partial"
-    partial.write_text(json.dumps(run, indent=1) + "\n")
-    partial.replace(folder / RUN_FILE)
     descriptor, _ = _HELD[str(folder.resolve())]
     _HELD[str(folder.resolve())] = (descriptor, run)
     return run
+
+
+def record_run(output_dir: str | Path, run: dict[str, Any]) -> None:
+    """Write ``run`` as the owner of ``output_dir`` (``gmt_run.json``), at its first save: a run
+    refused or stopped before it saved anything leaves nothing that would block the next one."""
+    path = Path(output_dir) / RUN_FILE
+    text = json.dumps(run, indent=1) + "\n"
+    if path.is_file() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{RUN_FILE}.partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def continued_lineage(checkpoint: Path) -> list:

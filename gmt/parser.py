@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from trl import ModelConfig, ScriptArguments, TrlParser
 
-from gmt.launch import is_main_launched_process
+from gmt.launch import is_main_launched_process, launched_rank
 from gmt.masking.registry import STRATEGIES, strategy_options
 
 SCORING_OPTIONS = ("eval_args", "eval_limit")  # what eval_suite's scoring takes besides the suite
@@ -45,6 +45,7 @@ class GMTParser(TrlParser):
         fail_with_unknown_args: bool = True,
         separate_remaining_strings: bool = False,
     ):
+        launched_rank()  # a RANK that is not a number is named here, before accelerate reads it
         args = list(args) if args is not None else sys.argv[1:]
         self._command_line = _flags(args)
         if "--config" in args and args.index("--config") + 1 < len(args):

@@ -52,7 +52,7 @@ from gmt.masking import (
     unwrap_optimizer,
 )
 from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSDP2Access, GradientAccess
-from gmt.output_dir import claim_output_dir, current_run, lock_output_dir
+from gmt.output_dir import claim_output_dir, current_run, lock_output_dir, record_run
 from gmt.parallel import check_parallel_layout
 from gmt.precision import MasterWeights, keep_fp32_masters
 from gmt.summary import format_summary, mask_summary, optimizer_state_bytes
@@ -219,6 +219,9 @@ class MaskingMixin:
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The Trainer's ``save_model``; the final model (not a checkpoint, which keeps the fp32
         master weights for resuming) in the dtype its weights were loaded in."""
+        folder = output_dir or self.args.output_dir
+        if self._run is not None and not _internal_call and self.args.should_save and folder == self.args.output_dir:
+            record_run(folder, self._run)
         if self._master_weights is None or _internal_call:
             return super().save_model(output_dir, _internal_call)
         with self._master_weights.in_loaded_dtype(self.model):
@@ -250,6 +253,8 @@ class MaskingMixin:
                 self.args.save_total_limit = save_total_limit
             self.accelerator.wait_for_everyone()  # every rank's files are written: mark it complete
             if self.args.should_save and folder.is_dir():
+                if self._run is not None:
+                    record_run(run_dir, self._run)
                 write_manifest(folder, self._run, self.args.save_only_model, batch_layout(self.args))
         except (OSError, RuntimeError, SafetensorError) as error:  # torch.save: a full disk is a RuntimeError
             if self.args.should_save:

@@ -7,6 +7,8 @@ Environment:
         and optimizer files are written and before ``trainer_state.json`` (a preemption mid-save).
     GMT_TEST_KILL_AT_ROTATION: the step whose save is cut short by SIGKILL as ``save_total_limit``
         starts deleting an older checkpoint (a preemption during the rotation).
+    GMT_TEST_KILL_RANK_AFTER_SAVE: ``rank:step``: that rank is killed (SIGKILL) once it has written
+        its part of that step's checkpoint, before the others mark it complete.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gmt.trainer import GMTSFTTrainer
 NAN_STEPS = {int(step) for step in os.environ.get("GMT_TEST_NAN_STEPS", "").split(",") if step}
 KILL_AT_SAVE = int(os.environ.get("GMT_TEST_KILL_AT_SAVE", "-1"))
 KILL_AT_ROTATION = int(os.environ.get("GMT_TEST_KILL_AT_ROTATION", "-1"))
+KILL_RANK, KILL_RANK_AT = (int(part) for part in os.environ.get("GMT_TEST_KILL_RANK_AFTER_SAVE", "-1:-1").split(":"))
 
 
 class FaultyTrainer(GMTSFTTrainer):
@@ -45,6 +48,8 @@ class FaultyTrainer(GMTSFTTrainer):
         if self.state.global_step == KILL_AT_SAVE:
             os.kill(os.getpid(), signal.SIGKILL)
         super()._save_rng_state(output_dir)
+        if self.state.global_step == KILL_RANK_AT and self.args.process_index == KILL_RANK:
+            os.kill(os.getpid(), signal.SIGKILL)  # its files are written; the Trainer's state is rank 0's
 
 
 def _rmtree_killed_at_rotation(path, *args, _rmtree=shutil.rmtree, **kwargs):

@@ -46,7 +46,7 @@ SFT_BAD_ROWS = {
     "ShareGPT's keys": ({"messages": [{"from": "human", "value": "hi"}]},
                         "messages[0] has no string 'role' (ShareGPT's from/value turns"),
     "a number as content": ({"messages": [USER, {"role": "assistant", "content": 7}]},
-                            "messages[1] (role 'assistant'): content must be text or a list of parts, got int"),
+                            "messages[1] (role 'assistant'): content must be text, got int"),
     "a null conversation": ({"messages": None}, "no 'messages' (the SFT rows are read as messages, from the first row"),
     "a turn that is text": ({"messages": ["hi", ASSISTANT]}, "messages[0] must be an object with 'role' and 'content'"),
 }  # fmt: skip

@@ -26,7 +26,7 @@ from gmt.checkpoints import (
     write_manifest,
 )
 from gmt.config import GMTSFTConfig
-from gmt.output_dir import LOCK_FILE, claim_output_dir, lock_output_dir, release_output_dir
+from gmt.output_dir import LOCK_FILE, claim_output_dir, lock_output_dir, record_run, release_output_dir
 
 RECIPE = "recipes/tiny/sft_full.yaml"
 # 6 steps of the tiny model, a checkpoint every 2 steps, at most one kept.
@@ -113,11 +113,13 @@ def test_gmt_eval_refuses_an_unwritable_output_dir_before_scoring(tiny_assets, t
 
 def test_a_fork_never_resumes_from_the_abandoned_branch(tmp_path):
     first = claim_output_dir(tmp_path, None, overwrite=False)
+    record_run(tmp_path, first)  # at its first save
     for step in (2, 4, 6):
         fake_checkpoint(tmp_path, step, first)
     # Resumed from checkpoint-2: a new run whose lineage holds the first run up to step 2.
     second = claim_output_dir(tmp_path, str(tmp_path / "checkpoint-2"), overwrite=False)
     assert second["lineage"] == [[first["run_id"], 2]]
+    record_run(tmp_path, second)
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"  # not the old 4 or 6
     fake_checkpoint(tmp_path, 3, second)
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-3"
@@ -126,6 +128,7 @@ def test_a_fork_never_resumes_from_the_abandoned_branch(tmp_path):
 
 def test_a_checkpoint_of_another_run_is_skipped_by_name(tmp_path, capsys):
     ours = claim_output_dir(tmp_path, None, overwrite=False)
+    record_run(tmp_path, ours)
     fake_checkpoint(tmp_path, 5, ours)
     fake_checkpoint(tmp_path, 20, {"run_id": "someone-else", "lineage": []})  # copied in by hand
     assert resolve_resume_checkpoint("last", tmp_path) == str(tmp_path / "checkpoint-5")
@@ -301,3 +304,18 @@ def test_gmt_eval_refuses_a_checkpoint_that_was_not_saved_to_the_end(tiny_assets
     (checkpoint / "gmt_mask_settings.json").write_text("{}")  # gmt began the save, never marked it complete
     with pytest.raises(ValueError, match="checkpoint that was not saved to the end"):
         plan(parse(["--suite", "tiny", "--model", str(checkpoint)]))
+
+
+@pytest.mark.slow  # 2-process ZeRO-3 (gloo, CPU): about a minute
+def test_a_peer_killed_at_the_end_of_a_save_leaves_the_previous_checkpoint(tiny_assets, tmp_path):
+    from conftest import ACCELERATE_CPU_ZERO3
+
+    # Rank 1 dies once its part of the step-4 save is written; rank 0 then fails at the barrier.
+    out = tmp_path / "run"
+    result = run_sft(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", out, *SHORT,
+                     "--gradient_accumulation_steps", "1", "--ddp_backend", "gloo", launcher=ACCELERATE_CPU_ZERO3,
+                     script="tests/sft_with_faults.py", env={"GMT_TEST_KILL_RANK_AFTER_SAVE": "1:4"})  # fmt: skip
+    assert result.returncode != 0
+    # checkpoint-4 never became complete; the rotation that would have removed checkpoint-2 never ran.
+    assert not (out / "checkpoint-4").exists() or not is_complete(out / "checkpoint-4")
+    assert resolve_resume_checkpoint("last", out) == str(out / "checkpoint-2")
