@@ -393,20 +393,23 @@ def warn_if_a_save_will_not_fit(output_dir: str | Path, model_name_or_path: str 
               f"{needed / 2**30:.2f} GiB: the save will fail")  # fmt: skip
 
 
-def save_failure(folder: Path, error: BaseException) -> str:
-    """What went wrong saving the checkpoint ``folder``, in words a user can act on: no space left,
-    not writable, or the error itself."""
+def save_failure(folder: Path, error: BaseException, checkpoint: bool = True) -> str:
+    """What went wrong saving the checkpoint (``checkpoint``) or the final model in ``folder``, in
+    words a user can act on: no space left, not writable, or the error itself."""
     code = getattr(error, "errno", None)
     try:
         low_on_space = shutil.disk_usage(folder.parent).free < (64 << 20)
     except OSError:
         low_on_space = False
-    if code == errno.ENOSPC or low_on_space:
+    if code == errno.ENOSPC or low_on_space or "No space left" in str(error):
         reason = "no space left on device"
     elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
         reason = "the folder is read-only or not writable"
     else:
         reason = f"{type(error).__name__}: {error}"
+    if not checkpoint:
+        return (f"saving the model to {folder} failed: {reason}. Its files there are partial; the run's checkpoints "
+                "are intact (resume_from_checkpoint last, then save again)")  # fmt: skip
     return f"saving checkpoint {folder} failed: {reason}. The partial checkpoint was removed; earlier ones are intact"
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
+from safetensors import SafetensorError
 from transformers.trainer_utils import SaveStrategy
 from trl import ModelConfig, get_dataset, get_peft_config, get_quantization_config
 
@@ -17,6 +18,7 @@ from gmt.checkpoints import (
     check_resume_layout,
     check_resume_settings,
     resolve_resume_checkpoint,
+    save_failure,
     warn_if_a_save_will_not_fit,
 )
 from gmt.config import GMTScriptArguments
@@ -175,7 +177,10 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
         claim_output_dir(training_args.output_dir, checkpoint, training_args.overwrite_output_dir)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
+    try:
+        trainer.save_model(training_args.output_dir)
+    except (OSError, RuntimeError, SafetensorError) as error:  # a full disk, said as such (gmt.checkpoints)
+        raise OSError(save_failure(Path(training_args.output_dir), error, checkpoint=False)) from error
     if trainer.accelerator.is_main_process:
         report_changed_entries(trainer, model_args.model_name_or_path, training_args.output_dir)
         # the logs (mask telemetry included) beside the model

@@ -319,3 +319,30 @@ def test_a_peer_killed_at_the_end_of_a_save_leaves_the_previous_checkpoint(tiny_
     # checkpoint-4 never became complete; the rotation that would have removed checkpoint-2 never ran.
     assert not (out / "checkpoint-4").exists() or not is_complete(out / "checkpoint-4")
     assert resolve_resume_checkpoint("last", out) == str(out / "checkpoint-2")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system (tmpfs), where the machine lets the tests mount one."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.mark.parametrize("save", ["checkpoint", "model"])
+def test_a_full_disk_is_said_and_leaves_nothing_partial(tiny_assets, small_disk, save):
+    # The tiny model's weights (3.4 MB in fp32) do not fit: safetensors fails writing them.
+    out = small_disk / "run"
+    saving = ("--save_strategy", "steps", "--save_steps", "1") if save == "checkpoint" else ("--save_strategy", "no")
+    result = run_sft(RECIPE, tiny_assets / "base", tiny_assets / "data/sft", out, *SHORT[:-6], "--max_steps", "2",
+                     *saving)  # fmt: skip
+    assert result.returncode != 0
+    if save == "checkpoint":
+        assert f"saving checkpoint {out / 'checkpoint-1'} failed: no space left on device" in result.stderr
+        assert not (out / "checkpoint-1").exists()
+    else:
+        assert f"saving the model to {out} failed: no space left on device" in result.stderr
