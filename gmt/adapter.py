@@ -1,6 +1,6 @@
 """A PEFT run's output (a LoRA adapter) merged into its base, as an ordinary checkpoint.
 
-``use_peft true`` saves only the adapter; vLLM, ``export_delta.py`` and most serving stacks want
+``use_peft true`` saves only the adapter; vLLM, ``gmt delta`` and most serving stacks want
 a whole model. The merge is PEFT's own (``merge_and_unload``), on the base as it was saved (its
 dtype), so the merged checkpoint has exactly the base's tensor names and shapes.
 """

@@ -1,8 +1,11 @@
-"""What gmt/sft.py and gmt/dpo.py share: model arguments, the train/eval splits, train-and-save."""
+"""What gmt/sft.py and gmt/dpo.py share: model arguments, the train/eval splits, train-and-save,
+and how a refusal reaches the user."""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,6 +163,27 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
     )
 
 
+REFUSALS = (ValueError, FileNotFoundError, NotImplementedError)  # what gmt raises to refuse a setting or input
+_training_started = False  # from here on an error is a crash, with its traceback
+
+
+def launched(parse: Callable[[], tuple], main: Callable, script: str) -> None:
+    """Run an entry point (``parse`` the arguments, ``main`` trains): a refusal before training
+    starts is one line on the main process (``gmt <script>: error: ...``) and exit status 2, as
+    argparse gives, not a traceback per rank; anything after that point, or any other exception,
+    keeps its traceback. ``GMT_TRACEBACK=1`` shows the traceback of a refusal too."""
+    try:
+        script_args, training_args, model_args = parse()
+        trainer = main(script_args, training_args, model_args)
+    except REFUSALS as error:
+        if _training_started or os.environ.get("GMT_TRACEBACK") == "1":
+            raise
+        if is_main_launched_process():
+            print(f"gmt {script}: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finish(trainer, script_args)
+
+
 def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
     """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
     check_eval_settings(script_args, training_args, model_args)
@@ -176,6 +200,8 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
     if main_process:
         claim_output_dir(training_args.output_dir, checkpoint, training_args.overwrite_output_dir)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
+    global _training_started
+    _training_started = True
     trainer.train(resume_from_checkpoint=checkpoint)
     try:
         trainer.save_model(training_args.output_dir)

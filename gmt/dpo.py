@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from trl import ModelConfig
 
-from gmt.cli import finish, train_and_save
+from gmt.cli import launched, train_and_save
 from gmt.config import GMTDPOConfig, GMTScriptArguments
 from gmt.parser import GMTParser
 from gmt.trainer import GMTDPOTrainer
@@ -36,8 +36,7 @@ def make_parser() -> GMTParser:
 def cli() -> None:
     """The console script: parse ``--config`` and overrides, train, save, end the launched run, then
     score the saved model with ``eval_suite`` (if set)."""
-    script_args, training_args, model_args = make_parser().parse_args_and_config()
-    finish(main(script_args, training_args, model_args), script_args)
+    launched(make_parser().parse_args_and_config, main, "dpo")
 
 
 if __name__ == "__main__":

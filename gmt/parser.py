@@ -23,8 +23,19 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 
 from gmt.launch import is_main_launched_process, launched_rank
 from gmt.masking.registry import STRATEGIES, strategy_options
+from gmt.resources import recipe_path
 
 SCORING_OPTIONS = ("eval_args", "eval_limit")  # what eval_suite's scoring takes besides the suite
+# Settings that older transformers/TRL took under another name: refused with the name they have now.
+RENAMED = {
+    "warmup_ratio": "warmup_steps (a value below 1 is a ratio of the run's steps)",
+    "torch_dtype": "dtype",
+    "evaluation_strategy": "eval_strategy",
+    "max_seq_length": "max_length",
+    "no_cuda": "use_cpu",
+    "per_gpu_train_batch_size": "per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
+}
 
 
 class GMTParser(TrlParser):
@@ -32,6 +43,7 @@ class GMTParser(TrlParser):
 
     def __init__(self, dataclass_types, **kwargs) -> None:
         super().__init__(dataclass_types, **kwargs)
+        self.allow_abbrev = False  # argparse would take --learning_rat as --learning_rate without a word
         self._command_line: dict[str, str | None] = {}
         self._fail_with_unknown = True
         self._group_gmt_settings(dataclass_types)
@@ -49,7 +61,9 @@ class GMTParser(TrlParser):
         args = list(args) if args is not None else sys.argv[1:]
         self._command_line = _flags(args)
         if "--config" in args and args.index("--config") + 1 < len(args):
-            refuse_repeated_keys(args[args.index("--config") + 1])
+            at = args.index("--config") + 1
+            args[at] = str(recipe_path(args[at]))  # recipes/... from outside a clone: the installed package's
+            refuse_repeated_keys(args[at])
         self._fail_with_unknown = fail_with_unknown_args and not return_remaining_strings
         return super().parse_args_and_config(
             args, return_remaining_strings, fail_with_unknown_args, separate_remaining_strings
@@ -174,5 +188,8 @@ def _flags(args: list[str]) -> dict[str, str | None]:
 
 
 def _suggestion(name: str, known: set[str]) -> str:
+    bare = name.lstrip("-")
+    if bare in RENAMED:
+        return f" (renamed: use {RENAMED[bare]})"
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""

@@ -30,6 +30,7 @@ class MaskSummary:
     masked: int
     dense: int
     frozen: int
+    kept_target: int | None  # selectable entries a masked step keeps, as asked (None: all of them)
     pattern_matches: dict[str, tuple[str, int, int]]  # setting -> (pattern, tensors, entries)
     optimizer_state: str
 
@@ -46,6 +47,8 @@ def mask_summary(strategy: MaskStrategy, model: torch.nn.Module, frozen_by_patte
     layout = strategy.layout
     trainable = sum(layout.numels)
     dense = sum(numel for numel, is_dense in zip(layout.numels, strategy.dense, strict=True) if is_dense)
+    if strategy.name == "full":  # nothing is selected: every entry is trained at every step
+        dense = trainable
     matches = {}
     if strategy.name != "full":
         frozen_pattern = effective_frozen_params(args)
@@ -62,7 +65,8 @@ def mask_summary(strategy: MaskStrategy, model: torch.nn.Module, frozen_by_patte
         state = "moments for the kept entries only (SparseMaskedAdamW), once the mask is chosen"
     else:
         state = f"2 fp32 moments per trainable entry, about {8 * trainable / 2**20:,.1f} MiB in all (AdamW)"
-    return MaskSummary(trainable, trainable - dense, dense, sum(numels.values()) - trainable, matches, state)
+    return MaskSummary(trainable, trainable - dense, dense, sum(numels.values()) - trainable,
+                       strategy.target_kept_entries(), matches, state)  # fmt: skip
 
 
 def format_summary(strategy: MaskStrategy, summary: MaskSummary, args) -> str:
@@ -72,13 +76,15 @@ def format_summary(strategy: MaskStrategy, summary: MaskSummary, args) -> str:
     lines = [f"gmt: mask_strategy {strategy.name!r}" + (f" ({options})" if options else "") + start, "",
              "| entries | count | share of the model |", "|---|---:|---:|"]  # fmt: skip
     total = summary.trainable + summary.frozen
-    rows = [("trainable", summary.trainable), ("  masked (selectable)", summary.masked),
-            ("  dense (always trained)", summary.dense), ("frozen", summary.frozen)]  # fmt: skip
+    rows = [("trainable", summary.trainable), ("  masked (selectable)", summary.masked)]
+    if summary.kept_target is not None:
+        rows.append(("    kept at a masked step (as asked)", summary.kept_target))
+    rows += [("  dense (always trained)", summary.dense), ("frozen", summary.frozen)]
     lines += [f"| {label} | {count:,} | {count / total:.1%} |" for label, count in rows]
     lines.append("")
     for setting, (pattern, tensors, entries) in summary.pattern_matches.items():
         lines.append(f"{setting} {pattern!r} matched {tensors} tensors, {entries:,} entries")
-        if tensors == 0:
+        if tensors == 0 and getattr(args, setting, None) is not None:  # a strategy's own default never warns
             lines.append(f"warning: {setting} {pattern!r} matches no trainable parameter name (check the regex)")
     lines.append(f"optimizer state: {summary.optimizer_state}")
     return "\n".join(lines)

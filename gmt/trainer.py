@@ -188,6 +188,8 @@ class MaskingMixin:
         self._pending_logs = None
         summary = mask_summary(self.strategy, self.model, self._frozen_by_pattern, self.args)
         if self.args.process_index == 0:
+            print(f"gmt: {self.args.world_size} process{'es' if self.args.world_size > 1 else ''}, "
+                  f"{self._engine_name()}", flush=True)  # fmt: skip
             print(format_summary(self.strategy, summary, self.args), flush=True)
         self.log(summary.logs())
         state, self._resumed_state = self._resumed_state, None
@@ -196,6 +198,14 @@ class MaskingMixin:
             self._step.load_state_dict(state.get("step", {}))
             if self.strategy.fixed_masks:
                 self._masker.check_optimizer_agrees(optimizer)
+
+    def _engine_name(self) -> str:
+        """The engine this run trains under, in words (the start banner)."""
+        if self.is_deepspeed_enabled:
+            return f"DeepSpeed ZeRO-{self.accelerator.state.deepspeed_plugin.zero_stage}"
+        if self.is_fsdp_enabled:
+            return f"FSDP{self._fsdp_version()}"
+        return "DDP" if self.args.world_size > 1 else "no distributed engine"
 
     def _gradient_access(self) -> GradientAccess:
         if self.is_deepspeed_enabled:
@@ -287,7 +297,10 @@ class MaskingMixin:
     def _collect_logs(self) -> None:
         """Pop the telemetry since the last log; called where the Trainer has decided to log, the
         same point on every rank (the pop may all-reduce)."""
+        said = self._masker.more_than_asked
         logs = {**self._masker.pop_logs(), "nonfinite_skipped_steps": self._step.nonfinite_skipped}
+        if said is None and self._masker.more_than_asked is not None and self.args.process_index == 0:
+            print(self._masker.more_than_asked, flush=True)
         self._pending_logs = {**(self._pending_logs or {}), **logs}
 
     def _end_of_run(self) -> None:

@@ -1,61 +1,12 @@
-"""Export a fine-tuned model as a sparse delta against its base, or apply one.
+"""Kept for the old path: the tool is `gmt delta` (gmt/tools/delta.py)."""
 
-    python scripts/export_delta.py export --base .cache/gmt-tiny/base --tuned outputs/tiny/sft_gmt --out d.safetensors
-    python scripts/export_delta.py apply --base .cache/gmt-tiny/base --delta d.safetensors --out outputs/rebuilt
-
-``apply`` writes an ordinary HF checkpoint (the base's config and tokenizer, the delta's weights);
-the round trip reproduces the fine-tuned weights bit for bit.
-"""
-
-from __future__ import annotations
-
-import argparse
+import sys
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gmt.delta import (
-    apply_delta,
-    changed_fraction,
-    compute_delta,
-    delta_base_fingerprint,
-    load_delta,
-    save_delta,
-    weights_fingerprint,
-)
-
-
-def state_dict(path: str):
-    return {name: t.detach() for name, t in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="write the entries --tuned changed relative to --base")
-    export.add_argument("--base", required=True)
-    export.add_argument("--tuned", required=True)
-    export.add_argument("--out", type=Path, required=True)
-    apply = commands.add_parser("apply", help="write --base with --delta applied as an HF checkpoint")
-    apply.add_argument("--base", required=True)
-    apply.add_argument("--delta", type=Path, required=True)
-    apply.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-
-    if args.command == "export":
-        base = state_dict(args.base)
-        delta = compute_delta(base, state_dict(args.tuned))
-        save_delta(delta, args.out, weights_fingerprint(base))
-        size = args.out.stat().st_size
-        print(f"{args.out}: {changed_fraction(delta, base):.2%} of the entries changed, {size / 2**20:.2f} MiB")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(args.base)
-        weights = apply_delta(model.state_dict(), load_delta(args.delta), delta_base_fingerprint(args.delta))
-        model.load_state_dict(weights)
-        model.save_pretrained(args.out)
-        AutoTokenizer.from_pretrained(args.base).save_pretrained(args.out)
-        print(f"{args.out}: base {args.base} with {args.delta} applied")
-
+from gmt.tools.delta import *  # noqa: E402, F403 (the old script's names, for code that imported them)
+from gmt.tools.delta import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

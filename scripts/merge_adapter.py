@@ -1,30 +1,12 @@
-"""Merge a LoRA run's output (``use_peft true``) into its base as an ordinary checkpoint.
+"""Kept for the old path: the tool is `gmt merge` (gmt/tools/merge.py)."""
 
-    python scripts/merge_adapter.py --adapter outputs/tiny/sft_lora --out outputs/tiny/sft_lora_merged
-
-The base is the one the adapter records (``base_model_name_or_path``) unless ``--base`` names
-another copy of it (a local path on a machine without the hub). The merged folder loads with
-``from_pretrained``, runs under ``gmt-eval --backend vllm`` and goes into ``export_delta.py``.
-"""
-
-from __future__ import annotations
-
-import argparse
+import sys
 from pathlib import Path
 
-from gmt.adapter import save_merged
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", required=True, help="a PEFT run's output folder (holds adapter_config.json)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the merged checkpoint")
-    parser.add_argument("--base", default=None, help="the base model (default: the one the adapter records)")
-    args = parser.parse_args(argv)
-    out = save_merged(args.adapter, args.out, args.base)
-    print(f"merged {args.adapter} into its base: {out}")
-    return out
-
+from gmt.tools.merge import *  # noqa: E402, F403 (the old script's names, for code that imported them)
+from gmt.tools.merge import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -1,87 +1,12 @@
-"""Where the mask goes: a heatmap of the kept fraction per layer (rows) over training steps (columns).
+"""Kept for the old path: the tool is `gmt plot` (gmt/tools/plot_mask.py)."""
 
-    python scripts/plot_mask.py outputs/tiny/sft_gmt                 # writes <run>/mask_heatmap.png
-    python scripts/plot_mask.py outputs/tiny/sft_gmt --out mask.png
-
-Reads the Trainer's log history (``trainer_state.json`` in the run folder, as gmt/sft.py and
-gmt/dpo.py write it, or in its newest ``checkpoint-*``) and its ``mask/kept_fraction/<layer>``
-entries, one column per logging step. Needs matplotlib (the ``plots`` extra).
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-import re
+import sys
 from pathlib import Path
 
-PREFIX = "mask/kept_fraction/"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def log_history(run_dir: Path) -> list[dict]:
-    """The Trainer's log history of a run folder (or of its newest checkpoint)."""
-    candidates = [run_dir / "trainer_state.json"]
-    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    candidates += [c / "trainer_state.json" for c in reversed(checkpoints)]
-    for path in candidates:
-        if path.is_file():
-            return json.loads(path.read_text())["log_history"]
-    raise FileNotFoundError(f"no trainer_state.json in {run_dir} or its checkpoints")
-
-
-def depth(layer: str) -> tuple:
-    """Sort key putting layers in network order: embeddings, blocks by number, the rest, the head
-    (trainer_state.json stores log keys sorted alphabetically, which puts lm_head first and
-    layers.10 before layers.2)."""
-    block = re.search(r"^(.*)\.(\d+)$", layer)
-    if "embed" in layer:
-        return (0, layer, 0)
-    if block:
-        return (1, block.group(1), int(block.group(2)))
-    if "head" in layer or layer.endswith("output"):
-        return (3, layer, 0)
-    return (2, layer, 0)
-
-
-def kept_matrix(history: list[dict]) -> tuple[list[str], list[int], list[list[float]]]:
-    """Layers (in the model's order), logged steps, and kept fraction [layer][step]."""
-    entries = [entry for entry in history if any(key.startswith(PREFIX) for key in entry)]
-    if not entries:
-        raise ValueError("the log history has no mask/kept_fraction/<layer> entries (was a mask strategy on?)")
-    layers = sorted({key[len(PREFIX) :] for entry in entries for key in entry if key.startswith(PREFIX)}, key=depth)
-    steps = [int(entry.get("step", index)) for index, entry in enumerate(entries)]
-    matrix = [[float(entry.get(PREFIX + layer, float("nan"))) for entry in entries] for layer in layers]
-    return layers, steps, matrix
-
-
-def plot(run_dir: Path, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers, steps, matrix = kept_matrix(log_history(run_dir))
-    figure, axis = plt.subplots(figsize=(max(6, len(steps) * 0.15 + 3), max(3, len(layers) * 0.3 + 1.5)))
-    image = axis.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0)
-    axis.set_yticks(range(len(layers)), layers, fontsize=8)
-    ticks = list(range(0, len(steps), max(1, len(steps) // 10)))
-    axis.set_xticks(ticks, [steps[i] for i in ticks])
-    axis.set_xlabel("optimizer step")
-    axis.set_title(f"kept fraction per layer: {run_dir.name}")
-    figure.colorbar(image, ax=axis, label="kept fraction")
-    figure.tight_layout()
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
-    return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="default: <run_dir>/mask_heatmap.png")
-    args = parser.parse_args()
-    print(plot(args.run_dir, args.out or args.run_dir / "mask_heatmap.png"))
-
+from gmt.tools.plot_mask import *  # noqa: E402, F403 (the old script's names, for code that imported them)
+from gmt.tools.plot_mask import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

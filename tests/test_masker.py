@@ -141,3 +141,16 @@ def test_magnitude_baseline_keeps_the_largest_weights():
     kept_weights = torch.cat([p.detach()[k].abs() for p, k in zip(model.parameters(), kept)])
     dropped_weights = torch.cat([p.detach()[~k].abs() for p, k in zip(model.parameters(), kept)])
     assert kept_weights.min() >= dropped_weights.max()
+
+
+def test_keeping_more_than_asked_is_said_once_with_the_reason():
+    model = model_with_grads()
+    masker = GradientMasker(build_strategy("gmt", mask_ratio=0.5), LocalGradientAccess(model.named_parameters()))
+    masker.apply(step=0)  # real gradients: no ties, exactly half kept
+    assert masker.pop_logs()["mask/kept_fraction"] == pytest.approx(0.5, abs=1e-3)
+    assert masker.more_than_asked is None
+    for parameter in model.parameters():  # most entries get no gradient at all: T is 0, everything is kept
+        parameter.grad[parameter.grad.abs() < parameter.grad.abs().quantile(0.8)] = 0
+    masker.apply(step=1)
+    assert masker.pop_logs()["mask/kept_fraction"] == 1.0
+    assert masker.more_than_asked.startswith("mask: the masked steps kept 100.00% of the entries, 50.00% asked")

@@ -74,3 +74,32 @@ def test_help_shows_gmt_settings_first():
     masking = text.index("gradient masking (gmt):")
     assert masking < text.index("data and evaluation (gmt):") < text.index("--learning_rate")
     assert text.index("--mask_strategy") < 300 and masking < text.index("--mask_ratio") < text.index("--output_dir")
+
+
+def test_a_prefix_of_a_setting_is_not_taken_for_it():
+    with pytest.raises(ValueError, match="unknown setting --learning_rat \\(did you mean --learning_rate\\?\\)"):
+        parse("--learning_rat", "1e-4")
+
+
+@pytest.mark.parametrize(("old", "value", "new"), [("warmup_ratio", "0.1", "warmup_steps"), ("torch_dtype", "bfloat16",
+                                                    "dtype"), ("max_seq_length", "64", "max_length")])  # fmt: skip
+def test_a_renamed_setting_is_refused_with_its_new_name(tmp_path, old, value, new):
+    with pytest.raises(ValueError, match=f"unknown setting --{old} \\(renamed: use {new}"):
+        parse(f"--{old}", value)
+    (tmp_path / "old.yaml").write_text(f"{old}: {value}\n")
+    with pytest.raises(ValueError, match=f"unknown setting '{old}' in the --config file \\(renamed: use {new}"):
+        make_parser().parse_args_and_config(["--config", str(tmp_path / "old.yaml"), "--output_dir", "x"])
+
+
+def test_a_refusal_is_one_line_and_exit_status_2():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, "gmt/sft.py", "--config", "recipes/tiny/sft_gmt.yaml", "--mask_ratio",
+                             "1.5"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gmt sft: error:")]
+    assert len(errors) == 1 and "mask_ratio" in errors[0]
+    assert "Traceback" not in result.stderr

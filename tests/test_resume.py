@@ -129,6 +129,7 @@ def test_zero3_resumed_run_ends_where_the_uninterrupted_one_does(tiny_assets, tm
     straight = run_sft(RECIPE, base, data, tmp_path / "straight", *options, "--save_strategy", "steps",
                        "--save_steps", "3", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
     assert straight.returncode == 0, straight.stderr[-3000:]
+    assert "gmt: 2 processes, DeepSpeed ZeRO-3" in straight.stdout  # the banner says the world size
     checkpoint = tmp_path / "straight" / "checkpoint-3"
     assert all((checkpoint / mask_state_name(rank)).is_file() for rank in (0, 1))
     resumed = run_sft(RECIPE, base, data, tmp_path / "resumed", *options, "--resume_from_checkpoint",

@@ -115,7 +115,7 @@ def test_a_lora_output_merges_into_an_ordinary_checkpoint(tiny_assets, tmp_path)
 
     lora = ("--use_peft", "true", "--lora_r", "8", "--max_steps", "3", "--warmup_steps", "0", "--learning_rate", "1e-2")
     main(*tiny_recipe(tiny_assets / "base", tiny_assets / "data/sft", tmp_path / "lora", *lora))
-    with pytest.raises(ValueError, match=r"PEFT adapter; merge it into its base first: python scripts/merge_adapter"):
+    with pytest.raises(ValueError, match=r"PEFT adapter; merge it into its base first: gmt merge"):
         model_arguments(EvalArguments(suite="tiny", model=str(tmp_path / "lora"), backend="vllm"))
     subprocess.run([sys.executable, "scripts/merge_adapter.py", "--adapter", str(tmp_path / "lora"),
                     "--out", str(tmp_path / "merged")], cwd=REPO, check=True, capture_output=True)  # fmt: skip
@@ -152,6 +152,7 @@ def test_console_gets_the_overall_fraction_and_the_backends_every_block(tiny_ass
 
 
 def test_a_run_says_what_it_masks_before_the_first_step_and_after_the_last(tiny_assets, tmp_path, capsys):
+    from gmt.masking import keep_count
     from gmt.sft import main
 
     patterns = ("--frozen_params", "embed_tokens", "--dense_params", "lm_headd")
@@ -160,12 +161,15 @@ def test_a_run_says_what_it_masks_before_the_first_step_and_after_the_last(tiny_
     trainer = main(*arguments)
     said = capsys.readouterr().out
     table = said[said.index("gmt: mask_strategy 'gmt' (mask_ratio 0.2, mask_scope 'global', gmt_mode 'grad')"):]
+    assert "gmt: 1 process, no distributed engine\n" in said  # the world size, said before the table
     model = trainer.model
     embed = model.get_input_embeddings().weight.numel()
     total = sum(p.numel() for p in model.parameters())
     assert f"| frozen | {embed:,} |" in table and f"| trainable | {total - embed:,} |" in table
     assert f"frozen_params 'embed_tokens' matched 1 tensors, {embed:,} entries" in table
     assert "warning: dense_params 'lm_headd' matches no trainable parameter name" in table
+    assert f"|   masked (selectable) | {total - embed:,} |" in table
+    assert f"|     kept at a masked step (as asked) | {keep_count(total - embed, 0.2):,} |" in table
     start = first_log(trainer, "gmt/entries_trainable")
     assert start["gmt/entries_trainable"] == total - embed and start["gmt/entries_frozen"] == embed
     assert trainer.state.log_history.index(start) == 0  # before the first step's log
@@ -179,3 +183,22 @@ def test_a_run_says_what_it_masks_before_the_first_step_and_after_the_last(tiny_
     changed = first_log(trainer, "gmt/entries_changed")
     assert 0 < changed["gmt/entries_changed"] < total - embed  # the frozen embedding never changed
     assert f"gmt: the saved model changed {changed['gmt/entries_changed']:,} of its {total:,} entries" in said
+
+
+@pytest.mark.parametrize("strategy", ["full", "gps"])
+def test_the_start_table_says_what_a_strategy_trains_and_its_defaults_never_warn(strategy):
+    from gmt.config import GMTSFTConfig
+    from gmt.masking import LocalGradientAccess, strategy_class
+    from gmt.summary import format_summary, mask_summary
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.Linear(16, 4, bias=False))  # no bias
+    args = GMTSFTConfig(output_dir="unused", bf16=False, mask_strategy=strategy)
+    chosen = strategy_class(strategy).from_args(args)
+    chosen.setup(LocalGradientAccess(model.named_parameters()))
+    table = format_summary(chosen, mask_summary(chosen, model, [], args), args)
+    assert "warning" not in table  # gps's own dense_params 'bias' matches nothing here, and says nothing
+    if strategy == "full":
+        assert "|   masked (selectable) | 0 | 0.0% |" in table
+        assert "|   dense (always trained) | 192 | 100.0% |" in table
+    else:  # gps_k 4 inputs of each of the 16 + 4 rows
+        assert "|     kept at a masked step (as asked) | 80 | 41.7% |" in table

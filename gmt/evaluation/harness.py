@@ -122,7 +122,7 @@ def model_arguments(args: EvalArguments) -> tuple[dict[str, Any], dict[str, Any]
     if is_adapter(args.model):  # a PEFT run's output: the base it was trained on plus the adapter
         if args.backend == "vllm":
             raise ValueError(f"--backend vllm: {args.model} is a PEFT adapter; merge it into its base first: "
-                             f"python scripts/merge_adapter.py --adapter {args.model} --out MERGED")
+                             f"gmt merge --adapter {args.model} --out MERGED")
         model_args = {**model_args, "pretrained": adapter_base(args.model), "peft": args.model}
     if args.backend == "vllm":
         model_args |= {"tensor_parallel_size": args.tensor_parallel_size, "data_parallel_size":

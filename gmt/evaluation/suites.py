@@ -9,7 +9,8 @@ from typing import NamedTuple
 
 import yaml
 
-EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
+from gmt.resources import EVAL_DIR
+
 # One suite per file; the names are the files', so adding a suite is adding a file.
 SUITES: tuple[str, ...] = tuple(sorted(path.stem for path in (EVAL_DIR / "suites").glob("*.yaml")))
 # What every suite needs from the `eval` extra, beside what a suite file lists under `requires`.

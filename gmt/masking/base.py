@@ -252,6 +252,11 @@ class MaskStrategy(ABC):
             shapes = self.layout.shapes or [()] * len(self.layout.names)
             self.dense = [dense or len(shape) < 2 for dense, shape in zip(self.dense, shapes)]
 
+    def target_kept_entries(self) -> int | None:
+        """Selectable entries the strategy keeps at a masked step, as its settings ask (after
+        ``setup``); None where it keeps them all (the start table reports it; gmt.summary)."""
+        return None
+
     @abstractmethod
     def select(self, grads: Sequence[Tensor | None], step: int) -> MaskSelection | None:
         """Choose the mask for optimizer step ``step`` from the accumulated gradients (None: keep all).

@@ -39,6 +39,7 @@ class GradientMasker:
         self._layer_of_param, self.layer_names = layer_groups(access.layout.names)
         self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device="cpu")
         self.run_kept_entries = 0.0  # kept entries summed over the run's steps, as far as pop_logs has counted
+        self.more_than_asked: str | None = None  # said once a run (gmt.trainer prints it)
         self.run_steps = 0
         self._reset_telemetry()
 
@@ -119,6 +120,7 @@ class GradientMasker:
         if all_reduce is not None:
             all_reduce(kept)
         numels = self._numels
+        self._note_keeping_more_than_asked(float(kept.sum()), self._steps - self._unmasked_steps)
         per_step = (kept.cpu() + self._unmasked_steps * numels) / self._steps
         self.run_kept_entries += float(per_step.sum()) * self._steps
         self.run_steps += self._steps
@@ -135,6 +137,23 @@ class GradientMasker:
             logs[f"mask/kept_fraction/{name}"] = float(kept_count / total)
         self._reset_telemetry()
         return logs
+
+    def _note_keeping_more_than_asked(self, kept: float, masked_steps: int) -> None:
+        """Set ``more_than_asked`` (once a run) when the masked steps kept more entries than the
+        strategy asks for: entries tied at the threshold are all kept (docs/strategies.md)."""
+        target = self.strategy.target_kept_entries()
+        if self.more_than_asked is not None or target is None or masked_steps == 0:
+            return
+        dense = float(sum(numel for numel, is_dense in zip(self._numels.tolist(), self.strategy.dense, strict=True)
+                          if is_dense))  # fmt: skip
+        asked, got = target + dense, kept / masked_steps
+        if got > asked * 1.001 + 1:
+            total = float(self._numels.sum())
+            self.more_than_asked = (
+                f"mask: the masked steps kept {got / total:.2%} of the entries, {asked / total:.2%} asked: every entry "
+                "tied at the threshold T is kept. T is 0 when fewer entries than asked have a nonzero gradient at a "
+                "step (the embeddings of tokens not in the batch are exactly zero, say): then every entry is kept"
+            )
 
     def run_kept_fraction(self) -> float | None:
         """The mean kept fraction over the steps ``pop_logs`` has counted this run (None: none yet)."""

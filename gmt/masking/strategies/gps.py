@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 from torch import Tensor
@@ -26,6 +27,12 @@ class GPSStrategy(SelectionPassStrategy):
     default_dense_params = "bias"
     statistic = "signed"  # GPS ranks |Σ Γ|: signed sums, the magnitude at the end
     gps_k: int
+
+    def target_kept_entries(self) -> int | None:
+        shapes = self.layout.shapes
+        if shapes is None:
+            return None
+        return sum(math.prod(shapes[i][:-1]) * min(self.gps_k, shapes[i][-1]) for i in self.selectable)
 
     def choose(self, sums: list[Tensor]) -> dict[int, Tensor]:
         shapes, offsets = self._selected_shapes_and_offsets()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -41,6 +42,17 @@ class GRFTStrategy(SelectionPassStrategy):
     def setup(self, access: GradientAccess, total_steps: int = 0) -> None:
         super().setup(access, total_steps)
         self.pretrained: list[Tensor | None] = []
+
+    def target_kept_entries(self) -> int | None:
+        shapes = self.layout.shapes
+        if shapes is None:
+            return None
+        kept = 0
+        for i in self.selectable:  # a tensor of 3 or more dimensions is a stack of [out, in] matrices
+            *stack, rows, columns = shapes[i]
+            lines, length = (rows, columns) if self.grft_axis == "row" else (columns, rows)
+            kept += math.prod(stack) * min(self.grft_k, lines) * length
+        return kept
 
     def choose(self, sums: list[Tensor]) -> dict[int, Tensor]:
         shapes, offsets = self._selected_shapes_and_offsets()

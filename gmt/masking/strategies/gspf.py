@@ -61,6 +61,9 @@ class GSPFStrategy(FixedMaskStrategy):
         self._recorded_steps = 0
         self.scores: list[Tensor] | None = None  # blended scores of the last selection (for the EMA)
 
+    def target_kept_entries(self) -> int | None:
+        return round(self.gspf_keep_ratio * self.selectable_total)
+
     def select(self, grads: Sequence[Tensor | None], step: int) -> FixedSelection | None:
         check_finite([grad for grad in grads if grad is not None], self.all_reduce)
         if step <= self.choice_steps[-1]:  # |Γ| still feeds a selection to come

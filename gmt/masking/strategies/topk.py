@@ -152,6 +152,9 @@ class TopKStrategy(MaskStrategy):
         self.keep_counts = [keep_count(size, self.mask_ratio) for size in group_sizes]
         self.total_entries = sum(group_sizes)
 
+    def target_kept_entries(self) -> int | None:
+        return sum(self.keep_counts)
+
     def score_function(self, grads: Sequence[Tensor | None], step: int) -> ScoreOf | None:
         """How to score a parameter's local entries at this step; None scores by |Γ| itself."""
         return None
