@@ -24,12 +24,28 @@ def check_parallel_layout(strategy: MaskStrategy, args: Any) -> None:
 
     ``args``: the training arguments (``GMTSFTConfig`` / ``GMTDPOConfig``). ``full`` masks nothing
     and runs everywhere."""
+    _check_cpu_processes(args)
     if strategy.name == "full":
         return
     _check_parallelism_config(strategy, args)
     plugin = getattr(args, "deepspeed_plugin", None)
     if plugin is not None:
         _check_deepspeed(strategy, args, plugin.deepspeed_config)
+
+
+def _check_cpu_processes(args: Any) -> None:
+    """Several processes without a GPU talk over gloo: DeepSpeed's default backend there fails only
+    after the model loads (an assertion on train_batch_size), so the setting is named first."""
+    import torch
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes < 2 or torch.cuda.is_available() or getattr(args, "deepspeed_plugin", None) is None:
+        return
+    if (args.ddp_backend or "") != "gloo":
+        raise ValueError(
+            f"{processes} DeepSpeed processes on a machine without a GPU need ddp_backend gloo (got "
+            f"{args.ddp_backend!r}): add --ddp_backend gloo, as the CPU accelerate configs' recipes do"
+        )
 
 
 def _check_parallelism_config(strategy: MaskStrategy, args: Any) -> None:

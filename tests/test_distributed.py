@@ -155,3 +155,11 @@ def test_tied_embeddings_under_zero3_match_one_process(tiny_assets, tied_base, t
     base, w_one, w_two = state(tied_base), state(tmp_path / "one"), state(tmp_path / "two")
     assert "lm_head.weight" not in w_two  # still tied after the ZeRO-3 gather and save
     assert relative_distance(w_two, w_one, base, leave_out=FLIPS_ALLOWED) <= 1e-4
+
+
+def test_deepspeed_on_cpu_processes_without_gloo_is_refused_before_the_model_loads(tiny_assets, tmp_path):
+    result = run_sft("recipes/tiny/sft_gmt.yaml", tmp_path / "no-model", tiny_assets / "data" / "sft", tmp_path / "out",
+                     "--gradient_accumulation_steps", "1", launcher=ACCELERATE_CPU_ZERO2)  # fmt: skip
+    assert result.returncode != 0
+    assert "2 DeepSpeed processes on a machine without a GPU need ddp_backend gloo" in result.stderr
+    assert "no-model" not in result.stderr.replace(str(tmp_path / "out"), "")  # refused before it loads
