@@ -144,15 +144,23 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
     return Splits(prepared[0], prepared[1] if len(prepared) > 1 else None, checker.roles if checker else {})
 
 
-def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
-    """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
-    data must fit the trainer's ``data_layout`` (see ``gmt.data``)."""
+def checked_inputs(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
+    """Everything ``build_trainer`` checks and loads before the model: the attention and launch
+    layout, the quantization, the data (every raw row) and the chat template. Returns the data
+    (``Splits``) and the quantization config; ``gmt check`` stops here."""
     check_attention(model_args.attn_implementation)  # refused first, before any data or model loads
     check_parallel_layout(strategy_class(training_args.mask_strategy).from_args(training_args), training_args)
     quantization = quantization_config(model_args)
     set_model_init_kwargs(model_args, training_args)
     data = load_splits(script_args, training_args, trainer_cls.data_layout)
     check_chat_template(data.train, training_args, model_args, trainer_cls.data_layout.purpose, data.roles)
+    return data, quantization
+
+
+def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
+    """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
+    data must fit the trainer's ``data_layout`` (see ``gmt.data``)."""
+    data, quantization = checked_inputs(trainer_cls, script_args, training_args, model_args)
     return trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,

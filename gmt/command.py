@@ -3,6 +3,7 @@
     gmt sft --config recipes/tiny/sft_gmt.yaml [--setting value ...]     # = gmt-sft, python gmt/sft.py
     gmt dpo --config recipes/tiny/dpo_gmt.yaml
     gmt eval --suite tiny --model outputs/tiny/sft_gmt                     # = gmt-eval
+    gmt check --config recipes/tiny/sft_gmt.yaml                           # the preflight, no weights loaded
     gmt delta export|apply ...    gmt merge --adapter RUN --out DIR    gmt plot RUN
 
 Under several processes launch the scripts as before (``accelerate launch gmt/sft.py ...``).
@@ -18,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("gmt.sft", "cli", "supervised fine-tuning with gradient masking (TRL's SFTTrainer)"),
     "dpo": ("gmt.dpo", "cli", "preference optimization with gradient masking (TRL's DPOTrainer)"),
     "eval": ("gmt.evaluation", "main", "score a checkpoint with an lm-eval suite (eval/suites)"),
+    "check": ("gmt.check", "main", "preflight a recipe: what the run would be, and every refusal, loading no weights"),
     "delta": ("gmt.tools.delta", "main", "export a fine-tune as a sparse delta against its base, or apply one"),
     "merge": ("gmt.tools.merge", "main", "merge a LoRA run's adapter into its base"),
     "plot": ("gmt.tools.plot_mask", "main", "draw a run's mask heatmap (kept fraction per layer over steps)"),

@@ -1,0 +1,172 @@
+"""``gmt check``: the preflight of a recipe. Loads no weights and trains nothing; says what the run
+would be, and refuses what training would refuse before its model loads.
+
+    gmt check --config recipes/tiny/sft_gmt.yaml [--setting value ...]
+    gmt check --config recipes/llama3-8b/sft_math_gmt.yaml --accelerate_config recipes/accelerate/zero3.yaml
+
+It runs the checks ``gmt sft`` / ``gmt dpo`` run before the model loads (settings, eval suite,
+output_dir, resume, launch layout, every data row, chat template), then builds the model from its
+config on the ``meta`` device (no memory, no weights) to count what the mask covers, and prints:
+processes and engine (``--accelerate_config``: the file ``accelerate launch --config_file`` would
+read; else one process), the batch per optimizer step, the steps, the data, the start table of the
+mask, and the optimizer state per process. Exit status 2 with one line on a refusal, as training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def launch_layout(accelerate_config: str | None) -> tuple[int, str]:
+    """Processes and engine, in words, from an accelerate config file (None: one process)."""
+    if accelerate_config is None:
+        return 1, "no distributed engine (one process; give --accelerate_config for a launch)"
+    config = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+    processes = int(config.get("num_processes", 1)) * max(1, int(config.get("num_machines", 1)))
+    kind = str(config.get("distributed_type", "NO"))
+    if kind == "DEEPSPEED":
+        stage = (config.get("deepspeed_config") or {}).get("zero_stage")
+        engine = f"DeepSpeed ZeRO-{stage}" if stage is not None else "DeepSpeed (stage in its JSON config)"
+    elif kind == "FSDP":
+        engine = f"FSDP{(config.get('fsdp_config') or {}).get('fsdp_version', 1)}"
+    else:
+        engine = {"MULTI_GPU": "DDP", "MULTI_CPU": "DDP (CPU)", "NO": "no distributed engine"}.get(kind, kind)
+    return processes, f"{engine}, from {accelerate_config}"
+
+
+def meta_model(model_args, training_args):
+    """The model built from its config on the meta device (shapes, no weights), as training would
+    see it (LoRA adapters included with ``use_peft``)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from trl import get_peft_config
+
+    remote_code = training_args.trust_remote_code
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, trust_remote_code=remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=remote_code)
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    return model
+
+
+def report(script: str, trainer_cls, script_args, training_args, model_args, accelerate_config: str | None) -> str:
+    """Run the checks and return what the run would be, in lines."""
+    from gmt.checkpoints import check_resume_layout, check_resume_settings, resolve_resume_checkpoint
+    from gmt.cli import check_eval_settings, checked_inputs
+    from gmt.masking import LocalGradientAccess, effective_frozen_params, freeze_parameters, strategy_class
+    from gmt.output_dir import previous_run_traces
+    from gmt.summary import format_summary, mask_summary
+
+    check_eval_settings(script_args, training_args, model_args)
+    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    if checkpoint is not None:
+        check_resume_settings(checkpoint, training_args)
+        check_resume_layout(checkpoint, training_args, model_args.model_name_or_path)
+    data, _ = checked_inputs(trainer_cls, script_args, training_args, model_args)
+    processes, engine = launch_layout(accelerate_config)
+    per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
+    rows = len(data.train) if hasattr(data.train, "__len__") else None
+    if training_args.max_steps > 0:
+        steps = f"{training_args.max_steps} optimizer steps (max_steps)"
+    elif rows is not None:
+        per_epoch = -(-rows // per_step)
+        steps = (f"{per_epoch} per epoch x {training_args.num_train_epochs:g} epochs = "
+                 f"{round(per_epoch * training_args.num_train_epochs)} optimizer steps")  # fmt: skip
+    else:
+        steps = "set by max_steps (a streamed data set has no length)"
+    output_dir = Path(training_args.output_dir)
+    traces = previous_run_traces(output_dir)
+    if checkpoint is not None:
+        folder = f"{output_dir}: resumes from {checkpoint}"
+    elif traces and not training_args.overwrite_output_dir:
+        raise ValueError(
+            f"output_dir {output_dir} holds another run's files ({', '.join(path.name for path in traces[:4])}): "
+            "a fresh run there is refused; resume it, choose another output_dir or set overwrite_output_dir true"
+        )
+    else:
+        folder = f"{output_dir}" + (f" (its {len(traces)} earlier run files will be removed)" if traces else "")
+
+    model = meta_model(model_args, training_args)
+    strategy = strategy_class(training_args.mask_strategy).from_args(training_args)
+    frozen = freeze_parameters(model.named_parameters(), effective_frozen_params(training_args))
+    strategy.setup(LocalGradientAccess(model.named_parameters()))
+    summary = mask_summary(strategy, model, frozen, training_args)
+    sharded = "ZeRO" in engine or "FSDP" in engine
+    state_bytes = _optimizer_state_bytes(strategy, summary) / (processes if sharded else 1)
+    lines = [
+        f"gmt check: {script}, data {script_args.dataset_name or 'a mixture (datasets)'}",
+        f"processes: {processes}, {engine}",
+        f"batch: {training_args.per_device_train_batch_size} per process x {training_args.gradient_accumulation_steps} "
+        f"accumulated x {processes} processes = {per_step} rows per optimizer step",
+        f"steps: {steps}",
+        f"data: {rows if rows is not None else 'streamed'} training rows, every one checked"
+        + (f"; {len(data.eval)} evaluation rows" if data.eval is not None and hasattr(data.eval, "__len__") else ""),
+        f"model: {model_args.model_name_or_path} ({type(model).__name__}, built from its config: no weights loaded)",
+        f"output_dir: {folder}",
+        "",
+        format_summary(strategy, summary, training_args),
+        f"optimizer state per process: about {state_bytes / 2**30:.2f} GiB"
+        + (" (sharded over the processes)" if sharded else ""),
+    ]
+    if script_args.eval_suite not in (None, "none"):
+        lines.append(f"eval_suite {script_args.eval_suite}: its tasks and data were checked; it scores the saved "
+                     "model after training")  # fmt: skip
+    lines.append("gmt check: everything training checks before its model loads passed")
+    return "\n".join(lines)
+
+
+def _optimizer_state_bytes(strategy, summary) -> float:
+    """AdamW's two fp32 moments per trainable entry; for a fixed mask, 16 bytes (index and two
+    moments) per kept entry once chosen (docs/strategies.md, "Sparse optimizer state")."""
+    if strategy.optimizer_kind == "sparse" and summary.kept_target is not None:
+        return 16.0 * (summary.kept_target + summary.dense)
+    return 8.0 * summary.trainable
+
+
+def split_accelerate_config(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` without ``--accelerate_config FILE`` (a setting of ``gmt check`` only), and FILE."""
+    if "--accelerate_config" not in argv:
+        return argv, None
+    at = argv.index("--accelerate_config")
+    if at + 1 >= len(argv):
+        raise ValueError("--accelerate_config needs a file (the one accelerate launch --config_file would read)")
+    return argv[:at] + argv[at + 2 :], argv[at + 1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``gmt check --config RECIPE [--accelerate_config FILE] [--setting value ...]``."""
+    from gmt.cli import REFUSALS
+    from gmt.config import recipe_script
+    from gmt.resources import recipe_path
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        argv, accelerate_config = split_accelerate_config(argv)
+        if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
+            raise ValueError("gmt check needs --config RECIPE.yaml (the recipe gmt sft or gmt dpo would run)")
+        recipe = recipe_path(argv[argv.index("--config") + 1])
+        settings: dict[str, Any] = yaml.safe_load(recipe.read_text()) or {}
+        script = recipe_script(settings)
+        if script == "gmt/dpo.py":
+            from gmt.dpo import make_parser
+            from gmt.trainer import GMTDPOTrainer as trainer_cls
+        else:
+            from gmt.sft import make_parser
+            from gmt.trainer import GMTSFTTrainer as trainer_cls
+        script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
+        print(report(script, trainer_cls, script_args, training_args, model_args, accelerate_config), flush=True)
+    except REFUSALS as error:
+        print(f"gmt check: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""``gmt check``: the preflight says what the run would be, from the recipe and the model's config
+alone, and refuses what training refuses before its model loads."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def check(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gmt.command", "check", *arguments], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_check_says_what_the_run_would_be_under_a_launch(tiny_assets, tmp_path):
+    from gmt.masking import keep_count
+
+    result = check("--config", "recipes/tiny/sft_gmt.yaml", "--accelerate_config", "recipes/accelerate/cpu_zero3.yaml",
+                   "--model_name_or_path", str(tiny_assets / "base"), "--dataset_name", str(tiny_assets / "data/sft"),
+                   "--output_dir", str(tmp_path / "out"), "--per_device_train_batch_size", "4",
+                   "--gradient_accumulation_steps", "1", "--max_steps", "7", "--mask_ratio", "0.5")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = result.stdout
+    assert "processes: 2, DeepSpeed ZeRO-3, from recipes/accelerate/cpu_zero3.yaml" in said
+    assert "batch: 4 per process x 1 accumulated x 2 processes = 8 rows per optimizer step" in said
+    assert "steps: 7 optimizer steps (max_steps)" in said
+    rows = sum(1 for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines() if line.strip())
+    assert f"data: {rows} training rows, every one checked" in said
+    config = json.loads((tiny_assets / "base" / "config.json").read_text())
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        entries = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).parameters())
+    assert f"|     kept at a masked step (as asked) | {keep_count(entries, 0.5):,} |" in said
+    assert not (tmp_path / "out").exists()  # a preflight writes nothing
+
+
+def test_check_refuses_what_training_refuses_in_one_line(tiny_assets, tmp_path):
+    bad = tmp_path / "data"
+    bad.mkdir()
+    (bad / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", '
+                                     '"content": "r"}]}\n{"messages": []}\n')  # fmt: skip
+    result = check("--config", "recipes/tiny/sft_gmt.yaml", "--model_name_or_path", str(tiny_assets / "base"),
+                   "--dataset_name", str(bad), "--output_dir", str(tmp_path / "out"),
+                   "--eval_suite", "none")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"gmt check: error: {bad / 'train.jsonl'}:2: messages")
+    assert "Traceback" not in result.stderr
