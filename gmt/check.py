@@ -143,8 +143,8 @@ def split_accelerate_config(argv: list[str]) -> tuple[list[str], str | None]:
 
 def main(argv: list[str] | None = None) -> None:
     """``gmt check --config RECIPE [--accelerate_config FILE] [--setting value ...]``."""
-    from gmt.cli import REFUSALS
     from gmt.config import recipe_script
+    from gmt.errors import REFUSALS, exit_refused, show_tracebacks
     from gmt.resources import recipe_path
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
         print(report(script, trainer_cls, script_args, training_args, model_args, accelerate_config), flush=True)
     except REFUSALS as error:
-        print(f"gmt check: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        if show_tracebacks():
+            raise
+        exit_refused("check", error)
 
 
 if __name__ == "__main__":

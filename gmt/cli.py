@@ -35,11 +35,13 @@ from gmt.data import (
     rename_columns,
     skips_preparation,
 )
+from gmt.errors import REFUSALS, exit_refused, show_tracebacks
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
 from gmt.launch import is_main_launched_process
 from gmt.masking import strategy_class
 from gmt.output_dir import claim_output_dir, lock_output_dir
 from gmt.parallel import check_parallel_layout
+from gmt.precision import check_dtype_settings
 from gmt.prompts import apply_prompt_format
 from gmt.rows import RoleExample, RowChecker
 from gmt.shutdown import exit_without_finalizing
@@ -76,6 +78,26 @@ def quantization_config(model_args: ModelConfig):
     if not model_args.use_peft:
         raise ValueError(f"{setting} quantizes the base model, which then cannot be trained: set use_peft true")
     return config
+
+
+def check_model_path(name: str | None) -> None:
+    """Refuse a ``model_name_or_path`` that names a local folder that is not there (the hub client
+    would report it as a malformed repo id, in four tracebacks), or a hub id this machine cannot
+    reach offline and has not cached."""
+    if not name:
+        raise ValueError("model_name_or_path is required: a hub id or a local folder")
+    path = Path(name)
+    if path.exists():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"model_name_or_path {name} has no config.json: not a model folder")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise FileNotFoundError(f"model_name_or_path {name} does not exist (a local folder, or a hub id 'org/name')")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise FileNotFoundError(f"model_name_or_path {name}: not in the hub cache, and HF_HUB_OFFLINE is set")
 
 
 @dataclass(frozen=True)
@@ -149,8 +171,10 @@ def checked_inputs(trainer_cls, script_args: GMTScriptArguments, training_args, 
     layout, the quantization, the data (every raw row) and the chat template. Returns the data
     (``Splits``) and the quantization config; ``gmt check`` stops here."""
     check_attention(model_args.attn_implementation)  # refused first, before any data or model loads
+    check_dtype_settings(model_args, training_args)
     check_parallel_layout(strategy_class(training_args.mask_strategy).from_args(training_args), training_args)
     quantization = quantization_config(model_args)
+    check_model_path(model_args.model_name_or_path)
     set_model_init_kwargs(model_args, training_args)
     data = load_splits(script_args, training_args, trainer_cls.data_layout)
     check_chat_template(data.train, training_args, model_args, trainer_cls.data_layout.purpose, data.roles)
@@ -171,24 +195,20 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
     )
 
 
-REFUSALS = (ValueError, FileNotFoundError, NotImplementedError)  # what gmt raises to refuse a setting or input
 _training_started = False  # from here on an error is a crash, with its traceback
 
 
 def launched(parse: Callable[[], tuple], main: Callable, script: str) -> None:
     """Run an entry point (``parse`` the arguments, ``main`` trains): a refusal before training
-    starts is one line on the main process (``gmt <script>: error: ...``) and exit status 2, as
-    argparse gives, not a traceback per rank; anything after that point, or any other exception,
-    keeps its traceback. ``GMT_TRACEBACK=1`` shows the traceback of a refusal too."""
+    starts is one line (gmt.errors); anything after that point, or any other exception, keeps its
+    traceback."""
     try:
         script_args, training_args, model_args = parse()
         trainer = main(script_args, training_args, model_args)
     except REFUSALS as error:
-        if _training_started or os.environ.get("GMT_TRACEBACK") == "1":
+        if _training_started or show_tracebacks():
             raise
-        if is_main_launched_process():
-            print(f"gmt {script}: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        exit_refused(script, error)
     finish(trainer, script_args)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -69,3 +70,26 @@ def keep_fp32_masters(model: torch.nn.Module, args, engine_keeps_masters: bool) 
             flush=True,
         )
     return MasterWeights(dict(low))
+
+
+def check_dtype_settings(model_args, args) -> None:
+    """Before the model loads: refuse what ``keep_fp32_masters`` would refuse once it has, a model
+    loaded in bf16/fp16 (``dtype``; ``auto`` reads a local config.json) with bf16 and fp16 false and
+    no engine or adapter that keeps fp32 weights."""
+    dtype = model_args.dtype
+    if dtype == "auto":
+        import json
+
+        try:
+            config = json.loads((Path(model_args.model_name_or_path) / "config.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return  # a hub id: known once it loads
+        dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    engine_keeps_masters = getattr(args, "deepspeed_plugin", None) is not None or bool(getattr(args, "fsdp", None))
+    if dtype not in ("bfloat16", "float16") or args.bf16 or args.fp16 or engine_keeps_masters or model_args.use_peft:
+        return
+    raise ValueError(
+        f"dtype {dtype} loads the trainable weights in low precision, and bf16 and fp16 are false: they would be "
+        "updated with no fp32 master copy, and updates below its spacing are lost. Set bf16 true (gmt then keeps "
+        "fp32 weights and runs the forward pass under bf16 autocast) or dtype float32"
+    )

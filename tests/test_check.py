@@ -48,3 +48,21 @@ def test_check_refuses_what_training_refuses_in_one_line(tiny_assets, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"gmt check: error: {bad / 'train.jsonl'}:2: messages")
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_path_that_is_not_there_is_one_line_in_every_command(tmp_path):
+    for command in (["gmt/sft.py", "--config", "recipes/tiny/sft_gmt.yaml", "--output_dir", str(tmp_path / "out")],
+                    ["-m", "gmt.evaluation", "--suite", "tiny"]):  # fmt: skip
+        result = subprocess.run([sys.executable, *command, "--model_name_or_path" if "gmt/sft.py" in command else
+                                 "--model", "./no-such-model"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr and "Repo id" not in result.stderr
+        assert "./no-such-model does not exist" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_low_precision_model_without_mixed_precision_is_refused_before_it_loads(tiny_assets, tmp_path):
+    result = check("--config", "recipes/tiny/sft_gmt.yaml", "--model_name_or_path", str(tiny_assets / "base"),
+                   "--dataset_name", str(tiny_assets / "data/sft"), "--output_dir", str(tmp_path / "out"),
+                   "--dtype", "bfloat16", "--bf16", "false")  # fmt: skip
+    assert result.returncode == 2
+    assert "dtype bfloat16 loads the trainable weights in low precision, and bf16 and fp16 are false" in result.stderr

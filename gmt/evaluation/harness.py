@@ -232,7 +232,7 @@ def plan(args: EvalArguments, suite: Suite | None = None) -> Plan:
     return Plan(suite, args.backend, model_args, lm_config, calls, manager, names)
 
 
-def evaluate(args: EvalArguments, suite: Suite | None = None) -> dict[str, Any]:
+def evaluate(args: EvalArguments, suite: Suite | None = None, planned: Plan | None = None) -> dict[str, Any]:
     """Score ``args.model`` on ``args.suite``; write lm-eval's JSON and a markdown table to the output folder.
 
     Returns ``{"suite", "protocol", "model", "backend", "limit", "scores": {task: {metric: value}},
@@ -240,7 +240,7 @@ def evaluate(args: EvalArguments, suite: Suite | None = None) -> dict[str, Any]:
     from lm_eval import simple_evaluate
     from lm_eval.api.registry import get_model
 
-    planned = plan(args, suite)
+    planned = planned or plan(args, suite)  # ``planned``: plan(args) already made
     if planned.suite.executes_code:
         os.environ["HF_ALLOW_CODE_EVAL"] = "1"  # the opt-in was given (checked in plan)
     lm = get_model(planned.backend).create_from_arg_obj(planned.model_args, planned.lm_config)
@@ -365,11 +365,19 @@ def main(argv: list[str] | None = None) -> None:
     """
     import sys
 
-    args = parse(sys.argv[1:] if argv is None else argv)
-    if args.list_data:
-        print(list_data(args))
-        return
-    summary = evaluate(args)
+    from gmt.errors import REFUSALS, exit_refused, show_tracebacks
+
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        if args.list_data:
+            print(list_data(args))
+            return
+        planned = plan(args)  # every check that needs no model: a refusal here is one line
+    except REFUSALS as error:
+        if show_tracebacks():
+            raise
+        exit_refused("eval", error)
+    summary = evaluate(args, planned=planned)
     print(f"{args.suite}: score {summary['score']}")
     for task, metrics in summary["scores"].items():
         print(f"  {task}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
