@@ -239,8 +239,26 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
         report_changed_entries(trainer, model_args.model_name_or_path, training_args.output_dir)
         # the logs (mask telemetry included) beside the model
         trainer.state.save_to_json(str(Path(training_args.output_dir) / "trainer_state.json"))
+        if training_args.save_plots:
+            save_run_plots(trainer, training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return trainer
+
+
+def save_run_plots(trainer, output_dir: str) -> None:
+    """The run's pictures in ``output_dir`` (gmt.plots), said by name; skipped, with a word, where
+    matplotlib is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("gmt: no loss.png or mask_heatmap.png: matplotlib is not installed (pip install 'gmt[plots]'; "
+              "save_plots false stops this note)", flush=True)  # fmt: skip
+        return
+    from gmt.plots import write_run_plots
+
+    written = write_run_plots(output_dir, trainer.state.log_history, trainer.mask_history())
+    if written:
+        print(f"gmt: wrote {', '.join(path.name for path in written)} in {output_dir}", flush=True)
 
 
 def report_changed_entries(trainer, base: str, output_dir: str) -> None:

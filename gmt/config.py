@@ -129,13 +129,21 @@ def check_masked_steps(strategy: MaskStrategy, mask_start_step: int, steps: int,
 
 @dataclass
 class RunFolderArguments:
-    """How a run treats an output_dir that another run has used (gmt.output_dir)."""
+    """What a run does with its output_dir: another run's files there (gmt.output_dir), and the
+    pictures it leaves (gmt.plots)."""
 
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
             "help": "Start a fresh run in an output_dir that holds another run's checkpoints, removing them first "
             "(refused otherwise, so that two runs' checkpoints never mix). A resume never needs it."
+        },
+    )
+    save_plots: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end, write loss.png and mask_heatmap.png (where the mask went) into output_dir (needs "
+            "matplotlib, the plots extra; without it the run says so and goes on)."
         },
     )
 

@@ -186,6 +186,7 @@ class MaskingMixin:
             loss_scaled=self.args.fp16 and skips_itself,
         )
         self._pending_logs = None
+        self._history_steps: list[int] = []
         summary = mask_summary(self.strategy, self.model, self._frozen_by_pattern, self.args)
         if self.args.process_index == 0:
             print(f"gmt: {self.args.world_size} process{'es' if self.args.world_size > 1 else ''}, "
@@ -298,16 +299,32 @@ class MaskingMixin:
         """Pop the telemetry since the last log; called where the Trainer has decided to log, the
         same point on every rank (the pop may all-reduce)."""
         said = self._masker.more_than_asked
-        logs = {**self._masker.pop_logs(), "nonfinite_skipped_steps": self._step.nonfinite_skipped}
+        logs = {**self._pop_mask_logs(), "nonfinite_skipped_steps": self._step.nonfinite_skipped}
         if said is None and self._masker.more_than_asked is not None and self.args.process_index == 0:
             print(self._masker.more_than_asked, flush=True)
         self._pending_logs = {**(self._pending_logs or {}), **logs}
+
+    def _pop_mask_logs(self) -> dict[str, float]:
+        """The masker's telemetry since the last pop, its per-tensor history marked with this step."""
+        logs = self._masker.pop_logs()
+        if len(self._masker.tensor_kept_history) > len(self._history_steps):
+            self._history_steps.append(self.state.global_step)
+        return logs
+
+    def mask_history(self) -> dict:
+        """Each tensor's kept fraction and each scope group's threshold at every logging point of
+        the last ``train()`` (gmt.plots draws them; written as ``gmt_mask_history.json``)."""
+        strategy = self.strategy
+        return {"strategy": strategy.name, "scope": getattr(strategy, "mask_scope", None),
+                "tensors": list(strategy.layout.names), "groups": list(getattr(strategy, "group_names", [])),
+                "steps": list(self._history_steps), "kept": self._masker.tensor_kept_history,
+                "thresholds": self._masker.threshold_history}  # fmt: skip
 
     def _end_of_run(self) -> None:
         """Count the steps not logged yet (every rank: it may all-reduce), then say and log the
         run's mean kept fraction and its optimizer state per rank (the largest rank's: what has to
         fit in a device's memory; under ZeRO each rank holds a shard)."""
-        self._masker.pop_logs()
+        self._pop_mask_logs()
         per_rank = torch.tensor([optimizer_state_bytes(self.optimizer)], dtype=torch.int64,
                                 device=self.accelerator.device)  # fmt: skip
         if dist.is_available() and dist.is_initialized():

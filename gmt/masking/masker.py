@@ -40,6 +40,8 @@ class GradientMasker:
         self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device="cpu")
         self.run_kept_entries = 0.0  # kept entries summed over the run's steps, as far as pop_logs has counted
         self.more_than_asked: str | None = None  # said once a run (gmt.trainer prints it)
+        self.tensor_kept_history: list[list[float]] = []  # per pop_logs: each tensor's kept fraction
+        self.threshold_history: list[list[float] | None] = []  # per pop_logs: each scope group's last T
         self.run_steps = 0
         self._reset_telemetry()
 
@@ -135,6 +137,10 @@ class GradientMasker:
         layer_total.index_add_(0, layer_index, numels)
         for name, kept_count, total in zip(self.layer_names, layer_kept, layer_total, strict=True):
             logs[f"mask/kept_fraction/{name}"] = float(kept_count / total)
+        # Per tensor and per scope group, for the run's pictures (gmt.plots): too many for the logs.
+        self.tensor_kept_history.append((per_step / numels).tolist())
+        thresholds = self._last_thresholds
+        self.threshold_history.append(None if thresholds is None else thresholds.float().cpu().tolist())
         self._reset_telemetry()
         return logs
 
