@@ -174,9 +174,9 @@ def checked_inputs(trainer_cls, script_args: GMTScriptArguments, training_args, 
     check_dtype_settings(model_args, training_args)
     check_parallel_layout(strategy_class(training_args.mask_strategy).from_args(training_args), training_args)
     quantization = quantization_config(model_args)
-    check_model_path(model_args.model_name_or_path)
     set_model_init_kwargs(model_args, training_args)
     data = load_splits(script_args, training_args, trainer_cls.data_layout)
+    check_model_path(model_args.model_name_or_path)  # the tokenizer is read next
     check_chat_template(data.train, training_args, model_args, trainer_cls.data_layout.purpose, data.roles)
     return data, quantization
 
@@ -256,7 +256,11 @@ def save_run_plots(trainer, output_dir: str) -> None:
         return
     from gmt.plots import write_run_plots
 
-    written = write_run_plots(output_dir, trainer.state.log_history, trainer.mask_history())
+    try:
+        written = write_run_plots(output_dir, trainer.state.log_history, trainer.mask_history())
+    except Exception as error:  # a picture is never worth the saved run: said, and the run ends as it would
+        print(f"gmt: warning: the run's pictures could not be drawn ({type(error).__name__}: {error})", flush=True)
+        return
     if written:
         print(f"gmt: wrote {', '.join(path.name for path in written)} in {output_dir}", flush=True)
 

@@ -17,7 +17,8 @@ import math
 import re
 from pathlib import Path
 
-from gmt.tools.plot_mask import depth, kept_matrix
+from gmt.masking.scopes import layer_groups
+from gmt.tools.plot_mask import depth
 
 HISTORY_FILE = "gmt_mask_history.json"
 
@@ -32,7 +33,7 @@ def loss_curves(log_history: list[dict]) -> dict[str, tuple[list[int], list[floa
     return curves
 
 
-def heatmap(log_history: list[dict], history: dict) -> tuple[str, list[str], list[int], list[list[float]]]:
+def heatmap(history: dict) -> tuple[str, list[str], list[int], list[list[float]]]:
     """What the mask heatmap draws: (what the colour is, row names, steps, value[row][step])."""
     scope = history.get("scope")
     steps = history["steps"]
@@ -41,10 +42,17 @@ def heatmap(log_history: list[dict], history: dict) -> tuple[str, list[str], lis
         values = [[math.log10(row[index]) if row is not None and row[index] > 0 else float("nan")
                    for row in history["thresholds"]] for index in range(len(names))]  # fmt: skip
         return "threshold T per tensor (log10 |Γ|)", names, steps, values
-    if scope == "global":
-        layers, logged_steps, matrix = kept_matrix(log_history)
-        return "kept fraction per block", layers, logged_steps, matrix
     names = history["tensors"]
+    if scope == "global":  # each block's entries kept, over its entries
+        block_of, blocks = layer_groups(names)
+        values = []
+        for block in range(len(blocks)):
+            members = [index for index, owner in enumerate(block_of) if owner == block]
+            entries = sum(history["numels"][index] for index in members)
+            values.append([sum(row[index] * history["numels"][index] for index in members) / entries
+                           for row in history["kept"]])  # fmt: skip
+        order = sorted(range(len(blocks)), key=lambda index: depth(blocks[index]))
+        return "kept fraction per block", [blocks[i] for i in order], steps, [values[i] for i in order]
     order = sorted(range(len(names)), key=lambda index: _tensor_order(names[index]))
     values = [[row[index] for row in history["kept"]] for index in order]
     return "kept fraction per tensor", [names[index] for index in order], steps, values
@@ -81,7 +89,7 @@ def write_run_plots(output_dir: str | Path, log_history: list[dict], history: di
         written.append(out / "loss.png")
     if history is not None and history["steps"] and history["strategy"] != "full":
         (out / HISTORY_FILE).write_text(json.dumps(history))
-        what, rows, steps, values = heatmap(log_history, history)
+        what, rows, steps, values = heatmap(history)
         figure, axis = plt.subplots(figsize=(max(6, len(steps) * 0.15 + 3), max(3, len(rows) * 0.12 + 1.5)))
         image = axis.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis")
         axis.set_yticks(range(len(rows)), rows, fontsize=5 if len(rows) > 40 else 8)

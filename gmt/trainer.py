@@ -316,7 +316,8 @@ class MaskingMixin:
         the last ``train()`` (gmt.plots draws them; written as ``gmt_mask_history.json``)."""
         strategy = self.strategy
         return {"strategy": strategy.name, "scope": getattr(strategy, "mask_scope", None),
-                "tensors": list(strategy.layout.names), "groups": list(getattr(strategy, "group_names", [])),
+                "tensors": list(strategy.layout.names), "numels": [int(n) for n in strategy.layout.numels],
+                "groups": list(getattr(strategy, "group_names", [])),
                 "steps": list(self._history_steps), "kept": self._masker.tensor_kept_history,
                 "thresholds": self._masker.threshold_history}  # fmt: skip
 

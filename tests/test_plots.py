@@ -26,7 +26,7 @@ def test_a_run_draws_its_loss_and_where_its_mask_went(tiny_assets, tmp_path, sco
     history = json.loads((tmp_path / HISTORY_FILE).read_text())
     steps, losses = loss_curves(trainer.state.log_history)["loss"]
     assert steps == [1, 2, 3, 4] and len(losses) == 4
-    what, rows, logged, values = heatmap(trainer.state.log_history, history)
+    what, rows, logged, values = heatmap(history)
     assert logged == [1, 2, 3, 4]
     if scope == "global":  # one top-k over everything: the blocks' fractions differ
         assert what == "kept fraction per block" and len({round(row[0], 4) for row in values}) > 1

@@ -49,6 +49,7 @@ def test_bf16_weights_without_mixed_precision_are_refused_by_name(tiny_assets, t
     args = ["--config", "recipes/tiny/sft_gmt.yaml", "--model_name_or_path", str(tiny_assets / "base"),
             "--dataset_name", str(tiny_assets / "data/sft"), "--output_dir", str(tmp_path / "out"),
             "--dtype", "bfloat16", "--max_steps", "1", "--eval_suite", "none"]  # fmt: skip
-    refusal = r"trainable weights are bfloat16 .* but bf16 and fp16 are false.*Set bf16 true"
+    # refused before the model loads (gmt.precision.check_dtype_settings), as once it has loaded
+    refusal = r"dtype bfloat16 loads the trainable weights in low precision, and bf16 and fp16 are false.*Set bf16 true"
     with pytest.raises(ValueError, match=refusal):
         main(*make_parser().parse_args_and_config(args=args))
