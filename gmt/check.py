@@ -116,11 +116,37 @@ def report(script: str, trainer_cls, script_args, training_args, model_args, acc
         f"optimizer state per process: about {state_bytes / 2**30:.2f} GiB"
         + (" (sharded over the processes)" if sharded else ""),
     ]
+    gradient_dtype = "bfloat16" if training_args.bf16 and sharded else "float32"  # ZeRO reduces bf16 gradients
+    step = mask_step_bytes(strategy, summary.trainable / (processes if sharded else 1), gradient_dtype)
+    if step is not None:
+        lines.append(f"mask step per process: about {step / 2**30:.2f} GiB at its peak, above the gradient "
+                     "(docs/mask_memory.md)")  # fmt: skip
     if script_args.eval_suite not in (None, "none"):
         lines.append(f"eval_suite {script_args.eval_suite}: its tasks and data were checked; it scores the saved "
                      "model after training")  # fmt: skip
     lines.append("gmt check: everything training checks before its model loads passed")
     return "\n".join(lines)
+
+
+def mask_step_bytes(strategy, entries_per_process: float, gradient_dtype: str) -> float | None:
+    """The mask step's peak memory above the gradient on one process, from the figures
+    ``scripts/mask_memory.py`` measured (its cases, by name); None for ``full``."""
+    import json
+
+    from gmt.resources import MASK_MEMORY
+
+    name = strategy.name
+    if name == "gmt":
+        case = "gmt tensor-scope grad" if strategy.mask_scope == "tensor" else f"gmt {strategy.gmt_mode}"
+    elif name in ("gps", "grft"):
+        case = f"{name} (selection pass: the sums)"
+    else:
+        case = {"random": "random", "magnitude": "magnitude", "gspf": "gspf (the selecting step)"}.get(name)
+    records = json.loads(MASK_MEMORY.read_text())["records"]
+    found = [r for r in records if r["case"] == case and r["dtype"] == gradient_dtype]
+    if not found:
+        return None
+    return found[0]["peak_per_entry"] * entries_per_process + max(found[0]["peak_fixed_bytes"], 0.0)
 
 
 def _optimizer_state_bytes(strategy, summary) -> float:

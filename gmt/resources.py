@@ -12,6 +12,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 EVAL_DIR = PACKAGE / "_eval"  # suites/*.yaml, tasks/*.yaml
 RECIPES_DIR = PACKAGE / "_recipes"
+MASK_MEMORY = PACKAGE / "mask_memory.json"  # the mask step's measured memory (scripts/mask_memory.py)
 
 
 def recipe_path(path: str | Path) -> Path:

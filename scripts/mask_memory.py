@@ -8,7 +8,7 @@ runs at two gradient sizes, so the cost splits into bytes per entry and a fixed 
 search's chunk buffers). The search runs with the GPU's chunk size; the gradients are bf16
 (ZeRO-3's default accumulation dtype, read in place) and fp32.
 
-    python scripts/mask_memory.py     # writes docs/mask_memory.{json,md}
+    python scripts/mask_memory.py     # writes gmt/mask_memory.json and docs/mask_memory.md
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ def measure(case: dict, entries: int, dtype: torch.dtype) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "mask_memory.json")
+    # The figures travel with the package (gmt check reads them); the table goes to the docs.
+    parser.add_argument("--out", type=Path, default=REPO / "gmt" / "mask_memory.json")
+    parser.add_argument("--table", type=Path, default=REPO / "docs" / "mask_memory.md")
     args = parser.parse_args()
     records = []
     for name, case in CASES.items():
@@ -144,7 +146,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"sizes": SIZES, "ranks": RANKS, "records": records}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(table)
+    args.table.write_text(table)
     print(table)
 
 

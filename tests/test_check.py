@@ -34,6 +34,13 @@ def test_check_says_what_the_run_would_be_under_a_launch(tiny_assets, tmp_path):
     with torch.device("meta"):
         entries = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).parameters())
     assert f"|     kept at a masked step (as asked) | {keep_count(entries, 0.5):,} |" in said
+    # the mask step's memory from scripts/mask_memory.py's figures, for each process's half of the entries
+    from gmt.resources import MASK_MEMORY
+
+    record = next(r for r in json.loads(MASK_MEMORY.read_text())["records"]
+                  if r["case"] == "gmt grad" and r["dtype"] == "float32")  # fmt: skip
+    expected = record["peak_per_entry"] * entries / 2 + record["peak_fixed_bytes"]
+    assert f"mask step per process: about {expected / 2**30:.2f} GiB at its peak" in said
     assert not (tmp_path / "out").exists()  # a preflight writes nothing
 
 

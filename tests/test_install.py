@@ -41,6 +41,7 @@ def test_the_wheel_carries_the_suites_tasks_and_recipes(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert "gmt/_eval/suites/tiny.yaml" in names and "gmt/_eval/tasks/gmt_tiny_arith.yaml" in names
     assert "gmt/_recipes/tiny/sft_gmt.yaml" in names and "gmt/_recipes/templates/tulu.jinja" in names
+    assert "gmt/mask_memory.json" in names  # gmt check's figures
 
 
 def test_an_installed_gmt_scores_and_trains_from_another_folder(installed, tiny_assets, tmp_path):
