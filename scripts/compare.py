@@ -52,6 +52,7 @@ from pathlib import Path
 
 from compare_plan import (
     DENSE_PHASE_AT_FULLS_RATE,
+    FIXED_MASK,
     METHODS,
     RATIOS,
     REPO,
@@ -77,7 +78,6 @@ from compare_plan import (
 
 SMOKE_METHODS = ("full", "gmt-grad-0.5", "lora")
 # the methods that train one fixed subset (gspf: after its warm-up)
-FIXED_MASK = ("gps", "grft", "gspf", "gspf-dense-lr")
 TINY = {  # the tiny comparison's settings (no --config), as committed in docs/compare
     "data": ".cache/gmt-tiny/data/sft", "out": str(REPO / "docs" / "compare"), "eval_suite": "tiny",
     "lr_factors": [0.3, 1, 3, 10, 30], "sweep_steps": 300, "curve": True, "forgetting_suite": "tiny_equations",

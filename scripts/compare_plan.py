@@ -48,6 +48,7 @@ METHODS: dict[str, tuple[str, ...]] = {
     "lora": ("--mask_strategy", "full", "--use_peft", "true", "--lora_r", "8", "--lora_alpha", "16",
              "--lora_target_modules", "all-linear"),  # fmt: skip
 }
+FIXED_MASK = ("gps", "grft", "gspf", "gspf-dense-lr")  # the methods that train a fixed subset of entries
 # gps keeps gps_k input connections of every output neuron, grft grft_k rows of every matrix: an
 # eighth of the hidden size each (16 in the tiny model, hidden 128, as its comparison ran), so that
 # they train about the same share of every model. The papers' budgets (gps K of 1-20, gspf 0.3%)

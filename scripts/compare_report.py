@@ -33,8 +33,8 @@ import os
 import statistics
 from pathlib import Path
 
-from compare import FIXED_MASK, best_rate
-from compare import RATIOS as COMPARED_RATIOS
+from compare_plan import FIXED_MASK, best_rate
+from compare_plan import RATIOS as COMPARED_RATIOS
 from readme_section import replace_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
