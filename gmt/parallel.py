@@ -44,7 +44,9 @@ def _check_cpu_processes(args: Any) -> None:
     if (args.ddp_backend or "") != "gloo":
         raise ValueError(
             f"{processes} DeepSpeed processes on a machine without a GPU need ddp_backend gloo (got "
-            f"{args.ddp_backend!r}): add --ddp_backend gloo, as the CPU accelerate configs' recipes do"
+            f"{args.ddp_backend!r}): add --ddp_backend gloo, and launch with a CPU accelerate config "
+            "(recipes/accelerate/cpu_zero2.yaml or cpu_zero3.yaml: 2 processes); a GPU config starts one process "
+            "per GPU it expects"
         )
 
 
