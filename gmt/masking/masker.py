@@ -40,6 +40,9 @@ class GradientMasker:
         self._numels = torch.tensor(access.layout.numels, dtype=torch.float64, device="cpu")
         self.run_kept_entries = 0.0  # kept entries summed over the run's steps, as far as pop_logs has counted
         self.more_than_asked: str | None = None  # said once a run (gmt.trainer prints it)
+        target = strategy.target_kept_entries()  # what a masked step keeps as asked, dense entries included
+        dense = sum(numel for numel, is_dense in zip(access.layout.numels, strategy.dense, strict=True) if is_dense)
+        self._asked = None if target is None else float(target + dense)
         self.tensor_kept_history: list[list[float]] = []  # per pop_logs: each tensor's kept fraction
         self.threshold_history: list[list[float] | None] = []  # per pop_logs: each scope group's last T
         self.run_steps = 0
@@ -147,12 +150,9 @@ class GradientMasker:
     def _note_keeping_more_than_asked(self, kept: float, masked_steps: int) -> None:
         """Set ``more_than_asked`` (once a run) when the masked steps kept more entries than the
         strategy asks for: entries tied at the threshold are all kept (docs/strategies.md)."""
-        target = self.strategy.target_kept_entries()
-        if self.more_than_asked is not None or target is None or masked_steps == 0:
+        if self.more_than_asked is not None or self._asked is None or masked_steps == 0:
             return
-        dense = float(sum(numel for numel, is_dense in zip(self._numels.tolist(), self.strategy.dense, strict=True)
-                          if is_dense))  # fmt: skip
-        asked, got = target + dense, kept / masked_steps
+        asked, got = self._asked, kept / masked_steps
         if got > asked * 1.001 + 1:
             total = float(self._numels.sum())
             self.more_than_asked = (
