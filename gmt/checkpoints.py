@@ -29,6 +29,7 @@ from typing import Any
 import xxhash
 
 from gmt.launch import is_main_launched_process
+from gmt.models import local_config, saved_dtype
 
 TRAINER_STATE = "trainer_state.json"
 MASK_SETTINGS = "gmt_mask_settings.json"  # the mask settings a checkpoint was trained with
@@ -248,7 +249,7 @@ def check_resume_layout(checkpoint: str | Path, args: Any, model_name_or_path: s
             f"{args.world_size}: the optimizer and the mask state are sharded per process and must match. Resume with "
             f"{written_by} processes, or start a new run from its weights (model_name_or_path {checkpoint})"
         )
-    ours, theirs = _config(model_name_or_path), _config(checkpoint)
+    ours, theirs = local_config(model_name_or_path), local_config(checkpoint)
     if ours and theirs:
         differ = [key for key in ARCHITECTURE_KEYS if ours.get(key) != theirs.get(key)]
         if differ:
@@ -276,17 +277,6 @@ def _rows_per_step(layout: dict[str, int], fallback: dict[str, int]) -> int:
     for name in BATCH_SETTINGS:
         rows *= layout.get(name, fallback[name])
     return rows
-
-
-def _config(folder: str | Path | None) -> dict[str, Any] | None:
-    """A local model's config.json (a multimodal model's text part), if there is one."""
-    if folder is None:
-        return None
-    try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return config.get("text_config", config) if isinstance(config, dict) else None
 
 
 def mask_settings(args: Any) -> dict[str, Any]:
@@ -374,11 +364,7 @@ def checkpoint_bytes(model_name_or_path: str | Path, checkpoints: bool) -> int |
     weights = sum(file.stat().st_size for file in files)
     if not weights:
         return None
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        config = {}
-    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    dtype = saved_dtype(local_config(folder) or {})
     parameters = weights // (2 if dtype in ("bfloat16", "float16") else 4)
     return weights + (8 * parameters if checkpoints else 0)
 

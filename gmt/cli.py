@@ -3,7 +3,6 @@ and how a refusal reaches the user."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from gmt.errors import REFUSALS, exit_refused, show_tracebacks
 from gmt.evaluation.after_training import check_before_training, evaluation_settings, run_evaluation
 from gmt.launch import is_main_launched_process
 from gmt.masking import strategy_class
+from gmt.models import check_model_path
 from gmt.output_dir import claim_output_dir, lock_output_dir
 from gmt.parallel import check_parallel_layout
 from gmt.precision import check_dtype_settings
@@ -78,26 +78,6 @@ def quantization_config(model_args: ModelConfig):
     if not model_args.use_peft:
         raise ValueError(f"{setting} quantizes the base model, which then cannot be trained: set use_peft true")
     return config
-
-
-def check_model_path(name: str | None) -> None:
-    """Refuse a ``model_name_or_path`` that names a local folder that is not there (the hub client
-    would report it as a malformed repo id, in four tracebacks), or a hub id this machine cannot
-    reach offline and has not cached."""
-    if not name:
-        raise ValueError("model_name_or_path is required: a hub id or a local folder")
-    path = Path(name)
-    if path.exists():
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"model_name_or_path {name} has no config.json: not a model folder")
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise FileNotFoundError(f"model_name_or_path {name} does not exist (a local folder, or a hub id 'org/name')")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
-            raise FileNotFoundError(f"model_name_or_path {name}: not in the hub cache, and HF_HUB_OFFLINE is set")
 
 
 @dataclass(frozen=True)
@@ -221,7 +201,7 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
         lock_output_dir(training_args.output_dir)  # before anything reads or writes it (gmt.output_dir)
         checkpoints = training_args.save_strategy not in ("no", SaveStrategy.NO)
         warn_if_a_save_will_not_fit(training_args.output_dir, model_args.model_name_or_path, checkpoints)
-    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    checkpoint = agreed_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     if checkpoint is not None:  # before the model loads
         check_resume_settings(checkpoint, training_args)
         check_resume_layout(checkpoint, training_args, model_args.model_name_or_path)
@@ -243,6 +223,28 @@ def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, 
             save_run_plots(trainer, training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}")
     return trainer
+
+
+def agreed_resume_checkpoint(value, output_dir: str) -> str | None:
+    """``resolve_resume_checkpoint`` on the main process only, which reads every file of the
+    candidates to check their hashes, and its answer (or its refusal) handed to every rank, so the
+    ranks neither read the checkpoint N times over nor choose apart."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return resolve_resume_checkpoint(value, output_dir)
+    from accelerate.utils import broadcast_object_list
+
+    answer: list = [None, None]  # the checkpoint, or the refusal
+    if dist.get_rank() == 0:
+        try:
+            answer[0] = resolve_resume_checkpoint(value, output_dir)
+        except ValueError as error:
+            answer[1] = str(error)
+    broadcast_object_list(answer, from_process=0)
+    if answer[1] is not None:
+        raise ValueError(answer[1])
+    return answer[0]
 
 
 def save_run_plots(trainer, output_dir: str) -> None:

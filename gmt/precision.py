@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+
+from gmt.models import local_config, saved_dtype
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -78,14 +79,13 @@ def check_dtype_settings(model_args, args) -> None:
     no engine or adapter that keeps fp32 weights."""
     dtype = model_args.dtype
     if dtype == "auto":
-        import json
-
-        try:
-            config = json.loads((Path(model_args.model_name_or_path) / "config.json").read_text())
-        except (OSError, ValueError, TypeError):
+        config = local_config(model_args.model_name_or_path)
+        if config is None:
             return  # a hub id: known once it loads
-        dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
-    engine_keeps_masters = getattr(args, "deepspeed_plugin", None) is not None or bool(getattr(args, "fsdp", None))
+        dtype = saved_dtype(config)
+    # With bf16 and fp16 false only DeepSpeed keeps fp32 masters (FSDP does under mixed precision
+    # only), as MaskingMixin decides; LoRA's adapters are fp32.
+    engine_keeps_masters = getattr(args, "deepspeed_plugin", None) is not None
     if dtype not in ("bfloat16", "float16") or args.bf16 or args.fp16 or engine_keeps_masters or model_args.use_peft:
         return
     raise ValueError(

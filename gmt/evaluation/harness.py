@@ -17,6 +17,7 @@ from typing import Any
 from gmt.adapter import adapter_base, is_adapter
 from gmt.checkpoints import check_output_dir, checkpoint_problem, checkpoint_step
 from gmt.evaluation.suites import SUITES, Suite, check_requirements, load_suite
+from gmt.models import check_model_path
 
 BACKENDS = ("hf", "vllm")
 
@@ -165,9 +166,7 @@ def check_model(args: EvalArguments, suite: Suite) -> None:
     """The checkpoint exists and, for a chat suite, has a chat template (its tokenizer only is read)."""
     if not args.model:
         raise ValueError("--model (a checkpoint folder or hub id) is required to score")
-    looks_local = args.model.startswith((".", "/")) or Path(args.model).exists() or args.model.count("/") > 1
-    if looks_local and not Path(args.model).exists():
-        raise FileNotFoundError(f"model {args.model} does not exist")
+    check_model_path(args.model, "model")
     if Path(args.model).is_dir() and checkpoint_step(Path(args.model)) is not None:
         problem = checkpoint_problem(Path(args.model))
         if problem is not None:
