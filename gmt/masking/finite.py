@@ -19,7 +19,6 @@ def check_finite(tensors: Sequence[Tensor], all_reduce: AllReduce | None = None)
     """Raise ``NonFiniteGradientError`` on every rank if any rank's tensors hold NaN or inf. A clean
     step costs one read of everything and one host sync (the all-reduced count of flagged tensors)."""
     device = table_device(tensors, all_reduce)
-    flagged = torch.zeros(1, dtype=torch.int64, device=device)
     present = [tensor for tensor in tensors if tensor.numel()]
     norms = None
     if present:
@@ -27,8 +26,11 @@ def check_finite(tensors: Sequence[Tensor], all_reduce: AllReduce | None = None)
         # inf (~17x cheaper than counting with isfinite on CPU). Finite entries too large to square
         # (> ~1e19) can give an inf norm as well, so flagged tensors are then counted exactly.
         norms = torch.stack([norm.float() for norm in torch._foreach_norm(present)])
-        flagged += (~torch.isfinite(norms)).sum().to(device)
+        flagged = (~torch.isfinite(norms)).sum().reshape(1)  # where the norms are: no copy
+    else:
+        flagged = torch.zeros(1, dtype=torch.int64, device=device)
     if all_reduce is not None:
+        flagged = flagged.to(device)  # the collective's table (the same device but for offload layouts)
         all_reduce(flagged)
     if int(flagged) == 0:
         return
