@@ -62,7 +62,7 @@ def report(script: str, trainer_cls, script_args, training_args, model_args, acc
     from gmt.checkpoints import check_resume_layout, check_resume_settings, resolve_resume_checkpoint
     from gmt.cli import check_eval_settings, checked_inputs
     from gmt.masking import LocalGradientAccess, effective_frozen_params, freeze_parameters, strategy_class
-    from gmt.output_dir import previous_run_traces
+    from gmt.output_dir import traces_a_fresh_run_may_remove
     from gmt.summary import format_summary, mask_summary
 
     check_eval_settings(script_args, training_args, model_args)
@@ -83,15 +83,10 @@ def report(script: str, trainer_cls, script_args, training_args, model_args, acc
     else:
         steps = "set by max_steps (a streamed data set has no length)"
     output_dir = Path(training_args.output_dir)
-    traces = previous_run_traces(output_dir)
     if checkpoint is not None:
         folder = f"{output_dir}: resumes from {checkpoint}"
-    elif traces and not training_args.overwrite_output_dir:
-        raise ValueError(
-            f"output_dir {output_dir} holds another run's files ({', '.join(path.name for path in traces[:4])}): "
-            "a fresh run there is refused; resume it, choose another output_dir or set overwrite_output_dir true"
-        )
     else:
+        traces = traces_a_fresh_run_may_remove(output_dir, training_args.overwrite_output_dir)
         folder = f"{output_dir}" + (f" (its {len(traces)} earlier run files will be removed)" if traces else "")
 
     model = meta_model(model_args, training_args)

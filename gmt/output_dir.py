@@ -70,6 +70,21 @@ def previous_run_traces(output_dir: Path) -> list[Path]:
     return sorted(path for path in output_dir.iterdir() if checkpoint_step(path) is not None or path.name == RUN_FILE)
 
 
+def traces_a_fresh_run_may_remove(folder: Path, overwrite: bool) -> list[Path]:
+    """The earlier run's files a fresh run in ``folder`` would remove (``overwrite``), or the refusal
+    of a fresh run there without ``overwrite``."""
+    traces = previous_run_traces(folder)
+    if traces and not overwrite:
+        names = ", ".join(path.name for path in traces[:4]) + (", ..." if len(traces) > 4 else "")
+        raise ValueError(
+            f"output_dir {folder} holds another run's files ({names}); a new run there would mix its checkpoints "
+            "with them (and resume_from_checkpoint last could take theirs). Resume that run "
+            "(resume_from_checkpoint last), choose another output_dir, or set overwrite_output_dir true to "
+            "remove them first"
+        )
+    return traces
+
+
 def claim_output_dir(output_dir: str | Path, resume_checkpoint: str | None, overwrite: bool) -> dict[str, Any]:
     """Make ``output_dir`` this run's (the main process calls it, before the model loads): take the
     lock, refuse a fresh run where another run left checkpoints (unless ``overwrite``: they are
@@ -77,15 +92,7 @@ def claim_output_dir(output_dir: str | Path, resume_checkpoint: str | None, over
     folder = Path(output_dir)
     lock_output_dir(folder)
     if resume_checkpoint is None:
-        traces = previous_run_traces(folder)
-        if traces and not overwrite:
-            names = ", ".join(path.name for path in traces[:4]) + (", ..." if len(traces) > 4 else "")
-            raise ValueError(
-                f"output_dir {folder} holds another run's files ({names}); a new run there would mix its checkpoints "
-                "with them (and resume_from_checkpoint last could take theirs). Resume that run "
-                "(resume_from_checkpoint last), choose another output_dir, or set overwrite_output_dir true to "
-                "remove them first"
-            )
+        traces = traces_a_fresh_run_may_remove(folder, overwrite)
         for path in traces:
             if path.is_dir():
                 shutil.rmtree(path)
