@@ -18,9 +18,22 @@ import re
 from pathlib import Path
 
 from gmt.masking.scopes import layer_groups
-from gmt.tools.plot_mask import depth
 
 HISTORY_FILE = "gmt_mask_history.json"
+
+
+def depth(layer: str) -> tuple:
+    """Sort key putting layers in network order: embeddings, blocks by number, the rest, the head
+    (trainer_state.json stores log keys sorted alphabetically, which puts lm_head first and
+    layers.10 before layers.2)."""
+    block = re.search(r"^(.*)\.(\d+)$", layer)
+    if "embed" in layer:
+        return (0, layer, 0)
+    if block:
+        return (1, block.group(1), int(block.group(2)))
+    if "head" in layer or layer.endswith("output"):
+        return (3, layer, 0)
+    return (2, layer, 0)
 
 
 def loss_curves(log_history: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
@@ -90,16 +103,27 @@ def write_run_plots(output_dir: str | Path, log_history: list[dict], history: di
     if history is not None and history["steps"] and history["strategy"] != "full":
         (out / HISTORY_FILE).write_text(json.dumps(history))
         what, rows, steps, values = heatmap(history)
-        figure, axis = plt.subplots(figsize=(max(6, len(steps) * 0.15 + 3), max(3, len(rows) * 0.12 + 1.5)))
-        image = axis.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis")
-        axis.set_yticks(range(len(rows)), rows, fontsize=5 if len(rows) > 40 else 8)
-        ticks = list(range(0, len(steps), max(1, len(steps) // 10)))
-        axis.set_xticks(ticks, [steps[i] for i in ticks])
-        axis.set_xlabel("optimizer step")
-        axis.set_title(f"{what}: {out.name}")
-        figure.colorbar(image, ax=axis, label=what.split(" per ")[0])
-        figure.tight_layout()
-        figure.savefig(out / "mask_heatmap.png", dpi=110)
-        plt.close(figure)
-        written.append(out / "mask_heatmap.png")
+        written.append(draw_heatmap(out / "mask_heatmap.png", f"{what}: {out.name}", what.split(" per ")[0], rows,
+                                    steps, values))  # fmt: skip
     return written
+
+
+def draw_heatmap(out: Path, title: str, label: str, rows: list[str], steps: list[int], values) -> Path:
+    """Draw ``values[row][step]`` as a heatmap PNG at ``out`` (rows named, steps as columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(max(6, len(steps) * 0.15 + 3), max(3, len(rows) * 0.12 + 1.5)))
+    image = axis.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis")
+    axis.set_yticks(range(len(rows)), rows, fontsize=5 if len(rows) > 40 else 8)
+    ticks = list(range(0, len(steps), max(1, len(steps) // 10)))
+    axis.set_xticks(ticks, [steps[i] for i in ticks])
+    axis.set_xlabel("optimizer step")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label=label)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out

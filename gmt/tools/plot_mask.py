@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
+
+from gmt.plots import depth, draw_heatmap
 
 PREFIX = "mask/kept_fraction/"
 
@@ -29,20 +30,6 @@ def log_history(run_dir: Path) -> list[dict]:
     raise FileNotFoundError(f"no trainer_state.json in {run_dir} or its checkpoints")
 
 
-def depth(layer: str) -> tuple:
-    """Sort key putting layers in network order: embeddings, blocks by number, the rest, the head
-    (trainer_state.json stores log keys sorted alphabetically, which puts lm_head first and
-    layers.10 before layers.2)."""
-    block = re.search(r"^(.*)\.(\d+)$", layer)
-    if "embed" in layer:
-        return (0, layer, 0)
-    if block:
-        return (1, block.group(1), int(block.group(2)))
-    if "head" in layer or layer.endswith("output"):
-        return (3, layer, 0)
-    return (2, layer, 0)
-
-
 def kept_matrix(history: list[dict]) -> tuple[list[str], list[int], list[list[float]]]:
     """Layers (in the model's order), logged steps, and kept fraction [layer][step]."""
     entries = [entry for entry in history if any(key.startswith(PREFIX) for key in entry)]
@@ -55,24 +42,9 @@ def kept_matrix(history: list[dict]) -> tuple[list[str], list[int], list[list[fl
 
 
 def plot(run_dir: Path, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Draw ``run_dir``'s per-block heatmap from its logs into ``out``."""
     layers, steps, matrix = kept_matrix(log_history(run_dir))
-    figure, axis = plt.subplots(figsize=(max(6, len(steps) * 0.15 + 3), max(3, len(layers) * 0.3 + 1.5)))
-    image = axis.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0)
-    axis.set_yticks(range(len(layers)), layers, fontsize=8)
-    ticks = list(range(0, len(steps), max(1, len(steps) // 10)))
-    axis.set_xticks(ticks, [steps[i] for i in ticks])
-    axis.set_xlabel("optimizer step")
-    axis.set_title(f"kept fraction per layer: {run_dir.name}")
-    figure.colorbar(image, ax=axis, label="kept fraction")
-    figure.tight_layout()
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
-    return out
+    return draw_heatmap(out, f"kept fraction per layer: {run_dir.name}", "kept fraction", layers, steps, matrix)
 
 
 def main(argv: list[str] | None = None) -> None:
