@@ -444,5 +444,10 @@ def cached(run: Run, threads: int | None = None) -> dict:
 
 
 def _settings(command: list[str]) -> list[str]:
-    """A training command without its launcher's interpreter path (the same run from another venv)."""
-    return [word for word in command if word != sys.executable and not word.endswith("/python")]
+    """What makes a run: its training command without the interpreter's path (the same run from another
+    venv) and without ``--overwrite_output_dir true``, which says how to treat the folder, not how to train."""
+    words = [word for word in command if word != sys.executable and not word.endswith("/python")]
+    for start in range(len(words) - 1):
+        if words[start:start + 2] == ["--overwrite_output_dir", "true"]:
+            return words[:start] + words[start + 2:]
+    return words

@@ -167,6 +167,8 @@ def test_compare_refuses_to_resume_runs_of_another_length_or_settings(tmp_path):
     (tmp_path / "result.json").write_text(json.dumps({"max_steps": 300, "score": 0.1, "command": ["gmt/sft.py",
                                                       "--gps_k", "16"]}))  # fmt: skip
     assert cached(run(300, "--gps_k", "16"))["score"] == 0.1
+    # the folder flag says how to treat the output folder, not how to train: a run made without it is the same run
+    assert cached(run(300, "--overwrite_output_dir", "true", "--gps_k", "16"))["score"] == 0.1
     with pytest.raises(SystemExit, match="was trained with other settings"):
         cached(run(300, "--gps_k", "4"))
 
