@@ -4,6 +4,7 @@
     gmt dpo --config recipes/tiny/dpo_gmt.yaml
     gmt eval --suite tiny --model outputs/tiny/sft_gmt                     # = gmt-eval
     gmt check --config recipes/tiny/sft_gmt.yaml                           # the preflight, no weights loaded
+    gmt compare --config recipes/smollm2-135m/sft_gmt.yaml --plan          # the comparison (docs/comparison.md)
     gmt delta export|apply ...    gmt merge --adapter RUN --out DIR    gmt plot RUN
 
 Under several processes launch the scripts as before (``accelerate launch gmt/sft.py ...``).
@@ -20,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "dpo": ("gmt.dpo", "cli", "preference optimization with gradient masking (TRL's DPOTrainer)"),
     "eval": ("gmt.evaluation", "main", "score a checkpoint with an lm-eval suite (eval/suites)"),
     "check": ("gmt.check", "main", "preflight a recipe: what the run would be, and every refusal, loading no weights"),
+    "compare": ("gmt.compare.cli", "main", "every method at its validation-best learning rate on a recipe, then seeds"),
     "delta": ("gmt.tools.delta", "main", "export a fine-tune as a sparse delta against its base, or apply one"),
     "merge": ("gmt.tools.merge", "main", "merge a LoRA run's adapter into its base"),
     "plot": ("gmt.tools.plot_mask", "main", "draw a run's mask heatmap (kept fraction per layer over steps)"),

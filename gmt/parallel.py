@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gmt.launch import processes_asked_of_accelerate
 from gmt.masking import MaskStrategy, optimizer_requirement
 
 LAYOUTS_DOC = 'docs/distributed.md, "What is supported"'
@@ -34,10 +35,20 @@ def check_parallel_layout(strategy: MaskStrategy, args: Any) -> None:
 
 
 def _check_cpu_processes(args: Any) -> None:
-    """Several processes without a GPU talk over gloo: DeepSpeed's default backend there fails only
-    after the model loads (an assertion on train_batch_size), so the setting is named first."""
+    """A launch that asked for several processes and got one is refused (accelerate launch's plain
+    launcher says nothing). Several processes without a GPU talk over gloo: DeepSpeed's default backend
+    there fails only after the model loads (an assertion on train_batch_size), so the setting is named first."""
     import torch
 
+    if "WORLD_SIZE" not in os.environ:
+        asked = processes_asked_of_accelerate()
+        if asked is not None and asked > 1:
+            raise ValueError(
+                f"accelerate launch was asked for {asked} processes (--num_processes) but started one: without "
+                "--multi_gpu and with fewer than 2 GPUs its plain launcher runs a single process. Add --multi_gpu "
+                "(on a machine without a GPU, with --use_cpu true: DDP over gloo), or launch with a config that "
+                "starts them (recipes/accelerate/cpu_zero3.yaml on CPU)"
+            )
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes < 2 or torch.cuda.is_available() or getattr(args, "deepspeed_plugin", None) is None:
         return

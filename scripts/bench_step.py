@@ -38,8 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from compare_plan import METHODS as COMPARED  # noqa: E402  (scripts/ is on the path: this file's folder)
-from compare_plan import fixed_mask_budgets, gspf_warmup  # noqa: E402
+from gmt.compare.methods import METHODS as COMPARED  # noqa: E402
+from gmt.compare.methods import fixed_mask_budgets, gspf_warmup  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 TINY = REPO / ".cache" / "gmt-tiny"
@@ -48,7 +48,7 @@ METHODS = {
     "gmt-grad": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "grad"],
     "gmt-update": ["--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"],
 }
-# Every strategy, for the real model, as the comparison runs each (compare_plan.METHODS; gps's and
+# Every strategy, for the real model, as the comparison runs each (gmt.compare.methods.METHODS; gps's and
 # grft's budgets from the model, methods_of); gspf's warm-up, fitted to the timed run, falls in the
 # dropped warm-up steps.
 EVERY_STRATEGY = {

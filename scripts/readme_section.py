@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gmt.sections import replace_section
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def replace_readme_section(start: str, end: str, body: str, path: Path = README) -> None:
     """Replace what stands between ``start`` and ``end`` in ``path`` (README.md) with ``body``;
     no-op without markers."""
-    text = path.read_text()
-    if start not in text or end not in text:
-        return
-    before, rest = text.split(start, 1)
-    _, after = rest.split(end, 1)
-    path.write_text(f"{before}{start}\n{body}{end}{after}")
+    replace_section(start, end, body, path)
 
 
 def write_benchmark(out: Path, result: dict, table: str, section: str | None, doc: Path) -> None:

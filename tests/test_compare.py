@@ -1,6 +1,6 @@
-"""scripts/compare.py and its report: one smoke comparison (a sweep, final runs, table, plots) checked
+"""gmt compare and its report: one smoke comparison (a sweep, final runs, table, plots) checked
 from every side, resuming, the choice of rates on validation rows only, the claims' rules on known
-numbers; plot_mask.py draws the mask heatmap of one of its runs."""
+numbers; gmt plot draws the mask heatmap of one of its runs."""
 
 import json
 import os
@@ -18,7 +18,7 @@ from conftest import REPO
 @pytest.fixture(scope="module")
 def smoke(tiny_assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
-    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+    command = [sys.executable, "-m", "gmt.compare", "--smoke", "--model", str(tiny_assets / "base"),
                "--data", str(tiny_assets / "data/sft"), "--out", str(out), "--jobs", "2"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,7 +73,7 @@ def test_compare_measures_optimizer_state_and_learning_curves(smoke, tiny_assets
 def test_compare_report_judges_each_claim_from_the_tables(smoke, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- compare:start -->\nOLD-TABLE\n<!-- compare:end -->\nend\n")
-    command = [sys.executable, "scripts/compare_report.py", "--tasks", f"smoke={smoke}", "--out",
+    command = [sys.executable, "-m", "gmt.compare.report", "--tasks", f"smoke={smoke}", "--out",
                str(tmp_path / "report.md"), "--readme", str(readme)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -112,8 +112,8 @@ def test_compare_chooses_each_rate_on_validation_rows_only(smoke, tiny_assets):
 
 
 def test_second_task_sweep_starts_at_each_methods_rate_on_the_first():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare import TINY, sweep_grid
+    from gmt.compare.cli import TINY
+    from gmt.compare.rates import sweep_grid
 
     wide = TINY["lr_factors"]
     first_task = {"gps": [{"learning_rate": 0.03, "score": 0.16}, {"learning_rate": 0.09, "score": 0.04}],
@@ -126,9 +126,7 @@ def test_second_task_sweep_starts_at_each_methods_rate_on_the_first():
 
 
 def test_a_recipes_grid_starts_at_its_rate_times_each_methods_usual_multiple():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare import sweep_grid
-    from compare_plan import usual_multiples
+    from gmt.compare.rates import sweep_grid, usual_multiples
 
     multiples = usual_multiples()  # what won each sweep on the tiny word problems (docs/compare/sweep.json)
     assert multiples["full"] == 1 and multiples["gps"] == 10 and round(multiples["lora"], 2) == 3.33
@@ -140,8 +138,8 @@ def test_a_recipes_grid_starts_at_its_rate_times_each_methods_usual_multiple():
 
 
 def test_sweep_steps_default_to_a_third_of_the_recipe():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare_plan import read_recipe, sweep_steps_for
+    from gmt.compare.rates import sweep_steps_for
+    from gmt.compare.recipe import read_recipe
 
     tiny = read_recipe("recipes/tiny/sft_full.yaml")
     # 3600 rows after 400 are held out, 16 x 2 per step, 8 epochs: 904 steps (the tiny comparison's final runs)
@@ -154,8 +152,7 @@ def test_sweep_steps_default_to_a_third_of_the_recipe():
 
 
 def test_compare_refuses_to_resume_runs_of_another_length_or_settings(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare_plan import Run, cached
+    from gmt.compare.runs import Run, cached
 
     def run(steps: int, *overrides: str) -> Run:
         return Run("sweep", "full", 0, 1e-3, steps, str(tmp_path), train=["gmt/sft.py", *overrides])
@@ -169,12 +166,16 @@ def test_compare_refuses_to_resume_runs_of_another_length_or_settings(tmp_path):
     assert cached(run(300, "--gps_k", "16"))["score"] == 0.1
     # the folder flag says how to treat the output folder, not how to train: a run made without it is the same run
     assert cached(run(300, "--overwrite_output_dir", "true", "--gps_k", "16"))["score"] == 0.1
+    # the script as a module (gmt compare from an installed package) or the package's file is the same script
+    module = Run("sweep", "full", 0, 1e-3, 300, str(tmp_path), train=["-m", "gmt.sft", "--gps_k", "16"])
+    installed = Run("sweep", "full", 0, 1e-3, 300, str(tmp_path), train=["/site/gmt/sft.py", "--gps_k", "16"])
+    assert cached(module)["score"] == cached(installed)["score"] == 0.1
     with pytest.raises(SystemExit, match="was trained with other settings"):
         cached(run(300, "--gps_k", "4"))
 
 
 def test_compare_refuses_a_missing_sweep_around_before_any_run(tiny_assets, tmp_path):
-    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+    command = [sys.executable, "-m", "gmt.compare", "--smoke", "--model", str(tiny_assets / "base"),
                "--data", str(tiny_assets / "data/sft"), "--out", str(tmp_path / "out"),
                "--sweep_around", str(tmp_path / "no.json")]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -183,8 +184,7 @@ def test_compare_refuses_a_missing_sweep_around_before_any_run(tiny_assets, tmp_
 
 
 def test_compare_report_rules_on_known_numbers():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare_report import claims, recommendations, versus
+    from gmt.compare.claims import claims, recommendations, versus
 
     def row(method, score, std, kept=1.0, state=100, rate=1e-3):
         return {"method": method, "score_mean": score, "score_std": std, "kept_fraction": kept,
@@ -242,7 +242,7 @@ def test_compare_report_rules_on_known_numbers():
 def test_compare_resumes_without_rerunning(smoke, tiny_assets):
     results = sorted(smoke.glob("runs/*/*/*/result.json"))
     stamps = [path.stat().st_mtime_ns for path in results]
-    command = [sys.executable, "scripts/compare.py", "--smoke", "--model", str(tiny_assets / "base"),
+    command = [sys.executable, "-m", "gmt.compare", "--smoke", "--model", str(tiny_assets / "base"),
                "--data", str(tiny_assets / "data/sft"), "--out", str(smoke)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -252,8 +252,7 @@ def test_compare_resumes_without_rerunning(smoke, tiny_assets):
 def test_plot_mask_draws_the_heatmap_of_a_run(tiny_assets, tmp_path):
     from test_sft_trainer import train
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    from plot_mask import kept_matrix, log_history
+    from gmt.tools.plot_mask import kept_matrix, log_history
 
     run = tmp_path / "run"
     train(tiny_assets, tmp_path, mask_strategy="gmt", mask_ratio=0.5).save_state()  # 3 steps, logged each
@@ -262,7 +261,7 @@ def test_plot_mask_draws_the_heatmap_of_a_run(tiny_assets, tmp_path):
     assert steps == [1, 2, 3] and all(0 <= value <= 1 for row in matrix for value in row)
     assert 0 < min(min(row) for row in matrix) < max(max(row) for row in matrix) <= 1  # the layers differ
     out = tmp_path / "heatmap.png"
-    result = subprocess.run([sys.executable, "scripts/plot_mask.py", str(run), "--out", str(out)], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "gmt.command", "plot", str(run), "--out", str(out)], cwd=REPO,
                             capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
@@ -271,7 +270,7 @@ def test_plot_mask_draws_the_heatmap_of_a_run(tiny_assets, tmp_path):
 def test_a_slurm_array_task_writes_the_result_a_local_run_writes(tiny_assets, tmp_path):
     # --submit slurm writes the runs to do as a job array; its per-task command, run here as SLURM
     # would run array task 0, trains, scores and records the run exactly as the local tool does.
-    setup = [sys.executable, "scripts/compare.py", "--model", str(tiny_assets / "base"), "--data",
+    setup = [sys.executable, "-m", "gmt.compare", "--model", str(tiny_assets / "base"), "--data",
              str(tiny_assets / "data/sft"), "--methods", "full", "--lr_factors", "1", "--max_extensions", "0",
              "--phase", "sweep", "--sweep_steps", "3", "--validation_rows", "16", "--select_by", "eval_loss",
              "--launcher", "python"]  # one process a run (on a cluster: scripts/launch.slurm, the default)  # fmt: skip
@@ -320,7 +319,7 @@ def test_the_comparison_runs_a_gpu_recipe_on_its_standins_under_two_process_zero
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     eval_data = build_eval_data(suite_reads("math"), tmp_path / "eval-data")
     launcher = "accelerate launch --config_file recipes/accelerate/cpu_zero3.yaml"
-    command = [sys.executable, "scripts/compare.py", "--config", str(tmp_path / "recipe.yaml"), "--out",
+    command = [sys.executable, "-m", "gmt.compare", "--config", str(tmp_path / "recipe.yaml"), "--out",
                str(tmp_path / "out"), "--methods", "full", "gmt-grad-0.5", "--lr_factors", "1", "3",
                "--max_extensions", "0", "--seeds", "0", "--sweep_steps", "2", "--max_steps", "2",
                "--validation_rows", "8", "--eval_suite", "math", "--eval_args",
@@ -333,7 +332,7 @@ def test_the_comparison_runs_a_gpu_recipe_on_its_standins_under_two_process_zero
     for records in sweeps.values():  # the recipe's rate and 3x, chosen by the loss on the held-out rows
         assert [r["learning_rate"] for r in records] == [2e-5, 6e-5]
         assert {r["metric"] for r in records} == {"eval_loss"} and all(r["score"] < 0 for r in records)
-        assert all("accelerate.commands.launch" in r["command"] for r in records)
+        assert all("accelerate.commands.launch" in r["command"] and "gmt.sft" in r["command"] for r in records)
     rows = {row["method"]: row for row in json.loads((tmp_path / "out/compare.json").read_text())["rows"]}
     assert rows["gmt-grad-0.5"]["kept_fraction"] == pytest.approx(0.5, abs=0.01)
     assert rows["full"]["kept_fraction"] == 1
@@ -342,12 +341,11 @@ def test_the_comparison_runs_a_gpu_recipe_on_its_standins_under_two_process_zero
         recipe["model_name_or_path"]).parameters())  # fmt: skip
     assert 8 * trainable / 2 <= rows["full"]["optimizer_state_bytes"] <= 8 * trainable / 2 * 1.01
     report = (tmp_path / "out/recommendation.md").read_text()
-    assert f"{launcher} gmt/sft.py --config {tmp_path / 'recipe.yaml'} --learning_rate" in report
+    assert f"{launcher} -m gmt.sft --config {tmp_path / 'recipe.yaml'} --learning_rate" in report
 
 
 def test_a_run_through_launch_slurm_is_one_accelerate_launch_per_node(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare_plan import training_command
+    from gmt.compare.runs import training_command
 
     recipe = tmp_path / "recipe.yaml"
     overrides = ["--learning_rate", "6e-05", "--frozen_params", "embed_tokens|lm_head"]
@@ -365,9 +363,7 @@ def test_a_run_through_launch_slurm_is_one_accelerate_launch_per_node(tmp_path):
 def test_validation_rows_come_from_the_recipes_data_or_a_named_set(standin_cache, tmp_path):
     # A hub layout (MetaMathQA's, one JSON file) is held out row by row in its raw columns, so the
     # recipe's column map and prompt format still apply; --validation_data names a set instead.
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare_plan import Recipe, hold_out
-
+    from gmt.compare.recipe import Recipe, hold_out
     from gmt.standins import data_standin
 
     data = data_standin("meta-math/MetaMathQA", standin_cache)
@@ -387,9 +383,10 @@ def test_validation_rows_come_from_the_recipes_data_or_a_named_set(standin_cache
 def test_a_failed_run_is_recorded_reported_and_tried_again(tmp_path):
     """A run that fails leaves failed.json (no result.json, so the next invocation tries it again);
     its method's sweep goes on without it, and a method whose every rate failed is left out."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare import Plan, Runner, sweep_all, sweep_markdown
-    from compare_plan import Run, best_rate, execute
+    from gmt.compare.cli import Plan, Runner, sweep_all
+    from gmt.compare.rates import best_rate
+    from gmt.compare.runs import Run, execute
+    from gmt.compare.tables import sweep_markdown
 
     fail = "import sys; print('no such model', file=sys.stderr); sys.exit(3)"
     failing = Run("sweep", "bad", 0, 1e-3, 5, str(tmp_path / "bad"), train=[sys.executable, "-c", fail])
@@ -423,9 +420,7 @@ def test_a_failed_run_is_recorded_reported_and_tried_again(tmp_path):
 
 
 def test_fixed_mask_budgets_come_from_the_model(tiny_assets, tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare import method_table
-    from compare_plan import fixed_mask_budgets
+    from gmt.compare.methods import fixed_mask_budgets, method_table
 
     assert fixed_mask_budgets(str(tiny_assets / "base")) == {"gps": ("--gps_k", "16"), "grft": ("--grft_k", "16")}
     methods = method_table(["gps=--gps_k 4"], str(tiny_assets / "base"))
@@ -437,8 +432,7 @@ def test_fixed_mask_budgets_come_from_the_model(tiny_assets, tmp_path):
 
 
 def test_gspf_warm_up_fits_the_run():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from compare_plan import METHODS, gspf_warmup
+    from gmt.compare.methods import METHODS, gspf_warmup
 
     gspf = METHODS["gspf"]
     assert gspf_warmup(gspf, 300) == gspf  # the tiny comparison's 25 of 300, as it ran
@@ -451,7 +445,7 @@ def test_plan_offline_names_the_data_it_cannot_read(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("model_name_or_path: .cache/gmt-tiny/base\ndataset_name: no-such-org/no-such-data\n"
                       "learning_rate: 1.0e-4\neval_suite: tiny\n")  # fmt: skip
-    command = [sys.executable, "scripts/compare.py", "--config", str(recipe), "--out", str(tmp_path / "out"),
+    command = [sys.executable, "-m", "gmt.compare", "--config", str(recipe), "--out", str(tmp_path / "out"),
                "--methods", "full", "--plan"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
@@ -465,7 +459,7 @@ def test_the_report_names_what_it_ran_on_and_can_leave_the_readme_alone(tmp_path
     report alone (README's summary is the real model's once that comparison is in)."""
     readme_before = (REPO / "README.md").read_text()
     out = tmp_path / "report.md"
-    command = [sys.executable, "scripts/compare_report.py", "--readme", "none", "--out", str(out), "--title", "a toy"]
+    command = [sys.executable, "-m", "gmt.compare.report", "--readme", "none", "--out", str(out), "--title", "a toy"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.read_text().startswith("# The methods compared on a toy\n")

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import (
+    ACCELERATE,
     ACCELERATE_CPU_ZERO2,
     ACCELERATE_CPU_ZERO3,
     logged,
@@ -163,3 +164,14 @@ def test_deepspeed_on_cpu_processes_without_gloo_is_refused_before_the_model_loa
     assert result.returncode != 0
     assert "2 DeepSpeed processes on a machine without a GPU need ddp_backend gloo" in result.stderr
     assert "no-model" not in result.stderr.replace(str(tmp_path / "out"), "")  # refused before it loads
+
+
+def test_accelerate_asked_for_two_processes_that_starts_one_is_refused_before_the_model_loads(tiny_assets, tmp_path):
+    # Without --multi_gpu and with fewer than 2 GPUs, accelerate's plain launcher starts one process and
+    # tells it nothing of the 2 asked for; the parent's command line does.
+    result = run_sft("recipes/tiny/sft_gmt.yaml", tmp_path / "no-model", tiny_assets / "data" / "sft", tmp_path / "out",
+                     "--use_cpu", "true", launcher=(*ACCELERATE, "--num_processes", "2"))  # fmt: skip
+    assert result.returncode != 0
+    assert "accelerate launch was asked for 2 processes (--num_processes) but started one" in result.stderr
+    assert "Add --multi_gpu" in result.stderr
+    assert "does not exist" not in result.stderr  # refused before the model path is even looked at

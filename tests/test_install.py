@@ -42,6 +42,7 @@ def test_the_wheel_carries_the_suites_tasks_and_recipes(wheel):
     assert "gmt/_eval/suites/tiny.yaml" in names and "gmt/_eval/tasks/gmt_tiny_arith.yaml" in names
     assert "gmt/_recipes/tiny/sft_gmt.yaml" in names and "gmt/_recipes/templates/tulu.jinja" in names
     assert "gmt/mask_memory.json" in names  # gmt check's figures
+    assert "gmt/compare/tiny_sweep.json" in names and "gmt/compare/cli.py" in names  # gmt compare's usual rates
 
 
 def test_an_installed_gmt_scores_and_trains_from_another_folder(installed, tiny_assets, tmp_path):
@@ -64,6 +65,17 @@ def test_an_installed_gmt_scores_and_trains_from_another_folder(installed, tiny_
                   "--max_steps", "2", "--eval_suite", "none", "--report_to", "none")  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    # the comparison plans a recipe the wheel carries, each method's grid centred on its usual rate
+    # (docs/compare/sweep.json, which travels as gmt/compare/tiny_sweep.json)
+    planned = gmt("compare", "--config", "recipes/tiny/sft_gmt.yaml", "--model", str(tiny_assets / "base"),
+                  "--data", str(tiny_assets / "data" / "sft"), "--out", str(tmp_path / "compare"),
+                  "--methods", "full", "lora", "--validation_rows", "32", "--plan")  # fmt: skip
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    from gmt.compare.rates import sweep_grid, usual_multiples
+
+    lora = sweep_grid("lora", 1e-3, None, usual_multiples(REPO / "docs" / "compare" / "sweep.json"), None)
+    assert "on recipes/tiny/sft_gmt.yaml" in planned.stdout and lora != sweep_grid("lora", 1e-3, None, {}, None)
+    assert f"lora: {', '.join(f'{rate:g}' for rate in lora)} (" in planned.stdout
 
 
 def test_gmt_names_its_commands_and_suggests_for_a_typo():

@@ -183,7 +183,7 @@ def test_masked_steps_of_the_real_model_then_the_verifier_suite(smollm2, tmp_pat
 def test_the_comparison_plans_the_real_recipe_with_the_models_budgets(smollm2, tmp_path):
     """--plan on the SmolLM2 recipe: fixed-mask budgets from its hidden size (72 of 576), the suite
     checked against the rows it will score, the run lengths from the recipe (80 steps, sweeps of 27)."""
-    command = [sys.executable, "scripts/compare.py", "--config", "recipes/smollm2-135m/sft_gmt.yaml",
+    command = [sys.executable, "-m", "gmt.compare", "--config", "recipes/smollm2-135m/sft_gmt.yaml",
                "--model", str(smollm2[0]), "--data", str(smollm2[1] / TASK),
                "--validation_data", str(smollm2[1] / TASK / "validation.jsonl"),
                "--out", str(tmp_path / "out"), "--methods", "full", "grft", "gps", "--plan"]  # fmt: skip
