@@ -4,7 +4,7 @@ would be, and refuses what training would refuse before its model loads.
     gmt check --config recipes/tiny/sft_gmt.yaml [--setting value ...]
     gmt check --config recipes/llama3-8b/sft_math_gmt.yaml --accelerate_config recipes/accelerate/zero3.yaml
 
-It runs the checks ``gmt sft`` / ``gmt dpo`` run before the model loads (settings, eval suite,
+It runs the checks ``gmt sft`` / ``gmt dpo`` run before the model loads, the same functions (settings, eval suite,
 output_dir, resume, launch layout, every data row, chat template), then builds the model from its
 config on the ``meta`` device (no memory, no weights) to count what the mask covers, and prints:
 processes and engine (``--accelerate_config``: the file ``accelerate launch --config_file`` would
@@ -59,17 +59,12 @@ def meta_model(model_args, training_args):
 
 def report(script: str, trainer_cls, script_args, training_args, model_args, accelerate_config: str | None) -> str:
     """Run the checks and return what the run would be, in lines."""
-    from gmt.checkpoints import check_resume_layout, check_resume_settings, resolve_resume_checkpoint
-    from gmt.cli import check_eval_settings, checked_inputs
+    from gmt.cli import checked_inputs, checked_run_settings
     from gmt.masking import LocalGradientAccess, effective_frozen_params, freeze_parameters, strategy_class
     from gmt.output_dir import traces_a_fresh_run_may_remove
     from gmt.summary import format_summary, mask_summary
 
-    check_eval_settings(script_args, training_args, model_args)
-    checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    if checkpoint is not None:
-        check_resume_settings(checkpoint, training_args)
-        check_resume_layout(checkpoint, training_args, model_args.model_name_or_path)
+    checkpoint = checked_run_settings(script_args, training_args, model_args, claim=False)
     data, _ = checked_inputs(trainer_cls, script_args, training_args, model_args)
     processes, engine = launch_layout(accelerate_config)
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
@@ -95,7 +90,7 @@ def report(script: str, trainer_cls, script_args, training_args, model_args, acc
     strategy.setup(LocalGradientAccess(model.named_parameters()))
     summary = mask_summary(strategy, model, frozen, training_args)
     sharded = "ZeRO" in engine or "FSDP" in engine
-    state_bytes = _optimizer_state_bytes(strategy, summary) / (processes if sharded else 1)
+    state_bytes = summary.optimizer_state_bytes / (processes if sharded else 1)
     lines = [
         f"gmt check: {script}, data {script_args.dataset_name or 'a mixture (datasets)'}",
         f"processes: {processes}, {engine}",
@@ -142,14 +137,6 @@ def mask_step_bytes(strategy, entries_per_process: float, gradient_dtype: str) -
     if not found:
         return None
     return found[0]["peak_per_entry"] * entries_per_process + max(found[0]["peak_fixed_bytes"], 0.0)
-
-
-def _optimizer_state_bytes(strategy, summary) -> float:
-    """AdamW's two fp32 moments per trainable entry; for a fixed mask, 16 bytes (index and two
-    moments) per kept entry once chosen (docs/strategies.md, "Sparse optimizer state")."""
-    if strategy.optimizer_kind == "sparse" and summary.kept_target is not None:
-        return 16.0 * (summary.kept_target + summary.dense)
-    return 8.0 * summary.trainable
 
 
 def split_accelerate_config(argv: list[str]) -> tuple[list[str], str | None]:

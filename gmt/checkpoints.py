@@ -338,10 +338,18 @@ def check_resume_settings(checkpoint: str | Path, args: Any) -> None:
         )
 
 
-def check_output_dir(output_dir: str | Path, what: str = "checkpoints and the model") -> None:
+def check_output_dir(output_dir: str | Path, what: str = "checkpoints and the model", create: bool = True) -> None:
     """Refuse an ``output_dir`` that cannot be written (made, or a file put in it), before the
-    model loads: ``ValueError`` naming it, why, and ``what`` goes there."""
+    model loads: ``ValueError`` naming it, why, and ``what`` goes there. ``create`` False (a
+    preflight) makes nothing: a folder not there yet is judged by the nearest one above it."""
     path = Path(output_dir)
+    if not create and not path.exists():
+        above = next(parent for parent in path.absolute().parents if parent.exists())
+        if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+            why = "not a folder" if not above.is_dir() else "not writable"
+            raise ValueError(f"output_dir {path} cannot be made ({above} is {why}): {what} go there; choose a "
+                             "writable output_dir")  # fmt: skip
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".gmt-write-check-") as probe:

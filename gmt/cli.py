@@ -192,21 +192,30 @@ def launched(parse: Callable[[], tuple], main: Callable, script: str) -> None:
     finish(trainer, script_args)
 
 
-def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
-    """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
+def checked_run_settings(script_args: GMTScriptArguments, training_args, model_args: ModelConfig,
+                         claim: bool) -> str | None:  # fmt: skip
+    """The checks on the settings, the output folder and a resume that run before anything loads, for
+    training and for ``gmt check`` (``claim`` False: it locks and claims nothing). Returns the
+    checkpoint a resume starts from (None: a fresh run)."""
     check_eval_settings(script_args, training_args, model_args)
-    check_output_dir(training_args.output_dir)  # before the model loads
-    main_process = is_main_launched_process()
+    check_output_dir(training_args.output_dir, create=claim)
+    main_process = claim and is_main_launched_process()
     if main_process:
         lock_output_dir(training_args.output_dir)  # before anything reads or writes it (gmt.output_dir)
         checkpoints = training_args.save_strategy not in ("no", SaveStrategy.NO)
         warn_if_a_save_will_not_fit(training_args.output_dir, model_args.model_name_or_path, checkpoints)
     checkpoint = agreed_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    if checkpoint is not None:  # before the model loads
+    if checkpoint is not None:
         check_resume_settings(checkpoint, training_args)
         check_resume_layout(checkpoint, training_args, model_args.model_name_or_path)
     if main_process:
         claim_output_dir(training_args.output_dir, checkpoint, training_args.overwrite_output_dir)
+    return checkpoint
+
+
+def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
+    """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
+    checkpoint = checked_run_settings(script_args, training_args, model_args, claim=True)
     trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
     global _training_started
     _training_started = True

@@ -32,7 +32,24 @@ class MaskSummary:
     frozen: int
     kept_target: int | None  # selectable entries a masked step keeps, as asked (None: all of them)
     pattern_matches: dict[str, tuple[str, int, int]]  # setting -> (pattern, tensors, entries)
-    optimizer_state: str
+    sparse_optimizer: bool  # SparseMaskedAdamW: state for the kept entries only, once the mask is chosen
+
+    @property
+    def optimizer_state_bytes(self) -> int:
+        """The optimizer state in all: AdamW's two fp32 moments per trainable entry; for a fixed mask,
+        16 bytes (an int64 index and two moments) per kept or dense entry once the mask is chosen
+        (docs/strategies.md, "Sparse optimizer state")."""
+        if self.sparse_optimizer and self.kept_target is not None:
+            return 16 * (self.kept_target + self.dense)
+        return 8 * self.trainable
+
+    @property
+    def optimizer_state(self) -> str:
+        """The optimizer state, in words, as the start table says it."""
+        size = f"about {self.optimizer_state_bytes / 2**20:,.1f} MiB in all"
+        if self.sparse_optimizer and self.kept_target is not None:
+            return f"an index and 2 fp32 moments per kept entry, {size} once the mask is chosen (SparseMaskedAdamW)"
+        return f"2 fp32 moments per trainable entry, {size} (AdamW)"
 
     def logs(self) -> dict[str, float]:
         """The numbers for the Trainer's logs."""
@@ -60,13 +77,8 @@ def mask_summary(strategy: MaskStrategy, model: torch.nn.Module, frozen_by_patte
             named = zip(layout.names, layout.numels, strict=True)
             hits = [numel for name, numel in named if re.search(dense_pattern, name)]
             matches["dense_params"] = (dense_pattern, len(hits), sum(hits))
-    kind = strategy.optimizer_kind
-    if kind == "sparse":
-        state = "moments for the kept entries only (SparseMaskedAdamW), once the mask is chosen"
-    else:
-        state = f"2 fp32 moments per trainable entry, about {8 * trainable / 2**20:,.1f} MiB in all (AdamW)"
     return MaskSummary(trainable, trainable - dense, dense, sum(numels.values()) - trainable,
-                       strategy.target_kept_entries(), matches, state)  # fmt: skip
+                       strategy.target_kept_entries(), matches, strategy.optimizer_kind == "sparse")  # fmt: skip
 
 
 def format_summary(strategy: MaskStrategy, summary: MaskSummary, args) -> str:

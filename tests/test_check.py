@@ -34,6 +34,9 @@ def test_check_says_what_the_run_would_be_under_a_launch(tiny_assets, tmp_path):
     with torch.device("meta"):
         entries = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)).parameters())
     assert f"|     kept at a masked step (as asked) | {keep_count(entries, 0.5):,} |" in said
+    # one figure of AdamW's state (gmt.summary), in all in the start table and per process under ZeRO-3
+    assert f"optimizer state: 2 fp32 moments per trainable entry, about {8 * entries / 2**20:,.1f} MiB in all" in said
+    assert f"optimizer state per process: about {8 * entries / 2 / 2**30:.2f} GiB (sharded over" in said
     # the mask step's memory from scripts/mask_memory.py's figures, for each process's half of the entries
     from gmt.resources import MASK_MEMORY
 
@@ -55,6 +58,13 @@ def test_check_refuses_what_training_refuses_in_one_line(tiny_assets, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"gmt check: error: {bad / 'train.jsonl'}:2: messages")
     assert "Traceback" not in result.stderr
+    # an output_dir that cannot be made (under a file), judged without making anything
+    (tmp_path / "a-file").write_text("")
+    result = check("--config", "recipes/tiny/sft_gmt.yaml", "--model_name_or_path", str(tiny_assets / "base"),
+                   "--output_dir", str(tmp_path / "a-file" / "out"), "--eval_suite", "none")  # fmt: skip
+    assert result.returncode == 2
+    assert f"output_dir {tmp_path / 'a-file' / 'out'} cannot be made ({tmp_path / 'a-file'} is not a folder)" in (
+        result.stderr)  # fmt: skip
 
 
 def test_a_model_path_that_is_not_there_is_one_line_in_every_command(tmp_path):
