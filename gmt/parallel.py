@@ -117,6 +117,30 @@ def _check_deepspeed(strategy: MaskStrategy, args: Any, ds_config: dict) -> None
             "(gmt's AdamW then steps the CPU partitions, slower than DeepSpeedCPUAdam), or use gmt_mode 'grad' "
             "with a top-k strategy, which runs with DeepSpeedCPUAdam."
         )
+    bf16 = (ds_config.get("bf16") or {}).get("enabled", False)
+    bf16 = bool(args.bf16) if bf16 == "auto" else bf16 in (True, "true")
+    grad_accum = str((ds_config.get("data_types") or {}).get("grad_accum_dtype") or "").removeprefix("torch.")
+    if stage == 1 and bf16 and grad_accum in ("fp32", "float32", "float") and offload == "none":
+        # DeepSpeed's engine (_do_optimizer_sanity_check) then wraps the optimizer in BF16_Optimizer, not ZeRO's
+        raise NotImplementedError(
+            f"mask_strategy {name} under ZeRO-1 with bf16 and data_types.grad_accum_dtype {grad_accum!r}: DeepSpeed "
+            "steps that layout with its BF16_Optimizer, whose gradients gmt does not read. Remove grad_accum_dtype "
+            f"(ZeRO-1's own optimizer then steps), or use ZeRO stage 2 ({LAYOUTS_DOC})"
+        )
+    ratio = (zero.get("offload_optimizer") or {}).get("ratio", 1.0)
+    if stage == 3 and offload != "none" and ratio is not None and float(ratio) < 1.0:
+        raise NotImplementedError(
+            f"mask_strategy {name} under ZeRO-3 with zero_optimization.offload_optimizer.ratio {ratio}: partial "
+            "offload keeps one rank's gradient on two devices, and gmt's search reads it on one. Use ratio 1.0 "
+            f"(the default) or no optimizer offload ({LAYOUTS_DOC})"
+        )
+    param_offload = (zero.get("offload_param") or {}).get("device", "none") or "none"
+    if param_offload == "nvme":
+        raise NotImplementedError(
+            f"mask_strategy {name} sizes each rank's partition from its parameter's tensor; with zero_optimization."
+            "offload_param.device 'nvme' a swapped-out partition is a placeholder, and the mask would keep "
+            "everything. Use offload_param device 'cpu' or 'none'."
+        )
     if (zero.get("mics_shard_size") or -1) > 0:
         raise NotImplementedError(
             f"mask_strategy {name} cannot run under DeepSpeed MiCS (zero_optimization.mics_shard_size "

@@ -177,6 +177,12 @@ REFUSED = {
     "optimizer": (dict(stage=3), {"optimizer": {"type": "AdamW"}}, dict(GMT, gmt_mode="update"),
                   "remove the 'optimizer' block"),
     "stage-0": (dict(stage=0), {}, GMT, "needs ZeRO stage 1, 2 or 3"),
+    "zero1-bf16-fp32-accumulation": (dict(stage=1), {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype":
+                                     "fp32"}}, GMT, "steps that layout with its BF16_Optimizer"),
+    "zero3-partial-offload": (dict(stage=3, offload_optimizer={"device": "cpu", "ratio": 0.3}), {}, GMT,
+                              "offload_optimizer.ratio 0.3"),
+    "zero3-parameters-on-nvme": (dict(stage=3, offload_param={"device": "nvme", "nvme_path": "/tmp"}), {}, GMT,
+                                 "offload_param.device 'nvme'"),
 }  # fmt: skip
 
 
@@ -203,6 +209,10 @@ def test_parallelism_layouts_that_split_a_shard_are_refused(config_of, size):
         (dict(stage=3, **OFFLOAD), {}, GMT),  # grad mode runs with DeepSpeedCPUAdam
         (dict(stage=3, **OFFLOAD), {"zero_force_ds_cpu_optimizer": False}, dict(GMT, gmt_mode="update")),
         (dict(stage=2, mics_shard_size=2), {"sequence_parallel_size": 2}, dict(mask_strategy="full")),
+        # ZeRO-1 with bf16 accumulating in bf16, or offloaded: DeepSpeed keeps its ZeRO optimizer there
+        (dict(stage=1), {"bf16": {"enabled": True}}, GMT),
+        (dict(stage=1, **OFFLOAD), {"bf16": {"enabled": True}, "data_types": {"grad_accum_dtype": "fp32"}}, GMT),
+        (dict(stage=3, offload_optimizer={"device": "cpu", "ratio": 1.0}), {}, GMT),
     ],  # fmt: skip
 )
 def test_layouts_gmt_serves_pass(config_of, zero, top, settings):

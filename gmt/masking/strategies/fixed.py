@@ -59,6 +59,25 @@ class FixedMaskStrategy(MaskStrategy):
         self.selectable = [i for i, dense in enumerate(self.dense) if not dense]
         self.offsets = access.local_offsets()
         self.kept_indices: list[Tensor | None] | None = None
+        self._state_restored = False  # a resumed state, not yet on its gradients' devices
+
+    def restored_state_names(self) -> tuple[str, ...]:
+        """The attributes of per-parameter tensors a resume restores (lists indexed as the layout)."""
+        return ("kept_indices",)
+
+    def _place_restored_state(self, grads: Sequence[Tensor | None]) -> None:
+        """Move a resumed state onto the devices of the gradients it masks, at the first step after
+        the resume: the checkpoint is read onto one device, and under CPU optimizer offload the
+        gradient partitions are on the CPU (docs/distributed.md)."""
+        if not self._state_restored:
+            return
+        self._state_restored = False
+        fallback = table_device(grads, self.all_reduce)
+        for name in self.restored_state_names():
+            tensors = getattr(self, name)
+            if tensors:  # None or [] (grft's pretrained weights before its choice): nothing restored
+                setattr(self, name, [None if tensor is None else tensor.to(fallback if grad is None else grad.device)
+                                     for tensor, grad in zip(tensors, grads, strict=True)])  # fmt: skip
 
     def _nothing_kept(self, grads: Sequence[Tensor | None]) -> list[Tensor | None]:
         # Every parameter, dense ones included, is held still (the selection pass updates nothing).
@@ -120,6 +139,7 @@ class FixedMaskStrategy(MaskStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kept_indices = state.get("kept_indices")
+        self._state_restored = True
 
 
 SELECTION_STEPS = Option(
@@ -158,6 +178,7 @@ class SelectionPassStrategy(FixedMaskStrategy):
 
     def select(self, grads: Sequence[Tensor | None], step: int) -> FixedSelection:
         check_finite([grad for grad in grads if grad is not None], self.all_reduce)
+        self._place_restored_state(grads)
         if step < self.selection_steps:
             self._sums = self._accumulate(self._sums, grads, self.statistic)
             if self.kept_indices is None:
@@ -175,6 +196,9 @@ class SelectionPassStrategy(FixedMaskStrategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "sums": self._sums}  # mid-selection-pass sums
+
+    def restored_state_names(self) -> tuple[str, ...]:
+        return ("kept_indices", "_sums")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

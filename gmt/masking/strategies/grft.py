@@ -85,6 +85,9 @@ class GRFTStrategy(SelectionPassStrategy):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "pretrained": self.pretrained}
 
+    def restored_state_names(self) -> tuple[str, ...]:
+        return (*super().restored_state_names(), "pretrained")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.pretrained = state.get("pretrained", [])

@@ -66,6 +66,7 @@ class GSPFStrategy(FixedMaskStrategy):
 
     def select(self, grads: Sequence[Tensor | None], step: int) -> FixedSelection | None:
         check_finite([grad for grad in grads if grad is not None], self.all_reduce)
+        self._place_restored_state(grads)
         if step <= self.choice_steps[-1]:  # |Γ| still feeds a selection to come
             self._sums = self._accumulate(self._sums, grads, "abs")
             self._recorded_steps += 1
@@ -98,6 +99,16 @@ class GSPFStrategy(FixedMaskStrategy):
             "sums": self._sums,
             "recorded_steps": self._recorded_steps,
         }
+
+    def restored_state_names(self) -> tuple[str, ...]:
+        return ("kept_indices", "_sums")
+
+    def _place_restored_state(self, grads: Sequence[Tensor | None]) -> None:
+        restored = self._state_restored
+        super()._place_restored_state(grads)
+        if restored and self.scores is not None:  # one per selectable parameter
+            self.scores = [score.to(grads[index].device) if grads[index] is not None else score
+                           for score, index in zip(self.scores, self.selectable, strict=True)]  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
