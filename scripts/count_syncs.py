@@ -3,7 +3,9 @@ large number of tensors.
 
 On CUDA a device-to-host read (``.item()``, ``.tolist()``, ``.cpu()``, ``bool(t)``) waits for every
 queued kernel, and so do ops whose output size depends on the data (``nonzero``, a boolean index,
-``masked_select``, ``bincount``, ``unique``, ``repeat_interleave`` without ``output_size``). The
+``masked_select``, ``bincount``, ``unique``, ``repeat_interleave`` without ``output_size``) and a
+tensor made on the device from host data (``torch.tensor(list, device=...)``: a copy from pageable
+memory). The
 counter records those ops on CPU, where they do not wait but run the same code path: the counts
 are what a CUDA run would sync. A mask step whose count grows with the number of tensors costs a
 round trip per tensor on a GPU (a 7B Llama has 291, a 70B one 723).
@@ -28,6 +30,7 @@ from gmt.masking import GradientMasker, LocalGradientAccess, ThresholdSearch, bu
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 HOST_READS = {torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.item}
+HOST_DATA_TO_DEVICE = {torch.tensor, torch.as_tensor}
 DATA_SIZED = {"nonzero", "masked_select", "bincount", "unique", "_unique", "_unique2", "unique_consecutive",
               "unique_dim"}  # fmt: skip
 
@@ -77,6 +80,8 @@ class SyncCounter(TorchFunctionMode):
             name = func.__name__
         elif func is torch.Tensor.to and _to_host(args, kwargs):
             name = "to(cpu)"
+        elif func in HOST_DATA_TO_DEVICE and _from_host_data(args, kwargs):
+            name = "host data to device"
         if name:
             self.counts[name] = self.counts.get(name, 0) + 1
         return func(*args, **kwargs)
@@ -84,6 +89,13 @@ class SyncCounter(TorchFunctionMode):
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+def _from_host_data(args, kwargs) -> bool:
+    """``torch.tensor(list, device=D)``: on a GPU a copy from pageable host memory, which waits for
+    the queue before it (the CPU run names its device the same way, so the call is counted here)."""
+    data = args[0] if args else kwargs.get("data")
+    return not isinstance(data, torch.Tensor) and kwargs.get("device") is not None
 
 
 def _to_host(args, kwargs) -> bool:

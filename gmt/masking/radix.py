@@ -74,6 +74,7 @@ def radix_thresholds(
     num_groups = len(keep_counts)
     device = table_device(tensors, all_reduce)
     remaining = torch.as_tensor(list(keep_counts), dtype=torch.int64, device=device)
+    empty = remaining <= 0  # from the one host-to-device copy of the counts, not a second
     # The chosen high bits of every group so far, and -1 for "no group" (no key matches it).
     prefix = torch.zeros(num_groups + 1, dtype=torch.int64, device=device)
     prefix[num_groups] = -1
@@ -109,7 +110,6 @@ def radix_thresholds(
         prefix[:num_groups] = (prefix[:num_groups] << bits) | digit
 
     thresholds = key_to_float(prefix[:num_groups]).masked_fill(short, 0.0)
-    empty = torch.as_tensor([k <= 0 for k in keep_counts], dtype=torch.bool, device=device)
     return thresholds.masked_fill(empty, float("inf"))
 
 

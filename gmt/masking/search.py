@@ -10,8 +10,9 @@ all-reduce, so every rank arrives at the same exact T however the entries are sh
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 import torch
@@ -116,6 +117,7 @@ class ThresholdSearch:
         self._small_setting = small_entries
         self._use_device(torch.device("cpu"))
         self._buffers: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+        self._tables: dict[tuple[str, torch.device], tuple[tuple, Tensor]] = {}  # _layout_table's
         self.fallback_groups = 0  # groups whose bracket missed, over this search's lifetime
         # After a search: the kept entries (|x| >= T) of each input tensor (int64), -1 where the
         # search did not count them (a group that missed its bracket, T = 0 or inf).
@@ -170,7 +172,7 @@ class ThresholdSearch:
             resident = self._load_resident(flats, device)
         lo_keys, hi_keys = self._bracket(flats, groups, keep_counts, bits, all_reduce, device, resident)
 
-        group_of_tensor = torch.as_tensor(list(groups), dtype=torch.int64, device=device)
+        group_of_tensor = self._layout_table("group_of_tensor", groups, torch.int64, device)
         counts, pass_result = self._count_pass(
             flats, groups, group_of_tensor, num_groups, lo_keys, hi_keys, check_finite, resident
         )
@@ -195,7 +197,10 @@ class ThresholdSearch:
             bracketed.append(inside)
             missed.append(0 < k and not inside and not short)
             base.append(0.0 if short else float("inf"))
-        thresholds = torch.tensor(base, dtype=torch.float32, device=device)
+        # The host's decisions reach the device in one copy (on a GPU each copy from host memory waits).
+        decided = torch.tensor(base + bracketed + missed, dtype=torch.float32, device=device)
+        thresholds, inside_mask, missed_mask = decided[:num_groups], decided[num_groups : 2 * num_groups].bool(), (
+            decided[2 * num_groups :].bool())  # fmt: skip
         band = pass_result
 
         if any(bracketed):
@@ -204,16 +209,26 @@ class ThresholdSearch:
                 found = _kth_largest(band.keys, band.key_groups, remaining)
             else:
                 found = radix_thresholds([band.keys], [band.key_groups], remaining, all_reduce, check_finite=False)
-            inside_mask = torch.tensor(bracketed, device=device)
             thresholds = torch.where(inside_mask, found, thresholds)
-            kept = band.above_per_tensor + band.kept_per_tensor(magnitude_keys(thresholds), flats)
+            ends = self._layout_table("ends", accumulate(flat.numel() for flat in flats), torch.int64, device)
+            kept = band.above_per_tensor + band.kept_per_tensor(magnitude_keys(thresholds), ends)
             self.kept_counts = torch.where(inside_mask[group_of_tensor], kept, -1)
         if any(missed):
             self.fallback_groups += sum(missed)
             fallback_counts = [k if miss else 0 for k, miss in zip(keep_counts, missed, strict=True)]
             found = radix_thresholds(flats, groups, fallback_counts, all_reduce, check_finite=False)
-            thresholds = torch.where(torch.tensor(missed, device=device), found, thresholds)
+            thresholds = torch.where(missed_mask, found, thresholds)
         return thresholds
+
+    def _layout_table(self, name: str, values, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A small table that depends on the layout alone (the same every step), on ``device``: copied
+        from the host once, then reused while its values stay the same. Callers must not write to it."""
+        values = tuple(values)
+        cached = self._tables.get((name, device))
+        if cached is None or cached[0] != values:
+            cached = (values, torch.as_tensor(list(values), dtype=dtype, device=device))
+            self._tables[(name, device)] = cached
+        return cached[1]
 
     def _use_device(self, device: torch.device) -> None:
         """Chunk sizes for where the tensors are (the same on every rank: one device type)."""
@@ -296,12 +311,12 @@ class ThresholdSearch:
         # Per group: sample counts scaled by the stride (estimated entries), then the variance of
         # that estimate (stride * n * p(1-p) <= stride * n / 4) and the stride, summed across ranks.
         table = torch.zeros(num_groups, buckets + 2, dtype=torch.float64, device=device)
-        stride_column = torch.tensor(strides, dtype=torch.float64, device=device)
+        # strides, variance bounds and keep counts depend on the layout alone: one table, copied once
+        variances = [stride * size / 4 for stride, size in zip(strides, local_sizes, strict=True)]
+        layout = self._layout_table("bracket", [*strides, *variances, *keep_counts], torch.float64, device)
+        stride_column, keep = layout[:num_groups], layout[2 * num_groups :]
         table[:, :buckets] = hist.view(num_groups, buckets).double() * stride_column.unsqueeze(1)
-        table[:, buckets] = torch.tensor(
-            [stride * size / 4 for stride, size in zip(strides, local_sizes, strict=True)],
-            dtype=torch.float64, device=device,
-        )  # fmt: skip
+        table[:, buckets] = layout[num_groups : 2 * num_groups]
         table[:, buckets + 1] = stride_column
         if all_reduce is not None:
             all_reduce(table)
@@ -311,7 +326,6 @@ class ThresholdSearch:
         # "> x" is "> floor(x)".
         estimated = table[:, :buckets].round().to(torch.int64)
         margin = BRACKET_SIGMAS * table[:, buckets].sqrt() + table[:, buckets + 1] + 1
-        keep = torch.as_tensor(list(keep_counts), dtype=torch.float64, device=device)
         # from_top[g, j]: estimated keys in the top j + 1 buckets (of bucket buckets - 1 - j and above).
         from_top = estimated.flip(1).cumsum(1)
         at_least = (keep + margin).ceil().to(torch.int64).unsqueeze(1)
@@ -375,7 +389,7 @@ class ThresholdSearch:
                 ]
         piece_table = torch.tensor(piece_rows, dtype=torch.int64, device=device).reshape(-1, 3).T
         table_start = 0
-        for pieces, loaded in chunks:
+        for chunk_index, (pieces, loaded) in enumerate(chunks):
             sizes = [piece.numel() for _, piece in pieces]
             piece_groups = [groups[index] for index, _ in pieces]
             size = sum(sizes)
@@ -432,17 +446,18 @@ class ThresholdSearch:
                     row_group_parts.append(torch.full(shape, piece_groups[0], dtype=torch.int64, device=device))
             rows.bitwise_and_(in_band.view(-1, 8).index_select(0, words))
             from_hi = from_hi[:size].bitwise_right_shift_(31)  # -1 where key <= hi, 0 above
-            above_parts.append(_piece_sums(from_hi, sizes))
+            row_ends = functools.partial(self._layout_table, f"row ends of chunk {chunk_index}")
+            above_parts.append(_piece_sums(from_hi, sizes, row_ends))
             above_owners += [owner for owner, _ in pieces]
             above_sizes += sizes
             row_parts.append(rows)
             row_start_parts.append(words * 8 + position)
             position += size
 
-        owners = torch.as_tensor(above_owners, dtype=torch.int64, device=device)
         above_per_tensor = torch.zeros(len(flats), dtype=torch.int64, device=device)
-        if above_parts:
-            sizes = torch.as_tensor(above_sizes, dtype=torch.int64, device=device)
+        if above_parts:  # owners and sizes of the pieces: the layout's, copied once
+            pieces = self._layout_table("pieces", [*above_owners, *above_sizes], torch.int64, device)
+            owners, sizes = pieces[: len(above_owners)], pieces[len(above_owners) :]
             above_per_tensor.index_add_(0, owners, torch.cat(above_parts).to(torch.int64) + sizes)
         band = _Band(row_parts, row_start_parts, row_group_parts, num_groups, above_per_tensor, aligned, device)
         counts = torch.zeros(2 * num_groups + 1, dtype=torch.int64, device=device)
@@ -495,8 +510,9 @@ class _Band:
         sizes = count_into(torch.zeros(num_groups + 1, dtype=torch.int64, device=device), self.key_groups)
         self.sizes = sizes[:num_groups]  # band keys per group
 
-    def kept_per_tensor(self, threshold_keys: Tensor, flats: Sequence[Tensor]) -> Tensor:
-        """The band's keys >= their group's threshold key, counted per tensor of ``flats``."""
+    def kept_per_tensor(self, threshold_keys: Tensor, ends: Tensor) -> Tensor:
+        """The band's keys >= their group's threshold key, counted per tensor (``ends``: where each
+        tensor ends in the concatenation of them all, on the band's device)."""
         threshold_keys = threshold_keys.clamp(min=1)  # a zeroed slot is never a kept key (T = 0 keeps all)
         if self.row_groups is None:
             row_thresholds = threshold_keys
@@ -504,21 +520,21 @@ class _Band:
             never = torch.full((1,), ABS_BITS, dtype=threshold_keys.dtype, device=threshold_keys.device)
             row_thresholds = torch.cat([threshold_keys, never])[self.row_groups]
         kept = self.rows >= row_thresholds
-        ends = torch.tensor(list(accumulate(flat.numel() for flat in flats)), dtype=torch.int64, device=kept.device)
         if self.rows_within_tensors:  # count per row, then add the rows up per tensor
             owners = torch.searchsorted(ends, self.row_starts, right=True)
-            return torch.zeros(len(flats), dtype=torch.int64, device=kept.device).index_add_(0, owners, kept.sum(1))
+            return torch.zeros(len(ends), dtype=torch.int64, device=kept.device).index_add_(0, owners, kept.sum(1))
         rows, columns = kept.nonzero().unbind(1)
         positions = self.row_starts[rows] + columns
-        return torch.bincount(torch.searchsorted(ends, positions, right=True), minlength=len(flats))
+        return torch.bincount(torch.searchsorted(ends, positions, right=True), minlength=len(ends))
 
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _piece_sums(values: Tensor, sizes: list[int]) -> Tensor:
-    """int32 sums of consecutive pieces of ``values`` (of ``sizes``), in about one pass."""
+def _piece_sums(values: Tensor, sizes: list[int], row_ends: Callable[..., Tensor] | None = None) -> Tensor:
+    """int32 sums of consecutive pieces of ``values`` (of ``sizes``), in about one pass. ``row_ends``:
+    ``ThresholdSearch._layout_table`` for this chunk, which keeps its piece ends on the device."""
     if len(sizes) == 1:
         return values.sum(dtype=torch.int32).reshape(1)
     row = math.gcd(*sizes)
@@ -526,7 +542,11 @@ def _piece_sums(values: Tensor, sizes: list[int]) -> Tensor:
         return torch.stack([piece.sum(dtype=torch.int32) for piece in values.split(sizes)])
     # Sum rows of a common length (one op), then read each piece's total off a running sum of rows.
     running = values.view(-1, row).sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    totals = running[torch.tensor([end // row - 1 for end in accumulate(sizes)], device=values.device)]
+    last_rows = [end // row - 1 for end in accumulate(sizes)]
+    if row_ends is None:
+        totals = running[torch.tensor(last_rows, device=values.device)]
+    else:  # the layout's, copied to the device once
+        totals = running[row_ends(last_rows, torch.int64, values.device)]
     return torch.diff(totals, prepend=totals.new_zeros(1))
 
 
