@@ -29,6 +29,7 @@ def check_parallel_layout(strategy: MaskStrategy, args: Any) -> None:
     if strategy.name == "full":
         return
     _check_parallelism_config(strategy, args)
+    _check_fsdp_checkpoints(strategy, args)
     plugin = getattr(args, "deepspeed_plugin", None)
     if plugin is not None:
         _check_deepspeed(strategy, args, plugin.deepspeed_config)
@@ -58,6 +59,21 @@ def _check_cpu_processes(args: Any) -> None:
             f"{args.ddp_backend!r}): add --ddp_backend gloo, and launch with a CPU accelerate config "
             "(recipes/accelerate/cpu_zero2.yaml or cpu_zero3.yaml: 2 processes); a GPU config starts one process "
             "per GPU it expects"
+        )
+
+
+def _check_fsdp_checkpoints(strategy: MaskStrategy, args: Any) -> None:
+    """A fixed mask's optimizer state (moments of the kept entries, and their indices) is not shaped
+    like its parameter; torch's distributed checkpoint, which FSDP2 saves through, keeps per
+    parameter only state of the parameter's own layout, so a resume would lose or mangle it."""
+    fsdp = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    saves = str(getattr(args, "save_strategy", "no")).split(".")[-1].lower() not in ("no",)
+    if fsdp and strategy.fixed_masks and saves:
+        raise NotImplementedError(
+            f"mask_strategy {strategy.name!r} under FSDP2 cannot save checkpoints yet: its optimizer keeps moments "
+            "for the kept entries only, which torch's distributed checkpoint does not carry, so a resume would lose "
+            "them. Set save_strategy no (the final model is still saved), or train under DeepSpeed ZeRO-1/2/3, "
+            f"whose checkpoints carry them ({LAYOUTS_DOC})"
         )
 
 

@@ -196,6 +196,14 @@ def test_layouts_gmt_cannot_serve_are_refused_by_name(config_of, case):
     assert message in str(refusal.value)
 
 
+def test_fixed_mask_checkpoints_under_fsdp_are_refused_by_name(config_of, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as accelerate launch with an FSDP config sets it
+    with pytest.raises(NotImplementedError, match="'gps' under FSDP2 cannot save checkpoints yet"):
+        check(config_of(mask_strategy="gps", save_strategy="steps"))
+    check(config_of(mask_strategy="gps", save_strategy="no"))  # no checkpoint: runs
+    check(config_of(**GMT, save_strategy="steps"))  # a top-k mask keeps no sparse state: runs
+
+
 @pytest.mark.parametrize("size", ["dp_replicate_size", "tp_size", "cp_size", "sp_size"])
 def test_parallelism_layouts_that_split_a_shard_are_refused(config_of, size):
     sizes = {"dp_shard_size": 2, size: 2}
