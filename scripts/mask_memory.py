@@ -3,7 +3,10 @@ comes to per rank for Llama-3-8B on 8 ranks and Llama-3-70B on 64 (ZeRO-3: each 
 
 Measured on CPU by recording every tensor the mask step allocates (a dispatch mode that follows
 each new storage until its last tensor dies): the peak of the bytes live at once above what was
-there before the step, and the bytes still held after it (state kept between steps). Each case
+there before the first masked step, over it and the steps after it (a step's leftovers count in
+the next one's peak), and the bytes still held after the last (state kept between steps). gmt and
+random are measured again with one tensor holding half the entries: their transients scale with
+the largest local tensor (under ZeRO-1/2 one rank may own a whole embedding). Each case
 runs at two gradient sizes, so the cost splits into bytes per entry and a fixed part (the
 search's chunk buffers). The search runs with the GPU's chunk size; the gradients are bf16
 (ZeRO-3's default accumulation dtype, read in place) and fp32.
@@ -38,6 +41,9 @@ CASES = {
     "gspf (the selecting step)": dict(strategy="gspf", gspf_warmup_steps=2),
 }
 SIZES = (1 << 25, 1 << 26)  # local entries: both above the GPU chunk (2^24)
+STEADY_STEPS = 2  # masked steps measured after the first
+# The cases measured again with one tensor holding half the entries (bf16, as ZeRO reduces them).
+LARGEST_TENSOR_CASES = ("gmt grad", "random")
 RANKS = {"Llama-3-8B, 8 ranks": (8.03e9, 8), "Llama-3-70B, 64 ranks": (70.6e9, 64)}
 
 
@@ -78,13 +84,19 @@ class LiveBytes(TorchDispatchMode):
             del self._storages[pointer]
 
 
-def measure(case: dict, entries: int, dtype: torch.dtype) -> tuple[int, int]:
-    """(peak extra bytes during the step, bytes still held after it) of one mask step on ``entries``
-    gradient entries in 32 matrices: the first step (gps and grft: their selection pass, which
-    gathers the sums), or for gspf the step after its warm-up, which scores and selects."""
+def measure(case: dict, entries: int, dtype: torch.dtype, layout: str = "equal") -> tuple[int, int]:
+    """(peak extra bytes of a mask step, bytes still held after the last) over the first masked step
+    and ``STEADY_STEPS`` more (a later step may hold what the first built: buffers, kept counts, the
+    last thresholds), on ``entries`` gradient entries: 32 equal matrices (``equal``), or one matrix
+    of half the entries beside 31 small ones (``one large``: transients that scale with the largest
+    local tensor). gps and grft: from their selection pass on; gspf: from the step after its
+    warm-up, which scores and selects, through the steps between choices."""
     torch.manual_seed(0)
-    rows = entries // (32 * 1024)
-    params = [torch.nn.Parameter(torch.randn(rows, 1024, dtype=dtype) * 0.02) for _ in range(32)]
+    if layout == "equal":
+        shapes = [(entries // (32 * 1024), 1024)] * 32
+    else:
+        shapes = [(entries // 2048, 1024)] + [(entries // (62 * 1024), 1024)] * 31
+    params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype) * 0.02) for shape in shapes]
     names = [f"model.layers.{i // 4}.w{i % 4}.weight" for i in range(32)]
     settings = dict(case)
     strategy = build_strategy(settings.pop("strategy"), **settings)
@@ -94,17 +106,16 @@ def measure(case: dict, entries: int, dtype: torch.dtype) -> tuple[int, int]:
     optimizer = optimizer_for(strategy, params, lr=1e-4)
     masker = GradientMasker(strategy, LocalGradientAccess(list(zip(names, params))), total_steps=100)
     first = strategy.dense_phase_steps(0) if kind == "sparse" else 0
-    for step in range(first + 1):
+    tracker = LiveBytes()  # one for every measured step: what a step keeps counts in the next one's peak
+    for step in range(first + 1 + STEADY_STEPS):
         for param in params:
             param.grad = torch.randn_like(param)
         if step < first:
             masker.apply(step, optimizer)
             continue
-        tracker = LiveBytes()
         with tracker:
             masker.apply(step, optimizer)
-        return tracker.peak, tracker.live
-    raise AssertionError("unreachable")
+    return tracker.peak, tracker.live
 
 
 def main() -> None:
@@ -114,21 +125,24 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=REPO / "docs" / "mask_memory.md")
     args = parser.parse_args()
     records = []
-    for name, case in CASES.items():
-        for dtype in (torch.bfloat16, torch.float32):
-            (small_peak, small_held), (large_peak, large_held) = (measure(case, n, dtype) for n in SIZES)
-            per_entry = (large_peak - small_peak) / (SIZES[1] - SIZES[0])
-            held_per_entry = (large_held - small_held) / (SIZES[1] - SIZES[0])
-            fixed = small_peak - per_entry * SIZES[0]
-            records.append({"case": name, "dtype": str(dtype).removeprefix("torch."), "peak_per_entry": per_entry,
-                            "peak_fixed_bytes": fixed, "held_per_entry": held_per_entry})  # fmt: skip
-            print(records[-1], flush=True)
+    runs = [(name, dtype, "equal") for name in CASES for dtype in (torch.bfloat16, torch.float32)]
+    runs += [(name, torch.bfloat16, "one large") for name in LARGEST_TENSOR_CASES]
+    for name, dtype, layout in runs:
+        (small_peak, small_held), (large_peak, large_held) = (measure(CASES[name], n, dtype, layout) for n in SIZES)
+        per_entry = (large_peak - small_peak) / (SIZES[1] - SIZES[0])
+        held_per_entry = (large_held - small_held) / (SIZES[1] - SIZES[0])
+        fixed = small_peak - per_entry * SIZES[0]
+        records.append({"case": name if layout == "equal" else f"{name}, one tensor of half the entries",
+                        "dtype": str(dtype).removeprefix("torch."), "peak_per_entry": per_entry,
+                        "peak_fixed_bytes": fixed, "held_per_entry": held_per_entry})  # fmt: skip
+        print(records[-1], flush=True)
     header = " | ".join(f"{label} (GiB/rank)" for label in RANKS)
     lines = [
         "`python scripts/mask_memory.py`",
         "",
-        "Extra memory of one mask step on a rank's gradient partition (peak above what was there; the "
-        "fixed part is the search's chunk buffers at the GPU's chunk size), and per rank for ZeRO-3 "
+        f"Extra memory of the mask step on a rank's gradient partition, the peak over its first masked step and "
+        f"{STEADY_STEPS} more (what a step keeps for the next counts; the fixed part is the search's chunk buffers "
+        "at the GPU's chunk size), and per rank for ZeRO-3 "
         "(each rank masks 1/N of the entries). Under DeepSpeed, update mode and the fixed masks also "
         "hand the optimizer one boolean per entry of its flat partitions (+1 B/entry, not counted here).",
         "",

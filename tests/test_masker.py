@@ -154,3 +154,17 @@ def test_keeping_more_than_asked_is_said_once_with_the_reason():
     masker.apply(step=1)
     assert masker.pop_logs()["mask/kept_fraction"] == 1.0
     assert masker.more_than_asked.startswith("mask: the masked steps kept 100.00% of the entries, 50.00% asked")
+
+
+def test_random_keys_drawn_in_chunks_are_the_whole_tensors_keys(monkeypatch):
+    # The hash's int64 temporaries are made a chunk at a time (KEY_CHUNK_ENTRIES); the keys must be
+    # those of the whole tensor at once, across every chunk boundary, so masks stay shard-invariant.
+    import gmt.masking.strategies.random_mask as random_mask
+
+    monkeypatch.setattr(random_mask, "KEY_CHUNK_ENTRIES", 1000)
+    strategy = random_mask.RandomStrategy(mask_ratio=0.5, seed=3)
+    weight = torch.nn.Parameter(torch.zeros(37, 101))  # 3737 entries: 4 chunks, the last one short
+    strategy.setup(LocalGradientAccess([("model.layers.0.w.weight", weight)]))
+    keys = strategy.score_function([weight], step=2)(0, torch.zeros(37, 101))
+    whole = random_mask.random_keys(torch.arange(3737), 3 * 1_000_003 + 2)
+    assert keys.dtype == torch.int32 and torch.equal(keys, whole)

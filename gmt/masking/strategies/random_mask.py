@@ -12,6 +12,9 @@ from gmt.masking.base import GradientAccess
 from gmt.masking.options import Option
 from gmt.masking.strategies.topk import ScoreOf, TopKStrategy
 
+# The hash's int64 temporaries (about 32 bytes an entry at their peak) are made this many entries at a
+# time: a tensor's keys then cost their own 4 bytes an entry, plus a fixed ~128 MiB.
+KEY_CHUNK_ENTRIES = 1 << 22
 RANDOM_FIXED = Option("random_fixed", bool, False, "Draw the mask once and keep it (default: a fresh one every step).")
 
 
@@ -68,7 +71,11 @@ class RandomStrategy(TopKStrategy):
         seed = self.seed * 1_000_003 + (0 if self.random_fixed else step)
 
         def keys(index: int, grad: Tensor) -> Tensor:  # recomputed when needed, never stored
-            first = self.first_index[index]
-            return random_keys(torch.arange(first, first + grad.numel(), device=grad.device), seed)
+            first, numel = self.first_index[index], grad.numel()
+            out = torch.empty(numel, dtype=torch.int32, device=grad.device)
+            for start in range(0, numel, KEY_CHUNK_ENTRIES):  # int64 temporaries a chunk at a time
+                end = min(numel, start + KEY_CHUNK_ENTRIES)
+                out[start:end] = random_keys(torch.arange(first + start, first + end, device=grad.device), seed)
+            return out
 
         return keys
