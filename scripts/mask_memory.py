@@ -44,6 +44,7 @@ SIZES = (1 << 25, 1 << 26)  # local entries: both above the GPU chunk (2^24)
 STEADY_STEPS = 2  # masked steps measured after the first
 # The cases measured again with one tensor holding half the entries (bf16, as ZeRO reduces them).
 LARGEST_TENSOR_CASES = ("gmt grad", "random")
+LARGEST_ENTRIES = 128256 * 4096  # Llama-3-8B's embedding: the largest tensor a ZeRO-1/2 rank may own
 RANKS = {"Llama-3-8B, 8 ranks": (8.03e9, 8), "Llama-3-70B, 64 ranks": (70.6e9, 64)}
 
 
@@ -157,6 +158,18 @@ def main() -> None:
         fixed_mib = max(record["peak_fixed_bytes"], 0) / 2**20
         lines.append(f"| {record['case']} | {record['dtype']} | {record['peak_per_entry']:.2f} | {fixed_mib:.0f} | "
                      f"{record['held_per_entry']:.2f} | {per_rank} |")  # fmt: skip
+    # Under ZeRO-1/2 a rank may own a whole tensor: the worst case is the largest tensor's transients.
+    lines += ["", "Where one rank owns a whole large tensor (ZeRO-1/2 partitions the flat buffer, so a rank can hold "
+              "all of an embedding), the one-tensor rows give the cost per entry of that tensor (it holds half the "
+              "entries: at most twice the row's figure, which also holds the other tensors' cost), here for "
+              f"Llama-3-8B's embedding ({LARGEST_ENTRIES / 1e6:.0f}M entries) on one rank:", "",
+              "| case | bytes per entry of the largest tensor | that embedding on one rank (GiB) |",
+              "|---|---:|---:|"]  # fmt: skip
+    for record in records:
+        if "one tensor" in record["case"]:
+            per_largest = 2 * record["peak_per_entry"]
+            lines.append(f"| {record['case'].split(',')[0]} | {per_largest:.2f} | "
+                         f"{(per_largest * LARGEST_ENTRIES + max(record['peak_fixed_bytes'], 0)) / 2**30:.2f} |")
     table = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"sizes": SIZES, "ranks": RANKS, "records": records}, indent=2) + "\n")
