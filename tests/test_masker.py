@@ -168,3 +168,22 @@ def test_random_keys_drawn_in_chunks_are_the_whole_tensors_keys(monkeypatch):
     keys = strategy.score_function([weight], step=2)(0, torch.zeros(37, 101))
     whole = random_mask.random_keys(torch.arange(3737), 3 * 1_000_003 + 2)
     assert keys.dtype == torch.int32 and torch.equal(keys, whole)
+
+
+def test_a_keep_mask_built_in_chunks_is_the_whole_tensors(monkeypatch):
+    # bf16 gradients take the keep-mask path; built KEEP_CHUNK_ENTRIES at a time, it must be the same mask.
+    import gmt.masking.strategies.topk as topk
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(300, 70, dtype=torch.bfloat16))
+    gradient = torch.randn_like(weight)
+
+    def masked(chunk: int) -> torch.Tensor:
+        monkeypatch.setattr(topk, "KEEP_CHUNK_ENTRIES", chunk)
+        weight.grad = gradient.clone()
+        access = LocalGradientAccess([("model.w.weight", weight)])
+        GradientMasker(build_strategy("gmt", mask_ratio=0.8), access).apply(0)
+        return weight.grad.clone()
+
+    whole, chunked = masked(1 << 24), masked(1000)  # 21,000 entries: 21 chunks
+    assert torch.equal(whole, chunked) and 4200 <= int((chunked != 0).sum()) < 4300  # bf16 ties at T are kept

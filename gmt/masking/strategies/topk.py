@@ -53,6 +53,9 @@ GMT_MODE = Option(
 
 
 ScoreOf = Callable[[int, Tensor], Tensor]  # (parameter index, its local gradient) -> its local scores
+# A keep-mask of |Γ| is built this many entries at a time: the int32 keys of a chunk, not of the
+# whole tensor (8 bytes an entry of the largest local tensor at the peak, before; docs/mask_memory.md).
+KEEP_CHUNK_ENTRIES = 1 << 24
 
 
 class ThresholdSelection(MaskSelection):
@@ -85,7 +88,13 @@ class ThresholdSelection(MaskSelection):
         if self.dense is not None and self.dense[index]:
             return None
         threshold_key = self._threshold_keys[self.group_of_param[index]]
-        return (magnitude_keys(self.score_of(index, grad)) >= threshold_key).view(grad.shape)
+        if not self._by_magnitude or grad.numel() <= KEEP_CHUNK_ENTRIES:
+            return (magnitude_keys(self.score_of(index, grad)) >= threshold_key).view(grad.shape)
+        flat, keep = grad.reshape(-1), torch.empty(grad.numel(), dtype=torch.bool, device=grad.device)
+        for start in range(0, flat.numel(), KEEP_CHUNK_ENTRIES):
+            torch.ge(magnitude_keys(flat[start : start + KEEP_CHUNK_ENTRIES]), threshold_key,
+                     out=keep[start : start + KEEP_CHUNK_ENTRIES])  # fmt: skip
+        return keep.view(grad.shape)
 
     def apply(self, index: int, grad: Tensor, want_keep: bool) -> tuple[Tensor | int, Tensor | None]:
         if self.dense is not None and self.dense[index]:
