@@ -2,6 +2,7 @@
 
     from gmt import GMTSFTConfig, GMTSFTTrainer      # for trl's SFTConfig, SFTTrainer
     from gmt import GMTDPOConfig, GMTDPOTrainer      # for trl's DPOConfig, DPOTrainer
+    from gmt import GMTGRPOConfig, GMTGRPOTrainer    # for trl's GRPOConfig, GRPOTrainer (Python API)
 
 The names load on first use, so ``import gmt.masking`` (plain torch) never imports TRL.
 """
@@ -16,6 +17,8 @@ _EXPORTS = {
     "GMTScriptArguments": "gmt.config",
     "GMTSFTTrainer": "gmt.trainer",
     "GMTDPOTrainer": "gmt.trainer",
+    "GMTGRPOConfig": "gmt.config",
+    "GMTGRPOTrainer": "gmt.trainer",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, make_dataclass
 from typing import Optional
 
-from trl import DatasetMixtureConfig, DPOConfig, ScriptArguments, SFTConfig
+from trl import DatasetMixtureConfig, DPOConfig, GRPOConfig, ScriptArguments, SFTConfig
 
 from gmt.evaluation.suites import SUITES
 from gmt.masking import (
@@ -156,6 +156,11 @@ class GMTSFTConfig(MaskArguments, RunFolderArguments, SFTConfig):
 @dataclass
 class GMTDPOConfig(MaskArguments, RunFolderArguments, DPOConfig):
     """``trl.DPOConfig`` with the mask settings of ``MaskArguments``."""
+
+
+@dataclass
+class GMTGRPOConfig(MaskArguments, RunFolderArguments, GRPOConfig):
+    """``trl.GRPOConfig`` with the mask settings of ``MaskArguments``."""
 
 
 @dataclass

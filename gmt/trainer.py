@@ -24,7 +24,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
-from trl import DPOTrainer, SFTTrainer
+from trl import DPOTrainer, GRPOTrainer, SFTTrainer
 
 from gmt.checkpoints import (
     RESUME_LAST,
@@ -62,7 +62,7 @@ class MaskingMixin:
     """Adds gmt's masked step to a ``transformers.Trainer`` subclass (put it first in the bases)."""
 
     _masker: GradientMasker | None = None
-    _step: MaskedStep | None = None
+    _masked_step: MaskedStep | None = None  # not _step: GRPOTrainer counts its steps under that name
     _resumed_state: dict | None = None  # one rank's mask state, read from the checkpoint being resumed
     _pending_logs: dict[str, float] | None = None  # telemetry collected for the next training log
     _master_weights: MasterWeights | None = None  # the weights gmt keeps in fp32 (gmt.precision)
@@ -175,9 +175,9 @@ class MaskingMixin:
         optimizer = unwrap_optimizer(self.optimizer)
         grad_scaler = getattr(self.accelerator, "scaler", None)  # fp16 mixed precision without DeepSpeed
         skips_itself = self.is_deepspeed_enabled or grad_scaler is not None  # overflow path or GradScaler
-        # The hook reads self._step when the engine steps, so it may be installed before the step exists.
-        hooked = access.install_step_hook(lambda: self._step.mask(self.state.global_step))
-        self._step = MaskedStep(
+        # The hook reads self._masked_step when the engine steps, so it may be installed before the step exists.
+        hooked = access.install_step_hook(lambda: self._masked_step.mask(self.state.global_step))
+        self._masked_step = MaskedStep(
             self._masker,
             optimizer,
             self.args.max_nonfinite_steps,
@@ -196,7 +196,7 @@ class MaskingMixin:
         state, self._resumed_state = self._resumed_state, None
         if state is not None:
             self._masker.load_state_dict(state)
-            self._step.load_state_dict(state.get("step", {}))
+            self._masked_step.load_state_dict(state.get("step", {}))
             if self.strategy.fixed_masks:
                 self._masker.check_optimizer_agrees(optimizer)
 
@@ -219,12 +219,12 @@ class MaskingMixin:
         return LocalGradientAccess(self.model.named_parameters())
 
     def _clip_grad_norm(self, model):
-        self._step.before_clip(self.state.global_step)
+        self._masked_step.before_clip(self.state.global_step)
         return super()._clip_grad_norm(model)
 
     def _get_grad_norm(self, model, grad_norm=None):
         if grad_norm is None:  # no clipping this run: this is the first hook of the step
-            self._step.before_clip(self.state.global_step)
+            self._masked_step.before_clip(self.state.global_step)
         return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -251,7 +251,7 @@ class MaskingMixin:
             if self._masker is not None:
                 folder.mkdir(parents=True, exist_ok=True)
                 state = {"world_size": self.args.world_size, **self._masker.state_dict(),
-                         "step": self._step.state_dict()}  # fmt: skip
+                         "step": self._masked_step.state_dict()}  # fmt: skip
                 torch.save(state, folder / mask_state_name(self.args.process_index))
                 if self.args.should_save:
                     write_mask_settings(folder, self.args)
@@ -299,7 +299,7 @@ class MaskingMixin:
         """Pop the telemetry since the last log; called where the Trainer has decided to log, the
         same point on every rank (the pop may all-reduce)."""
         said = self._masker.more_than_asked
-        logs = {**self._pop_mask_logs(), "nonfinite_skipped_steps": self._step.nonfinite_skipped}
+        logs = {**self._pop_mask_logs(), "nonfinite_skipped_steps": self._masked_step.nonfinite_skipped}
         if said is None and self._masker.more_than_asked is not None and self.args.process_index == 0:
             print(self._masker.more_than_asked, flush=True)
         self._pending_logs = {**(self._pending_logs or {}), **logs}
@@ -358,7 +358,7 @@ class _MaskStepCallback(TrainerCallback):
         self.trainer._bind()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._step.check_masked(state.global_step)
+        self.trainer._masked_step.check_masked(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log:
@@ -394,3 +394,12 @@ class GMTDPOTrainer(MaskingMixin, ReportsDroppedRows, DPOTrainer):
     """
 
     data_layout = DPO_DATA  # what gmt/dpo.py checks the data for and how it reads H4's layout
+
+
+class GMTGRPOTrainer(MaskingMixin, GRPOTrainer):
+    """``trl.GRPOTrainer`` that masks the policy's gradient, accumulated over an optimizer step's
+    micro-batches and generation rounds, at every optimizer step.
+
+    Takes a ``gmt.config.GMTGRPOConfig`` as ``args``; everything else (reward functions, generation,
+    the reference model) is ``GRPOTrainer``'s. The Python API for now: no ``gmt grpo`` command yet.
+    """

@@ -1,0 +1,44 @@
+"""GMTGRPOTrainer: TRL's GRPOTrainer with the mask, on the tiny model with a reward function. The
+first optimizer step moves only the entries the mask kept (AdamW has no moments yet, and no weight
+decay), while GRPO's own step counter (``_step``) keeps counting its generation rounds."""
+
+import json
+
+import pytest
+
+
+def grpo_run(tiny_assets, tmp_path, **mask_settings):
+    from datasets import Dataset
+
+    from gmt import GMTGRPOConfig, GMTGRPOTrainer
+
+    rows = [json.loads(line) for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()[:8]]
+    prompts = Dataset.from_list([{"prompt": row["messages"][:1]} for row in rows])
+
+    def longer_is_better(completions, **_) -> list[float]:  # rewards that differ within a group
+        return [float(len(completion[0]["content"])) for completion in completions]
+
+    args = GMTGRPOConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
+                         num_generations=4, max_completion_length=8, learning_rate=1e-3, bf16=False, use_cpu=True,
+                         report_to="none", logging_steps=1, save_strategy="no", save_plots=False, seed=0,
+                         **mask_settings)  # fmt: skip
+    trainer = GMTGRPOTrainer(model=str(tiny_assets / "base"), reward_funcs=longer_is_better, args=args,
+                             train_dataset=prompts)  # fmt: skip
+    before = {name: param.detach().clone() for name, param in trainer.model.named_parameters()}
+    trainer.train()
+    moved = sum(int((param.detach() != before[name]).sum()) for name, param in trainer.model.named_parameters())
+    kept = next(entry["mask/kept_fraction"] for entry in trainer.state.log_history if "mask/kept_fraction" in entry)
+    return trainer, moved / sum(p.numel() for p in before.values()), kept
+
+
+@pytest.mark.parametrize("strategy", ["gmt", "random"])
+def test_a_grpo_step_moves_only_what_the_mask_kept(tiny_assets, tmp_path, strategy):
+    trainer, moved, kept = grpo_run(tiny_assets, tmp_path, mask_strategy=strategy, mask_ratio=0.8)
+    assert kept == pytest.approx(0.2, abs=1e-3)
+    assert 0.5 * kept < moved <= kept + 1e-4  # kept entries with a zero gradient stay too
+    assert trainer._step >= 1 and trainer._masked_step.masked_step == 0  # GRPO's counter and gmt's, apart
+
+
+def test_grpo_without_a_mask_moves_far_more(tiny_assets, tmp_path):
+    _, moved, kept = grpo_run(tiny_assets, tmp_path, mask_strategy="full")
+    assert kept == 1.0 and moved > 0.5
