@@ -44,20 +44,24 @@ def test_grpo_without_a_mask_moves_far_more(tiny_assets, tmp_path):
     assert kept == 1.0 and moved > 0.5
 
 
-def test_grpo_under_two_process_zero3_moves_only_what_the_mask_kept(tiny_assets, tmp_path):
-    # TRL gathers the ZeRO-3 shards to generate; gmt masks each rank's partition of the gradient.
+@pytest.mark.parametrize("engine", ["ddp", "zero3"])
+def test_grpo_on_two_processes_moves_only_what_the_mask_kept(tiny_assets, tmp_path, engine):
+    # DDP (torchrun) and DeepSpeed ZeRO-3, where TRL gathers the shards to generate and gmt masks each
+    # rank's partition of the gradient; both over gloo on this CPU.
     import os
     import subprocess
     import sys
 
-    from conftest import ACCELERATE_CPU_ZERO3, REPO
+    from conftest import ACCELERATE_CPU_ZERO3, REPO, torchrun_two_cpu
 
-    out = tmp_path / "zero3"
-    command = [sys.executable, *ACCELERATE_CPU_ZERO3, "tests/grpo_run.py", str(tiny_assets / "base"),
+    out = tmp_path / engine
+    launcher = torchrun_two_cpu() if engine == "ddp" else ACCELERATE_CPU_ZERO3
+    command = [sys.executable, *launcher, "tests/grpo_run.py", str(tiny_assets / "base"),
                str(tiny_assets / "data/sft/train.jsonl"), str(out), "--ddp_backend", "gloo"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert ("DeepSpeed ZeRO-3" if engine == "zero3" else "2 processes, DDP") in result.stdout + result.stderr
     run = json.loads((out / "result.json").read_text())
     assert run["world_size"] == 2 and run["kept"] == pytest.approx(0.2, abs=1e-3)
     assert 0.5 * run["kept"] < run["moved"] <= run["kept"] + 1e-4
