@@ -18,7 +18,8 @@ def grpo_run(tiny_assets, tmp_path, **mask_settings):
     def longer_is_better(completions, **_) -> list[float]:  # rewards that differ within a group
         return [float(len(completion[0]["content"])) for completion in completions]
 
-    args = GMTGRPOConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
+    steps = mask_settings.pop("max_steps", 1)
+    args = GMTGRPOConfig(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,
                          num_generations=4, max_completion_length=8, learning_rate=1e-3, bf16=False, use_cpu=True,
                          report_to="none", logging_steps=1, save_strategy="no", save_plots=False, seed=0,
                          **mask_settings)  # fmt: skip
@@ -31,12 +32,24 @@ def grpo_run(tiny_assets, tmp_path, **mask_settings):
     return trainer, moved / sum(p.numel() for p in before.values()), kept
 
 
-@pytest.mark.parametrize("strategy", ["gmt", "random"])
+@pytest.mark.parametrize("strategy", ["gmt", "gmt-update", "random", "magnitude"])
 def test_a_grpo_step_moves_only_what_the_mask_kept(tiny_assets, tmp_path, strategy):
-    trainer, moved, kept = grpo_run(tiny_assets, tmp_path, mask_strategy=strategy, mask_ratio=0.8)
+    mode = {"gmt_mode": "update"} if strategy == "gmt-update" else {}
+    trainer, moved, kept = grpo_run(tiny_assets, tmp_path, mask_strategy=strategy.split("-")[0], mask_ratio=0.8, **mode)
     assert kept == pytest.approx(0.2, abs=1e-3)
     assert 0.5 * kept < moved <= kept + 1e-4  # kept entries with a zero gradient stay too
     assert trainer._step >= 1 and trainer._masked_step.masked_step == 0  # GRPO's counter and gmt's, apart
+
+
+@pytest.mark.parametrize("strategy", ["gps", "grft", "gspf"])
+def test_a_fixed_mask_under_grpo_trains_only_its_entries(tiny_assets, tmp_path, strategy):
+    # gps and grft: a selection step that updates nothing, then the chosen mask; gspf without warm-up.
+    settings = {"gspf": {"gspf_warmup_steps": 0}}.get(strategy, {})
+    trainer, moved, _ = grpo_run(tiny_assets, tmp_path, mask_strategy=strategy, max_steps=2, **settings)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    allowed = (trainer.strategy.target_kept_entries() + sum(
+        numel for numel, dense in zip(trainer.strategy.layout.numels, trainer.strategy.dense) if dense)) / total
+    assert 0 < moved <= allowed + 1e-6 and allowed < 0.5
 
 
 def test_grpo_without_a_mask_moves_far_more(tiny_assets, tmp_path):
