@@ -32,7 +32,9 @@ def grpo_run(tiny_assets, tmp_path, **mask_settings):
     return trainer, moved / sum(p.numel() for p in before.values()), kept
 
 
-@pytest.mark.parametrize("strategy", ["gmt", "gmt-update", "random", "magnitude"])
+# gmt and random in the quick suite; the other strategies take the same path (slow-marked)
+@pytest.mark.parametrize("strategy", ["gmt", "random", pytest.param("gmt-update", marks=pytest.mark.slow),
+                                      pytest.param("magnitude", marks=pytest.mark.slow)])
 def test_a_grpo_step_moves_only_what_the_mask_kept(tiny_assets, tmp_path, strategy):
     mode = {"gmt_mode": "update"} if strategy == "gmt-update" else {}
     trainer, moved, kept = grpo_run(tiny_assets, tmp_path, mask_strategy=strategy.split("-")[0], mask_ratio=0.8, **mode)
@@ -41,6 +43,7 @@ def test_a_grpo_step_moves_only_what_the_mask_kept(tiny_assets, tmp_path, strate
     assert trainer._step >= 1 and trainer._masked_step.masked_step == 0  # GRPO's counter and gmt's, apart
 
 
+@pytest.mark.slow  # the fixed masks' own path is the quick suite's under SFT; here, GRPO's step
 @pytest.mark.parametrize("strategy", ["gps", "grft", "gspf"])
 def test_a_fixed_mask_under_grpo_trains_only_its_entries(tiny_assets, tmp_path, strategy):
     # gps and grft: a selection step that updates nothing, then the chosen mask; gspf without warm-up.
