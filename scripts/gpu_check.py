@@ -68,6 +68,8 @@ STRATEGY_SETTINGS = {  # every strategy's step, at settings that mask something 
     "gspf": ("gspf", {"gspf_keep_ratio": 0.05, "gspf_warmup_steps": 0}),
 }
 LEARNING_RATE = 1e-3
+# What init_process_group sets for DeepSpeed, and main() puts back as it found it.
+PROCESS_GROUP_ENVIRONMENT = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
 # Kept entries may differ from the CPU's by rounding: this share of the update's size. A wrong
 # index or a skipped entry differs by the whole update, ~1000 times more.
 UPDATE_TOLERANCE = 1e-3
@@ -542,7 +544,7 @@ def init_process_group(device: str) -> None:
     if dist.is_initialized():
         return
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1"})  # fmt: skip
+                       "MASTER_ADDR": "127.0.0.1"})  # DeepSpeed reads them; main() restores them  # fmt: skip
     store = Path(tempfile.mkdtemp(prefix="gmt-device-check-")) / "store"
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
@@ -565,29 +567,41 @@ def main(argv: list[str] | None = None) -> dict:
                  "same checks on the CPU")  # fmt: skip
     scale = args.scale or (2 if cuda else 32)
     report = Report(args.out, args.device, scale, args.budget_s)
-    selection = llama_7b_shapes(scale)  # 1.7B entries at scale 2
-    small = llama_7b_shapes(scale * 4)  # 1/16 of it (105M entries at scale 2), where the CPU's side takes the time
-    for dtype in (torch.float32, torch.bfloat16):
+    environment = {name: os.environ.get(name) for name in PROCESS_GROUP_ENVIRONMENT}
+    try:
+        selection = llama_7b_shapes(scale)  # 1.7B entries at scale 2
+        small = llama_7b_shapes(scale * 4)  # 1/16 of it (105M entries at scale 2), where the CPU's side takes the time
+        for dtype in (torch.float32, torch.bfloat16):
+            for scope in SCOPES:
+                report.run(f"selection {scope} {str(dtype).split('.')[-1]}",
+                           lambda scope=scope, dtype=dtype: check_selection(small, args.device, scope, dtype))
+        report.run("sharded path (world-size-1 group)", lambda: (init_process_group(args.device),
+                                                                   check_sharded_path(small, args.device))[1])
+        report.run("update mode through the masker", lambda: check_update_mode(small, args.device))
+        for label in STRATEGY_SETTINGS:
+            report.run(f"strategy {label}", lambda label=label: check_strategy(small, args.device, label))
+        for label in ("gps", "grft", "gspf"):
+            report.run(f"resume of {label} onto CPU gradients (offload)",
+                       lambda label=label: check_resume_onto_cpu(small, args.device, label))
+        rows, columns = ((1 << 24) // 4096 + 64, 4096) if cuda else ((1 << 24) // 4096 + 1, 4096)
+        for kind in ("fused", "foreach", "sparse"):
+            report.run(f"optimizer {kind} (a tensor above 2^24 entries)",
+                       lambda kind=kind: check_optimizer(args.device, kind, rows, columns))
         for scope in SCOPES:
-            report.run(f"selection {scope} {str(dtype).split('.')[-1]}",
-                       lambda scope=scope, dtype=dtype: check_selection(small, args.device, scope, dtype))
-    report.run("sharded path (world-size-1 group)", lambda: (init_process_group(args.device),
-                                                               check_sharded_path(small, args.device))[1])
-    report.run("update mode through the masker", lambda: check_update_mode(small, args.device))
-    for label in STRATEGY_SETTINGS:
-        report.run(f"strategy {label}", lambda label=label: check_strategy(small, args.device, label))
-    for label in ("gps", "grft", "gspf"):
-        report.run(f"resume of {label} onto CPU gradients (offload)",
-                   lambda label=label: check_resume_onto_cpu(small, args.device, label))
-    rows, columns = ((1 << 24) // 4096 + 64, 4096) if cuda else ((1 << 24) // 4096 + 1, 4096)
-    for kind in ("fused", "foreach", "sparse"):
-        report.run(f"optimizer {kind} (a tensor above 2^24 entries)",
-                   lambda kind=kind: check_optimizer(args.device, kind, rows, columns))
-    for scope in SCOPES:
-        report.run(f"syncs {scope}", lambda scope=scope: check_syncs(selection, args.device, scope))
-    report.run("model step, gmt against plain", lambda: check_model(args.device, 1 if cuda else scale))
-    report.run("DeepSpeed ZeRO-3 step", lambda: (init_process_group(args.device),
-                                                 check_deepspeed_zero3(args.device, 1 if cuda else scale))[1])
+            report.run(f"syncs {scope}", lambda scope=scope: check_syncs(selection, args.device, scope))
+        report.run("model step, gmt against plain", lambda: check_model(args.device, 1 if cuda else scale))
+        report.run("DeepSpeed ZeRO-3 step", lambda: (init_process_group(args.device),
+                                                     check_deepspeed_zero3(args.device, 1 if cuda else scale))[1])
+    finally:  # leave the calling process as it was (the tests run this in theirs)
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     print(f"{'every check that ran passed' if report.result['passed'] else 'a check FAILED'}: {args.out}")
     return report.result
 

@@ -3,7 +3,10 @@ the same code a GPU run takes, with the CPU as the device, so that the check a s
 cannot rot."""
 
 import json
+import os
 import sys
+
+import torch
 
 from conftest import REPO
 
@@ -13,7 +16,11 @@ import gpu_check  # noqa: E402
 
 def test_the_device_check_passes_on_cpu_and_writes_after_every_check(tmp_path):
     out = tmp_path / "check.json"
+    launch_settings = {name: os.environ.get(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")}
     result = gpu_check.main(["--device", "cpu", "--scale", "32", "--out", str(out)])
+    # it runs in the tests' own process: no process group or rank left behind for the next test's launches
+    assert {name: os.environ.get(name) for name in launch_settings} == launch_settings
+    assert not torch.distributed.is_initialized()
     failed = {name: check for name, check in result["checks"].items() if check["passed"] is not True}
     assert failed == {} and result["passed"]
     names = set(result["checks"])
