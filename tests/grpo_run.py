@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from datasets import Dataset
 
 from gmt import GMTGRPOConfig, GMTGRPOTrainer
+from gmt.cli import finish
 
 
 def longer_is_better(completions, **_) -> list[float]:  # rewards that differ within a group
@@ -37,8 +37,7 @@ def main() -> None:
         kept = next(entry["mask/kept_fraction"] for entry in trainer.state.log_history if "mask/kept_fraction" in entry)
         (out / "result.json").write_text(json.dumps({"moved": moved / total, "kept": kept,
                                                      "world_size": trainer.args.world_size}))  # fmt: skip
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()  # the main process has written its result before any rank leaves
+    finish(trainer)  # as gmt sft ends a launched run: every rank waits, then leaves without finalization
 
 
 if __name__ == "__main__":
