@@ -20,13 +20,15 @@ from typing import Any
 
 import yaml
 
+from gmt.launch import accelerate_config_processes
+
 
 def launch_layout(accelerate_config: str | None) -> tuple[int, str]:
     """Processes and engine, in words, from an accelerate config file (None: one process)."""
     if accelerate_config is None:
         return 1, "no distributed engine (one process; give --accelerate_config for a launch)"
     config = yaml.safe_load(Path(accelerate_config).read_text()) or {}
-    processes = int(config.get("num_processes", 1)) * max(1, int(config.get("num_machines", 1)))
+    processes = accelerate_config_processes(accelerate_config)  # the total over the machines
     kind = str(config.get("distributed_type", "NO"))
     if kind == "DEEPSPEED":
         stage = (config.get("deepspeed_config") or {}).get("zero_stage")

@@ -83,3 +83,14 @@ def test_a_low_precision_model_without_mixed_precision_is_refused_before_it_load
                    "--dtype", "bfloat16", "--bf16", "false")  # fmt: skip
     assert result.returncode == 2
     assert "dtype bfloat16 loads the trainable weights in low precision, and bf16 and fp16 are false" in result.stderr
+
+
+def test_a_launch_counts_its_processes_as_accelerate_does():
+    # num_processes in an accelerate config is the total over its machines (16 on 2 machines of 8, not 32)
+    from gmt.check import launch_layout
+    from gmt.launch import accelerate_launch_processes
+
+    assert launch_layout("recipes/accelerate/zero3_multinode.yaml")[0] == 16
+    assert accelerate_launch_processes(["--config_file", "recipes/accelerate/zero3_multinode.yaml", "x.py"]) == 16
+    assert accelerate_launch_processes(["--num_processes=4", "x.py", "--num_processes", "9"]) == 4  # the script's own
+    assert accelerate_launch_processes(["x.py"]) is None

@@ -430,16 +430,15 @@ def settle(args: argparse.Namespace) -> tuple:
 
 
 def launcher_processes(args) -> int:
-    """The processes the launcher starts: its ``--num_processes`` (or its accelerate config's), else 1."""
-    import yaml
+    """The processes the launcher starts: accelerate launch's (gmt.launch reads them as accelerate
+    does), torchrun's ``--nproc_per_node``, else 1."""
+    from gmt.launch import accelerate_launch_processes
 
     words = shlex.split(args.launcher)
-    for flag in ("--num_processes", "--nproc_per_node"):
-        if flag in words:
-            return int(words[words.index(flag) + 1])
-    if "--config_file" in words:
-        config = yaml.safe_load(Path(words[words.index("--config_file") + 1]).read_text())
-        return int(config.get("num_processes", 1))
+    if words[:2] == ["accelerate", "launch"]:
+        return accelerate_launch_processes(words[2:]) or 1
+    if "--nproc_per_node" in words:
+        return int(words[words.index("--nproc_per_node") + 1])
     return 1
 
 
