@@ -198,9 +198,9 @@ class ThresholdSearch:
             missed.append(0 < k and not inside and not short)
             base.append(0.0 if short else float("inf"))
         # The host's decisions reach the device in one copy (on a GPU each copy from host memory waits).
-        decided = torch.tensor(base + bracketed + missed, dtype=torch.float32, device=device)
-        thresholds, inside_mask, missed_mask = decided[:num_groups], decided[num_groups : 2 * num_groups].bool(), (
-            decided[2 * num_groups :].bool())  # fmt: skip
+        thresholds, inside, outside = torch.tensor(base + bracketed + missed, dtype=torch.float32,
+                                                   device=device).view(3, num_groups).unbind()  # fmt: skip
+        inside_mask, missed_mask = inside.bool(), outside.bool()
         band = pass_result
 
         if any(bracketed):
@@ -532,7 +532,7 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-def _piece_sums(values: Tensor, sizes: list[int], row_ends: Callable[..., Tensor] | None = None) -> Tensor:
+def _piece_sums(values: Tensor, sizes: list[int], row_ends: Callable[..., Tensor]) -> Tensor:
     """int32 sums of consecutive pieces of ``values`` (of ``sizes``), in about one pass. ``row_ends``:
     ``ThresholdSearch._layout_table`` for this chunk, which keeps its piece ends on the device."""
     if len(sizes) == 1:
@@ -542,11 +542,7 @@ def _piece_sums(values: Tensor, sizes: list[int], row_ends: Callable[..., Tensor
         return torch.stack([piece.sum(dtype=torch.int32) for piece in values.split(sizes)])
     # Sum rows of a common length (one op), then read each piece's total off a running sum of rows.
     running = values.view(-1, row).sum(1, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    last_rows = [end // row - 1 for end in accumulate(sizes)]
-    if row_ends is None:
-        totals = running[torch.tensor(last_rows, device=values.device)]
-    else:  # the layout's, copied to the device once
-        totals = running[row_ends(last_rows, torch.int64, values.device)]
+    totals = running[row_ends([end // row - 1 for end in accumulate(sizes)], torch.int64, values.device)]
     return torch.diff(totals, prepend=totals.new_zeros(1))
 
 

@@ -198,7 +198,7 @@ class SelectionPassStrategy(FixedMaskStrategy):
         return {**super().state_dict(), "sums": self._sums}  # mid-selection-pass sums
 
     def restored_state_names(self) -> tuple[str, ...]:
-        return ("kept_indices", "_sums")
+        return (*super().restored_state_names(), "_sums")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -101,7 +101,7 @@ class GSPFStrategy(FixedMaskStrategy):
         }
 
     def restored_state_names(self) -> tuple[str, ...]:
-        return ("kept_indices", "_sums")
+        return (*super().restored_state_names(), "_sums")
 
     def _place_restored_state(self, grads: Sequence[Tensor | None]) -> None:
         restored = self._state_restored
