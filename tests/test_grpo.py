@@ -81,3 +81,23 @@ def test_grpo_on_two_processes_moves_only_what_the_mask_kept(tiny_assets, tmp_pa
     run = json.loads((out / "result.json").read_text())
     assert run["world_size"] == 2 and run["kept"] == pytest.approx(0.2, abs=1e-3)
     assert 0.5 * run["kept"] < run["moved"] <= run["kept"] + 1e-4
+
+
+@pytest.mark.parametrize("checkpoint", ["meta-llama/Meta-Llama-3-8B-Instruct", "Qwen/Qwen3-8B"])
+def test_grpo_on_stand_ins_of_the_instruct_families_users_train(tiny_assets, standin_cache, tmp_path, checkpoint):
+    # Each family's tokenizer, EOS and stock chat template, as GRPO renders the prompts and stops generating.
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from gmt.standins import model_standin
+
+    out = tmp_path / "run"
+    command = [sys.executable, "tests/grpo_run.py", str(model_standin(checkpoint, standin_cache)),
+               str(tiny_assets / "data/sft/train.jsonl"), str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = json.loads((out / "result.json").read_text())
+    assert run["kept"] == pytest.approx(0.2, abs=1e-3) and 0.5 * run["kept"] < run["moved"] <= run["kept"] + 1e-4
