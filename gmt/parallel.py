@@ -67,8 +67,7 @@ def _check_fsdp_checkpoints(strategy: MaskStrategy, args: Any) -> None:
     like its parameter; torch's distributed checkpoint, which FSDP2 saves through, keeps per
     parameter only state of the parameter's own layout, so a resume would lose or mangle it."""
     fsdp = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
-    saves = str(getattr(args, "save_strategy", "no")).split(".")[-1].lower() not in ("no",)
-    if fsdp and strategy.fixed_masks and saves:
+    if fsdp and strategy.fixed_masks and args.save_strategy != "no":  # SaveStrategy is a str enum
         raise NotImplementedError(
             f"mask_strategy {strategy.name!r} under FSDP2 cannot save checkpoints yet: its optimizer keeps moments "
             "for the kept entries only, which torch's distributed checkpoint does not carry, so a resume would lose "
