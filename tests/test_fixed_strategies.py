@@ -167,3 +167,39 @@ def test_frozen_and_dense_params_of_a_top_k_strategy(tiny_assets, tmp_path):
     assert changed["lm_head.weight"] == start["lm_head.weight"].numel()  # dense: every entry updated
     rest = [name for name in start if name not in ("model.embed_tokens.weight", "lm_head.weight")]
     assert sum(changed[n] for n in rest) == keep_count(sum(start[n].numel() for n in rest), 0.9)
+
+
+RESUMED = {
+    "gps": dict(gps_k=4, selection_steps=1),  # the kept indices
+    "grft": dict(grft_k=2, selection_steps=1, grft_lambda=0.1),  # ... and the pretrained weights
+    "gspf": dict(gspf_warmup_steps=1, gspf_keep_ratio=0.1, gspf_reselect_every=2),  # ... and scores and sums
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMED))
+def test_a_resumed_mask_state_moves_to_its_gradients_device_at_the_first_step(name):
+    # A GPU run reads the checkpoint onto its GPU while offloaded gradients are on the CPU
+    # (docs/distributed.md); here the state is read onto the CPU and the gradients are on ``meta``,
+    # the one other device a CPU machine has: every restored tensor must follow its gradient.
+    from gmt.masking import LocalGradientAccess, build_strategy
+
+    params = [torch.nn.Parameter(torch.randn(8, 16)) for _ in range(2)]
+    named = [(f"model.layers.{index}.mlp.weight", param) for index, param in enumerate(params)]
+
+    def built():
+        strategy = build_strategy(name, **RESUMED[name])
+        strategy.setup(LocalGradientAccess(named), total_steps=20)
+        return strategy
+
+    chooser = built()
+    for step in range(3):
+        chooser.select([torch.randn(8, 16) for _ in params], step)
+    resumed = built()
+    resumed.load_state_dict(chooser.state_dict())
+    restored = [t for n in resumed.restored_state_names() for t in getattr(resumed, n) or [] if t is not None]
+    restored += list(getattr(resumed, "scores", None) or [])
+    assert restored and all(t.device.type == "cpu" for t in restored)
+    resumed._place_restored_state([torch.empty(8, 16, device="meta") for _ in params])
+    moved = [t for n in resumed.restored_state_names() for t in getattr(resumed, n) or [] if t is not None]
+    moved += list(getattr(resumed, "scores", None) or [])
+    assert len(moved) == len(restored) and all(t.device.type == "meta" for t in moved)

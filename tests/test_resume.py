@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_distributed import state
 
-from conftest import ACCELERATE_CPU_ZERO3, logged, run_sft
+from conftest import ACCELERATE_CPU_ZERO3, deepspeed_launcher, logged, run_sft
 from gmt.checkpoints import is_complete, last_complete_checkpoint, resolve_resume_checkpoint
 from gmt.sft import main, make_parser
 from gmt.trainer import mask_state_name
@@ -25,10 +25,17 @@ STRATEGIES = {
     "gps": ["--mask_strategy", "gps", "--gps_k", "16", "--selection_steps", "4"],
     "grft": ["--mask_strategy", "grft", "--grft_k", "4", "--selection_steps", "2", "--grft_lambda", "0.1"],
 }  # fmt: skip
-# The quick suite resumes gspf (fixed masks, scores and sparse moments, per rank). gmt keeps no
-# state of its own (its dense moments are DeepSpeed's checkpoint, as in plain training) and random's
-# mask is a function of the seed, the step and the entry index: both are marked slow.
-ZERO3_STRATEGIES = (pytest.param("gmt", marks=pytest.mark.slow), pytest.param("random", marks=pytest.mark.slow), "gspf")
+# The quick suite resumes gspf (fixed masks, scores and sparse moments, per rank) with the optimizer
+# offloaded to the CPU and stepped by gmt's AdamW: the layout whose restored state must move from
+# where the checkpoint is read to where the gradients are. gmt keeps no state of its own (its dense
+# moments are DeepSpeed's checkpoint, as in plain training) and random's mask is a function of the
+# seed, the step and the entry index: they, and gspf without offload, are marked slow.
+ZERO3_CASES = (
+    pytest.param("gmt", False, marks=pytest.mark.slow),
+    pytest.param("random", False, marks=pytest.mark.slow),
+    pytest.param("gspf", False, marks=pytest.mark.slow),
+    ("gspf", True),
+)
 # The tiny recipe without mask settings: each run names its strategy and that strategy's options.
 RECIPE = "recipes/tiny/sft_full.yaml"
 
@@ -122,18 +129,23 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_to_resume_from(tiny
         assert torch.equal(value, straight_weights[name]), name
 
 
-@pytest.mark.parametrize("strategy", ZERO3_STRATEGIES)
-def test_zero3_resumed_run_ends_where_the_uninterrupted_one_does(tiny_assets, tmp_path, strategy):
+@pytest.mark.parametrize(("strategy", "offload"), ZERO3_CASES)
+def test_zero3_resumed_run_ends_where_the_uninterrupted_one_does(tiny_assets, tmp_path, strategy, offload):
+    from test_offload import offload_config
+
     base, data = tiny_assets / "base", tiny_assets / "data" / "sft"
     options = (*LAUNCHED, *STRATEGIES[strategy], "--gradient_accumulation_steps", "1", "--ddp_backend", "gloo")
+    launcher = ACCELERATE_CPU_ZERO3
+    if offload:  # parameters and optimizer on the CPU, stepped by gmt's sparse AdamW
+        launcher = deepspeed_launcher(tmp_path / "configs", offload_config(3, client_optimizer=True))
     straight = run_sft(RECIPE, base, data, tmp_path / "straight", *options, "--save_strategy", "steps",
-                       "--save_steps", "3", launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+                       "--save_steps", "3", launcher=launcher)  # fmt: skip
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert "gmt: 2 processes, DeepSpeed ZeRO-3" in straight.stdout  # the banner says the world size
     checkpoint = tmp_path / "straight" / "checkpoint-3"
     assert all((checkpoint / mask_state_name(rank)).is_file() for rank in (0, 1))
     resumed = run_sft(RECIPE, base, data, tmp_path / "resumed", *options, "--resume_from_checkpoint",
-                      str(checkpoint), launcher=ACCELERATE_CPU_ZERO3)  # fmt: skip
+                      str(checkpoint), launcher=launcher)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # The resumed run logs steps 4 to 6, with the losses and kept fractions of the uninterrupted one.
     for key in ("loss", "mask/kept_fraction"):

@@ -74,6 +74,21 @@ def test_gspf_blend_and_reselection_schedule():
     assert gspf_reselection_steps(100, 10, 0) == []
 
 
+def test_the_sharded_row_search_takes_slices_that_cut_rows_and_empty_ones():
+    # One rank's view (a sum over one rank is the identity): slices starting and ending inside rows,
+    # and an empty one past the end of its matrix (the padding of a ZeRO-3 partition).
+    generator = torch.Generator().manual_seed(5)
+    first, second = torch.randn(7, 9, generator=generator), torch.randn(4, 5, generator=generator)
+    first[3, :6] = 0.5  # ties: the lowest columns win
+    expected = gps_mask(first, k=3).reshape(-1)[22:59]
+    masks = row_topk_masks([first.reshape(-1)[22:59], second.reshape(-1)[:0]], [22, 24], [first.shape, second.shape],
+                           3, all_reduce=lambda counts: None)  # fmt: skip
+    # whole rows (3 to 5) as on one process; a cut row keeps its 3 among the entries held here
+    assert torch.equal(masks[0][5:32], expected[5:32])
+    assert int(masks[0][:5].sum()) == 3 and int(masks[0][32:].sum()) == 3
+    assert masks[1].numel() == 0
+
+
 def matrices(seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     out = [torch.randn(7, 13, generator=generator), torch.randn(5, 40, generator=generator)]

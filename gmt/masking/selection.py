@@ -20,7 +20,8 @@ from gmt.masking.comm import table_device
 from gmt.masking.keys import magnitude_keys
 from gmt.masking.search import topk_thresholds
 
-# The sharded GPS search holds 16 bytes per local entry of the matrices it works on at once;
+# The sharded GPS search holds 8 bytes of key per local entry of the matrices it works on at once
+# (and a 1-byte comparison of one matrix's slice);
 # matrices are taken in chunks of at most this many (full, unsharded) entries, the same on every rank.
 ROW_SEARCH_CHUNK = 1 << 27
 
@@ -83,11 +84,21 @@ def _row_topk_whole(value: Tensor, shape: Sequence[int], k: int) -> Tensor:
 
 
 def _row_topk_sharded(values, offsets, shapes, k: int, all_reduce: AllReduce | None) -> list[Tensor]:
-    keys, global_rows, row_start = [], [], 0
+    # Each local slice of a flattened matrix covers whole rows but for its first and last: it is
+    # padded to whole rows (keys of -1, below every candidate) and viewed as [rows, columns], so a
+    # row's count is a sum along dim 1, with no per-entry row index (8 bytes of key per entry).
+    keys, first_rows, heads, row_start = [], [], [], 0
     for value, offset, (rows, columns) in zip(values, offsets, shapes):
-        position = torch.arange(offset, offset + value.numel(), device=value.device)
-        keys.append(_row_keys(magnitude_keys(value), position % columns))
-        global_rows.append(position.floor_divide_(columns).add_(row_start))  # row, numbered across the chunk
+        # an empty slice (a rank past the end of a padded ZeRO-3 partition) holds no row
+        first_row, head = divmod(offset, columns) if value.numel() else (0, 0)
+        local_rows = -(-(head + value.numel()) // columns)
+        padded = torch.full((local_rows * columns,), -1, dtype=torch.int64, device=value.device)
+        column = torch.arange(head, head + value.numel(), device=value.device).remainder_(columns)
+        padded.narrow(0, head, value.numel()).copy_(_row_keys(magnitude_keys(value), column))
+        del column
+        keys.append(padded.view(local_rows, columns))
+        first_rows.append(row_start + first_row)  # rows numbered across the chunk
+        heads.append(head)
         row_start += rows
     device = table_device(values, all_reduce)
     wanted = torch.cat(
@@ -97,12 +108,17 @@ def _row_topk_sharded(values, offsets, shapes, k: int, all_reduce: AllReduce | N
     for bit in range(62, -1, -1):  # the largest T with count(key >= T) >= k is the k-th largest key
         candidate = threshold | (1 << bit)
         counts = torch.zeros_like(threshold)
-        for key, row in zip(keys, global_rows):
-            counts.index_add_(0, row, (key >= candidate[row]).to(torch.int64))
+        for key, first_row in zip(keys, first_rows):
+            row_candidates = candidate.narrow(0, first_row, key.shape[0]).unsqueeze(1).to(key.device)
+            counts.narrow(0, first_row, key.shape[0]).add_((key >= row_candidates).sum(dim=1).to(device))
         if all_reduce is not None:
             all_reduce(counts)
         threshold = torch.where(counts >= wanted, candidate, threshold)
-    return [(key >= threshold[row]).view(value.shape) for key, row, value in zip(keys, global_rows, values)]
+    masks = []
+    for key, first_row, head, value in zip(keys, first_rows, heads, values):
+        kept = key >= threshold.narrow(0, first_row, key.shape[0]).unsqueeze(1).to(key.device)
+        masks.append(kept.view(-1).narrow(0, head, value.numel()).view(value.shape))
+    return masks
 
 
 def line_top_masks(
