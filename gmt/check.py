@@ -59,15 +59,17 @@ def meta_model(model_args, training_args):
     return model
 
 
-def report(script: str, trainer_cls, script_args, training_args, model_args, accelerate_config: str | None) -> str:
-    """Run the checks and return what the run would be, in lines."""
+def report(script: str, trainer_cls, script_args, training_args, model_args, accelerate_config: str | None,
+           layout=None) -> str:  # fmt: skip
+    """Run the checks and return what the run would be, in lines (``layout``: the data's, where it is
+    not the trainer's own: GRPO's reward columns)."""
     from gmt.cli import checked_inputs, checked_run_settings
     from gmt.masking import LocalGradientAccess, effective_frozen_params, freeze_parameters, strategy_class
     from gmt.output_dir import traces_a_fresh_run_may_remove
     from gmt.summary import format_summary, mask_summary
 
     checkpoint = checked_run_settings(script_args, training_args, model_args, claim=False)
-    data, _ = checked_inputs(trainer_cls, script_args, training_args, model_args)
+    data, _ = checked_inputs(trainer_cls, script_args, training_args, model_args, layout)
     processes, engine = launch_layout(accelerate_config)
     per_step = training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * processes
     rows = len(data.train) if hasattr(data.train, "__len__") else None
@@ -109,7 +111,8 @@ def report(script: str, trainer_cls, script_args, training_args, model_args, acc
         + (" (sharded over the processes)" if sharded else ""),
     ]
     gradient_dtype = "bfloat16" if training_args.bf16 and sharded else "float32"  # ZeRO reduces bf16 gradients
-    step = mask_step_bytes(strategy, summary.trainable / (processes if sharded else 1), gradient_dtype)
+    memory_engine = "deepspeed" if "DeepSpeed" in engine or training_args.deepspeed else "torch"
+    step = mask_step_bytes(strategy, summary.trainable / (processes if sharded else 1), gradient_dtype, memory_engine)
     if step is not None:
         lines.append(f"mask step per process: about {step / 2**30:.2f} GiB at its peak, above the gradient "
                      "(docs/mask_memory.md)")  # fmt: skip
@@ -120,22 +123,34 @@ def report(script: str, trainer_cls, script_args, training_args, model_args, acc
     return "\n".join(lines)
 
 
-def mask_step_bytes(strategy, entries_per_process: float, gradient_dtype: str) -> float | None:
+MASK_MEMORY_ENGINES = ("torch", "deepspeed")  # the optimizer steps the gradients' tensors / DeepSpeed's flat partitions
+
+
+def mask_memory_case(strategy) -> str | None:
+    """The name under which ``scripts/mask_memory.py`` records the mask step of ``strategy`` (the one
+    list of those names); None for ``full`` or a strategy it does not measure."""
+    name = strategy.name
+    if name == "gmt":
+        return "gmt tensor-scope grad" if strategy.mask_scope == "tensor" else f"gmt {strategy.gmt_mode}"
+    if name in ("gps", "grft"):
+        return f"{name} (selection pass: the sums)"
+    if name == "gspf":
+        return "gspf (reselecting: scores and sums held)" if strategy.gspf_reselect_every else "gspf (one choice)"
+    return {"random": "random", "magnitude": "magnitude"}.get(name)
+
+
+def mask_step_bytes(strategy, entries_per_process: float, gradient_dtype: str, engine: str) -> float | None:
     """The mask step's peak memory above the gradient on one process, from the figures
-    ``scripts/mask_memory.py`` measured (its cases, by name); None for ``full``."""
+    ``scripts/mask_memory.py`` measured for ``engine`` (one of ``MASK_MEMORY_ENGINES``); None for
+    ``full`` or a strategy it does not measure."""
     import json
 
     from gmt.resources import MASK_MEMORY
 
-    name = strategy.name
-    if name == "gmt":
-        case = "gmt tensor-scope grad" if strategy.mask_scope == "tensor" else f"gmt {strategy.gmt_mode}"
-    elif name in ("gps", "grft"):
-        case = f"{name} (selection pass: the sums)"
-    else:
-        case = {"random": "random", "magnitude": "magnitude", "gspf": "gspf (the selecting step)"}.get(name)
+    case = mask_memory_case(strategy)
     records = json.loads(MASK_MEMORY.read_text())["records"]
-    found = [r for r in records if r["case"] == case and r["dtype"] == gradient_dtype]
+    found = [r for r in records if r["case"] == case and r["dtype"] == gradient_dtype and r["engine"] == engine
+             and r["layout"] == "equal"]  # fmt: skip
     if not found:
         return None
     return found[0]["peak_per_entry"] * entries_per_process + max(found[0]["peak_fixed_bytes"], 0.0)
@@ -153,7 +168,9 @@ def split_accelerate_config(argv: list[str]) -> tuple[list[str], str | None]:
 
 def main(argv: list[str] | None = None) -> None:
     """``gmt check --config RECIPE [--accelerate_config FILE] [--setting value ...]``."""
-    from gmt.config import recipe_script
+    import importlib
+
+    from gmt.config import SCRIPT_MODULES, recipe_script
     from gmt.errors import REFUSALS, exit_refused, show_tracebacks
     from gmt.resources import recipe_path
 
@@ -161,18 +178,18 @@ def main(argv: list[str] | None = None) -> None:
     try:
         argv, accelerate_config = split_accelerate_config(argv)
         if "--config" not in argv or argv.index("--config") + 1 >= len(argv):
-            raise ValueError("gmt check needs --config RECIPE.yaml (the recipe gmt sft or gmt dpo would run)")
+            raise ValueError("gmt check needs --config RECIPE.yaml (the recipe gmt sft, dpo or grpo would run)")
         recipe = recipe_path(argv[argv.index("--config") + 1])
         settings: dict[str, Any] = yaml.safe_load(recipe.read_text()) or {}
         script = recipe_script(settings)
-        if script == "gmt/dpo.py":
-            from gmt.dpo import make_parser
-            from gmt.trainer import GMTDPOTrainer as trainer_cls
-        else:
-            from gmt.sft import make_parser
-            from gmt.trainer import GMTSFTTrainer as trainer_cls
-        script_args, training_args, model_args = make_parser().parse_args_and_config(argv)
-        print(report(script, trainer_cls, script_args, training_args, model_args, accelerate_config), flush=True)
+        module = importlib.import_module(SCRIPT_MODULES[script])
+        script_args, training_args, model_args = module.make_parser().parse_args_and_config(argv)
+        layout = None
+        if script == "gmt/grpo.py":  # the rewards by name, and the columns they read
+            _, layout = module.rewards_and_layout(script_args)
+            module.check_generation(training_args)
+        said = report(script, module.TRAINER, script_args, training_args, model_args, accelerate_config, layout)
+        print(said, flush=True)
     except REFUSALS as error:
         if show_tracebacks():
             raise

@@ -146,25 +146,30 @@ def load_splits(script_args: GMTScriptArguments, training_args, layout: DataLayo
     return Splits(prepared[0], prepared[1] if len(prepared) > 1 else None, checker.roles if checker else {})
 
 
-def checked_inputs(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
+def checked_inputs(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig,
+                   layout: DataLayout | None = None):  # fmt: skip
     """Everything ``build_trainer`` checks and loads before the model: the attention and launch
-    layout, the quantization, the data (every raw row) and the chat template. Returns the data
-    (``Splits``) and the quantization config; ``gmt check`` stops here."""
+    layout, the quantization, the data (every raw row, in ``layout``: the trainer's own unless
+    given) and the chat template. Returns the data (``Splits``) and the quantization config;
+    ``gmt check`` stops here."""
+    layout = layout or trainer_cls.data_layout
     check_attention(model_args.attn_implementation)  # refused first, before any data or model loads
     check_dtype_settings(model_args, training_args)
     check_parallel_layout(strategy_class(training_args.mask_strategy).from_args(training_args), training_args)
     quantization = quantization_config(model_args)
     set_model_init_kwargs(model_args, training_args)
-    data = load_splits(script_args, training_args, trainer_cls.data_layout)
+    data = load_splits(script_args, training_args, layout)
     check_model_path(model_args.model_name_or_path)  # the tokenizer is read next
-    check_chat_template(data.train, training_args, model_args, trainer_cls.data_layout.purpose, data.roles)
+    check_chat_template(data.train, training_args, model_args, layout.purpose, data.roles)
     return data, quantization
 
 
-def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
+def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig,
+                  layout: DataLayout | None = None, **trainer_kwargs):  # fmt: skip
     """``trainer_cls`` on the model and data the arguments name, as TRL's scripts build it; the
-    data must fit the trainer's ``data_layout`` (see ``gmt.data``)."""
-    data, quantization = checked_inputs(trainer_cls, script_args, training_args, model_args)
+    data must fit ``layout`` (the trainer's ``data_layout`` unless given; see ``gmt.data``).
+    ``trainer_kwargs``: what else the trainer takes (GRPO's ``reward_funcs``)."""
+    data, quantization = checked_inputs(trainer_cls, script_args, training_args, model_args, layout)
     return trainer_cls(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -172,6 +177,7 @@ def build_trainer(trainer_cls, script_args: GMTScriptArguments, training_args, m
         eval_dataset=data.eval,
         peft_config=get_peft_config(model_args),
         quantization_config=quantization,
+        **trainer_kwargs,
     )
 
 
@@ -213,10 +219,12 @@ def checked_run_settings(script_args: GMTScriptArguments, training_args, model_a
     return checkpoint
 
 
-def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig):
-    """Build ``trainer_cls`` the way TRL's scripts do, train (resuming if asked), save to ``output_dir``."""
+def train_and_save(trainer_cls, script_args: GMTScriptArguments, training_args, model_args: ModelConfig,
+                   layout: DataLayout | None = None, **trainer_kwargs):  # fmt: skip
+    """Build ``trainer_cls`` the way TRL's scripts do (``build_trainer``), train (resuming if asked),
+    save to ``output_dir``."""
     checkpoint = checked_run_settings(script_args, training_args, model_args, claim=True)
-    trainer = build_trainer(trainer_cls, script_args, training_args, model_args)
+    trainer = build_trainer(trainer_cls, script_args, training_args, model_args, layout, **trainer_kwargs)
     global _training_started
     _training_started = True
     trainer.train(resume_from_checkpoint=checkpoint)

@@ -2,6 +2,7 @@
 
     gmt sft --config recipes/tiny/sft_gmt.yaml [--setting value ...]     # = gmt-sft, python gmt/sft.py
     gmt dpo --config recipes/tiny/dpo_gmt.yaml
+    gmt grpo --config recipes/tiny/grpo_gmt.yaml
     gmt eval --suite tiny --model outputs/tiny/sft_gmt                     # = gmt-eval
     gmt check --config recipes/tiny/sft_gmt.yaml                           # the preflight, no weights loaded
     gmt compare --config recipes/smollm2-135m/sft_gmt.yaml --plan          # the comparison (docs/comparison.md)
@@ -19,6 +20,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("gmt.sft", "cli", "supervised fine-tuning with gradient masking (TRL's SFTTrainer)"),
     "dpo": ("gmt.dpo", "cli", "preference optimization with gradient masking (TRL's DPOTrainer)"),
+    "grpo": ("gmt.grpo", "cli", "online RL with verifier rewards and gradient masking (TRL's GRPOTrainer)"),
     "eval": ("gmt.evaluation", "main", "score a checkpoint with an lm-eval suite (eval/suites)"),
     "check": ("gmt.check", "main", "preflight a recipe: what the run would be, and every refusal, loading no weights"),
     "compare": ("gmt.compare.cli", "main", "every method at its validation-best learning rate on a recipe, then seeds"),

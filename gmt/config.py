@@ -149,17 +149,50 @@ class RunFolderArguments:
 
 
 @dataclass
-class GMTSFTConfig(MaskArguments, RunFolderArguments, SFTConfig):
+class StepDeltaArguments:
+    """Sparse per-step deltas of the weights (gmt.step_delta): measured, and written if asked."""
+
+    step_delta_every: int = field(
+        default=0,
+        metadata={
+            "help": "Every this many optimizer steps, take the entries the weights changed since the last time, in "
+            "the dtype they are saved in: logged as delta/changed_fraction, delta/bytes and delta/bytes_vs_dense "
+            "(what a weight sync of only those entries sends, against the dense weights). 0: off. Keeps one copy "
+            "of the weights to compare with; one process, DDP or ZeRO-1/2 (whole parameters on each rank)."
+        },
+    )
+    step_delta_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "With step_delta_every: write each delta there as step-<N>.safetensors (gmt.delta's format: "
+            "indices and values, and the fingerprint of the weights it applies to); gmt delta apply --base MODEL "
+            "--delta step-*.safetensors rebuilds the weights of any step bit for bit."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.step_delta_every < 0:
+            raise ValueError(
+                f"step_delta_every must be 0 (off) or a number of optimizer steps, got {self.step_delta_every}"
+            )
+        if self.step_delta_dir is not None and self.step_delta_every == 0:
+            raise ValueError("step_delta_dir is set but step_delta_every is 0: no delta would be taken; set "
+                             "step_delta_every (1: every optimizer step)")  # fmt: skip
+        super().__post_init__()  # type: ignore[misc]
+
+
+@dataclass
+class GMTSFTConfig(MaskArguments, RunFolderArguments, StepDeltaArguments, SFTConfig):
     """``trl.SFTConfig`` with the mask settings of ``MaskArguments``."""
 
 
 @dataclass
-class GMTDPOConfig(MaskArguments, RunFolderArguments, DPOConfig):
+class GMTDPOConfig(MaskArguments, RunFolderArguments, StepDeltaArguments, DPOConfig):
     """``trl.DPOConfig`` with the mask settings of ``MaskArguments``."""
 
 
 @dataclass
-class GMTGRPOConfig(MaskArguments, RunFolderArguments, GRPOConfig):
+class GMTGRPOConfig(MaskArguments, RunFolderArguments, StepDeltaArguments, GRPOConfig):
     """``trl.GRPOConfig`` with the mask settings of ``MaskArguments``."""
 
 
@@ -206,10 +239,38 @@ class GMTScriptArguments(ScriptArguments, DatasetMixtureConfig):
     )
 
 
+@dataclass
+class GMTGRPOScriptArguments(GMTScriptArguments):
+    """``GMTScriptArguments`` plus the rewards, as ``trl grpo``'s ``GRPOScriptArguments`` takes them."""
+
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Reward functions, by name: a gmt-eval task scored against its row (gmt_reasoning_gym, "
+            "gmt_tiny_arith, ...), one of TRL's (accuracy_reward, think_format_reward, ...) or a dotted import "
+            "path (gmt/rewards.py)."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A reward model (hub id or local path), scored before reward_funcs."}
+    )
+
+
+# Each training script and the module that holds its ``make_parser`` and ``TRAINER``.
+SCRIPT_MODULES = {"gmt/sft.py": "gmt.sft", "gmt/dpo.py": "gmt.dpo", "gmt/grpo.py": "gmt.grpo"}
+
+
 def recipe_script(settings: dict) -> str:
-    """The training script a recipe's settings are for: ``gmt/dpo.py`` when it sets a field only
-    DPOConfig has (``beta``, ``loss_type``, ...), else ``gmt/sft.py``."""
+    """The training script a recipe's settings are for: ``gmt/grpo.py`` when it sets a reward or a
+    field only GRPOConfig has (``num_generations``, ...); ``gmt/dpo.py`` when it sets a field only
+    DPOConfig has (``beta``, ``loss_type``, ... GRPOConfig has some of them too); else ``gmt/sft.py``."""
     from dataclasses import fields
 
-    dpo_only = {f.name for f in fields(GMTDPOConfig)} - {f.name for f in fields(GMTSFTConfig)}
+    def names(*classes) -> set[str]:
+        return {f.name for cls in classes for f in fields(cls)}
+
+    grpo_only = names(GMTGRPOConfig, GMTGRPOScriptArguments) - names(GMTSFTConfig, GMTDPOConfig, GMTScriptArguments)
+    if grpo_only & set(settings):
+        return "gmt/grpo.py"
+    dpo_only = names(GMTDPOConfig) - names(GMTSFTConfig)
     return "gmt/dpo.py" if dpo_only & set(settings) else "gmt/sft.py"

@@ -66,6 +66,8 @@ class DataLayout:
 
 SFT_DATA = DataLayout("SFT", SFT_COLUMN_SETS)
 DPO_DATA = DataLayout("DPO", DPO_COLUMN_SETS, conversational_prompt)
+# TRL's GRPOTrainer: a prompt (text or turns); the columns a run's rewards read are added to it (gmt/grpo.py).
+GRPO_DATA = DataLayout("GRPO", (("prompt",),))
 
 
 def load_training_dataset(

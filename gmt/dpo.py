@@ -21,6 +21,8 @@ from gmt.config import GMTDPOConfig, GMTScriptArguments
 from gmt.parser import GMTParser
 from gmt.trainer import GMTDPOTrainer
 
+TRAINER = GMTDPOTrainer  # what gmt check builds its report for
+
 
 def main(script_args: GMTScriptArguments, training_args: GMTDPOConfig, model_args: ModelConfig) -> GMTDPOTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer (``cli`` ends the run and

@@ -26,6 +26,7 @@ def check_parallel_layout(strategy: MaskStrategy, args: Any) -> None:
     ``args``: the training arguments (``GMTSFTConfig`` / ``GMTDPOConfig``). ``full`` masks nothing
     and runs everywhere."""
     _check_cpu_processes(args)
+    _check_step_deltas(args)
     if strategy.name == "full":
         return
     _check_parallelism_config(strategy, args)
@@ -59,6 +60,21 @@ def _check_cpu_processes(args: Any) -> None:
             f"{args.ddp_backend!r}): add --ddp_backend gloo, and launch with a CPU accelerate config "
             "(recipes/accelerate/cpu_zero2.yaml or cpu_zero3.yaml: 2 processes); a GPU config starts one process "
             "per GPU it expects"
+        )
+
+
+def _check_step_deltas(args: Any) -> None:
+    """Per-step deltas compare whole parameters (gmt.step_delta): a layout that shards them is refused."""
+    if not getattr(args, "step_delta_every", 0):
+        return
+    fsdp = bool(getattr(args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    plugin = getattr(args, "deepspeed_plugin", None)
+    stage = (plugin.deepspeed_config.get("zero_optimization") or {}).get("stage", 0) if plugin is not None else 0
+    if fsdp or stage == 3:
+        layout = "FSDP" if fsdp else "DeepSpeed ZeRO-3"
+        raise NotImplementedError(
+            f"step_delta_every under {layout} is not supported yet: the parameters are sharded over the ranks and a "
+            "step's delta is taken of whole ones. Use one process, DDP or ZeRO-1/2, or set step_delta_every 0"
         )
 
 

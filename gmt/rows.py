@@ -34,7 +34,7 @@ class RoleExample:
 class RowChecker:
     """Checks rows one at a time (``check``), raising ``ValueError`` at the first bad one.
 
-    ``purpose`` is "SFT" or "DPO" and ``column_sets`` the columns it accepts (gmt.data's
+    ``purpose`` is "SFT", "DPO" or "GRPO" and ``column_sets`` the columns it accepts (gmt.data's
     layouts); ``assistant_turn_needed`` is ``assistant_only_loss``, under
     which a conversation with no assistant turn has nothing to learn; ``column_map`` is
     ``dataset_column_map`` parsed, applied to each row first; ``text_field`` is SFT's
@@ -66,7 +66,8 @@ class RowChecker:
                     "ShareGPT's from/value conversations, which it converts only later (rename the column and keys, "
                     "or set assistant_only_loss false)"
                 )
-        problem = (self._dpo_problem if self.purpose == "DPO" else self._sft_problem)(row, place)
+        check_row = {"DPO": self._dpo_problem, "GRPO": self._grpo_problem}.get(self.purpose, self._sft_problem)
+        problem = check_row(row, place)
         if problem is not None:
             raise ValueError(f"{place}: {problem}")
         self.rows += 1
@@ -82,6 +83,8 @@ class RowChecker:
             return None
         if self.purpose == "DPO":
             return "prompt+chosen+rejected" if "prompt" in row else "chosen+rejected"
+        if self.purpose == "GRPO":  # the prompt and the columns its rewards read
+            return "+".join(next(columns for columns in self.column_sets if set(columns) <= set(row)))
         for columns in _SFT_LAYOUTS:
             if columns[0] in row:
                 return "+".join(columns)
@@ -156,6 +159,15 @@ class RowChecker:
             if problem is not None:
                 return problem
         return None
+
+    def _grpo_problem(self, row: dict, place: str) -> str | None:
+        missing = self._missing(row)
+        if missing is not None:
+            return missing
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            return None if prompt.strip() else "prompt is empty: nothing to generate from"
+        return self._turns_problem(prompt, "prompt", place, [], learned=False)
 
     def _pair_problem(self, row: dict, first: str, second: str, place: str, learned: str) -> str | None:
         """A prompt and what follows it: both text, or both conversations (rendered one after the other)."""

@@ -23,6 +23,8 @@ from gmt.config import GMTScriptArguments, GMTSFTConfig
 from gmt.parser import GMTParser
 from gmt.trainer import GMTSFTTrainer
 
+TRAINER = GMTSFTTrainer  # what gmt check builds its report for
+
 
 def main(script_args: GMTScriptArguments, training_args: GMTSFTConfig, model_args: ModelConfig) -> GMTSFTTrainer:
     """Train, save the final model to ``output_dir`` and return the trainer (``cli`` ends the run and

@@ -38,7 +38,7 @@ from gmt.checkpoints import (
 )
 from gmt.config import check_masked_steps
 from gmt.console import quiet_console
-from gmt.data import DPO_DATA, SFT_DATA, ReportsDroppedRows
+from gmt.data import DPO_DATA, GRPO_DATA, SFT_DATA, ReportsDroppedRows
 from gmt.masking import (
     GradientMasker,
     LocalGradientAccess,
@@ -55,6 +55,7 @@ from gmt.masking.engines import DeepSpeedZero3Access, DeepSpeedZero12Access, FSD
 from gmt.output_dir import claim_output_dir, current_run, lock_output_dir, record_run
 from gmt.parallel import check_parallel_layout
 from gmt.precision import MasterWeights, keep_fp32_masters
+from gmt.step_delta import StepDeltas, saved_weights
 from gmt.summary import format_summary, mask_summary, optimizer_state_bytes
 
 
@@ -68,6 +69,7 @@ class MaskingMixin:
     _master_weights: MasterWeights | None = None  # the weights gmt keeps in fp32 (gmt.precision)
     _frozen_by_pattern: list[str] = []  # what frozen_params froze (gmt.summary reports it)
     _run: dict | None = None  # the run that owns output_dir (gmt.output_dir), on the main process
+    _step_deltas: StepDeltas | None = None  # step_delta_every: the weights' changes, on the main process
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -81,6 +83,9 @@ class MaskingMixin:
             self.is_fsdp_enabled and self.accelerator.mixed_precision != "no"
         )
         self._master_weights = keep_fp32_masters(self.model, self.args, engine_keeps_masters)
+        if self.args.step_delta_every and hasattr(self.model, "peft_config"):
+            raise ValueError("step_delta_every with use_peft: the adapter is already the whole update (gmt merge "
+                             "folds it in); set step_delta_every 0")  # fmt: skip
         self.add_callback(_MaskStepCallback(self))
         if not self.args.log_mask_blocks:
             quiet_console(self.callback_handler)
@@ -300,6 +305,8 @@ class MaskingMixin:
         same point on every rank (the pop may all-reduce)."""
         said = self._masker.more_than_asked
         logs = {**self._pop_mask_logs(), "nonfinite_skipped_steps": self._masked_step.nonfinite_skipped}
+        if self._step_deltas is not None:
+            logs |= self._step_deltas.pop_logs()
         if said is None and self._masker.more_than_asked is not None and self.args.process_index == 0:
             print(self._masker.more_than_asked, flush=True)
         self._pending_logs = {**(self._pending_logs or {}), **logs}
@@ -320,6 +327,20 @@ class MaskingMixin:
                 "groups": list(getattr(strategy, "group_names", [])),
                 "steps": list(self._history_steps), "kept": self._masker.tensor_kept_history,
                 "thresholds": self._masker.threshold_history}  # fmt: skip
+
+    def _start_step_deltas(self) -> None:
+        """step_delta_every: compare from the weights this train() starts with, on the main process
+        (every rank of DDP or ZeRO-1/2 holds the same whole weights)."""
+        self._step_deltas = None
+        if not self.args.step_delta_every or self.args.process_index != 0:
+            return
+        loaded = self._master_weights.loaded_dtypes if self._master_weights is not None else None
+        out = Path(self.args.step_delta_dir) if self.args.step_delta_dir else None
+        self._step_deltas = StepDeltas(lambda: saved_weights(self.model, loaded), out)
+
+    def _take_step_delta(self, step: int) -> None:
+        if self._step_deltas is not None and step % self.args.step_delta_every == 0:
+            self._step_deltas.take(step)
 
     def _end_of_run(self) -> None:
         """Count the steps not logged yet (every rank: it may all-reduce), then say and log the
@@ -356,11 +377,13 @@ class _MaskStepCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._bind()
+        self.trainer._start_step_deltas()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._masked_step.check_masked(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._take_step_delta(state.global_step)  # the step's update is in the weights now
         if control.should_log:
             self.trainer._collect_logs()
 
@@ -401,5 +424,7 @@ class GMTGRPOTrainer(MaskingMixin, GRPOTrainer):
     micro-batches and generation rounds, at every optimizer step.
 
     Takes a ``gmt.config.GMTGRPOConfig`` as ``args``; everything else (reward functions, generation,
-    the reference model) is ``GRPOTrainer``'s. The Python API for now: no ``gmt grpo`` command yet.
+    the reference model) is ``GRPOTrainer``'s. ``gmt grpo`` (gmt/grpo.py) runs it from a recipe.
     """
+
+    data_layout = GRPO_DATA  # what gmt/grpo.py checks the data for (with the columns its rewards read)

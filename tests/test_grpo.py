@@ -5,6 +5,7 @@ decay), while GRPO's own step counter (``_step``) keeps counting its generation 
 import json
 
 import pytest
+import torch
 
 
 def grpo_run(tiny_assets, tmp_path, **mask_settings):
@@ -101,3 +102,90 @@ def test_grpo_on_stand_ins_of_the_instruct_families_users_train(tiny_assets, sta
     assert result.returncode == 0, result.stderr[-3000:]
     run = json.loads((out / "result.json").read_text())
     assert run["kept"] == pytest.approx(0.2, abs=1e-3) and 0.5 * run["kept"] < run["moved"] <= run["kept"] + 1e-4
+
+
+# `gmt grpo` from a recipe: the tiny word problems' prompts (data/dpo: prompt and answer), rewarded by
+# the tiny eval task's own check and, so that an untrained model's groups differ, by length.
+GRPO_RECIPE = "recipes/tiny/grpo_gmt.yaml"
+REWARDS = ("--reward_funcs", "gmt_tiny_arith", "tests.grpo_rewards.longer_is_better")
+
+
+def gmt_grpo(tiny_assets, out, *overrides, model=None):
+    from conftest import run_sft
+
+    return run_sft(GRPO_RECIPE, model or tiny_assets / "base", tiny_assets / "data/dpo", out, "--max_steps", "1",
+                   "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", *overrides,
+                   script="gmt/grpo.py")  # fmt: skip
+
+
+def test_gmt_grpo_trains_the_recipe_with_rewards_by_name(tiny_assets, tmp_path):
+    from safetensors.torch import load_file
+    from test_offload import changed_fraction
+
+    from gmt.tools.delta import main as gmt_delta
+
+    deltas = tmp_path / "deltas"
+    result = gmt_grpo(tiny_assets, tmp_path / "run", *REWARDS, "--max_steps", "2", "--step_delta_every", "1",
+                      "--step_delta_dir", str(deltas))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = json.loads((tmp_path / "run" / "trainer_state.json").read_text())["log_history"]
+    step = next(entry for entry in log if "mask/kept_fraction" in entry)
+    # each reward logged under its name: the eval task's check (an untrained model never answers
+    # right: 0) and the length, which differs within the groups
+    assert step["rewards/gmt_tiny_arith/mean"] == 0 and step["rewards/longer_is_better/std"] > 0
+    # update mode at mask_ratio 0.8: each step changes the kept 20% (those with a gradient), nothing else,
+    # and a weight sync of only those sends 12 bytes (int64 index, fp32 value) for each
+    assert step["mask/kept_fraction"] == pytest.approx(0.2, abs=1e-3)
+    assert 0.1 < step["delta/changed_fraction"] <= 0.2 + 1e-4
+    assert step["delta/bytes_vs_dense"] == pytest.approx(3 * step["delta/changed_fraction"], rel=1e-3)
+    assert 0.1 < changed_fraction(tiny_assets, tmp_path / "run") <= 2 * 0.2 + 1e-4
+    # the two steps' deltas, applied in order to the base, are the saved model, bit for bit
+    gmt_delta(["apply", "--base", str(tiny_assets / "base"), "--delta", str(deltas / "step-0000001.safetensors"),
+               str(deltas / "step-0000002.safetensors"), "--out", str(tmp_path / "rebuilt")])  # fmt: skip
+    rebuilt, saved = load_file(tmp_path / "rebuilt/model.safetensors"), load_file(tmp_path / "run/model.safetensors")
+    assert rebuilt.keys() == saved.keys() and all(torch.equal(rebuilt[k], saved[k]) for k in saved)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "refusal"),
+    [
+        (("--reward_funcs", "no_such_reward"), "reward_funcs 'no_such_reward' is not a reward gmt knows"),
+        (("--reward_funcs", "gmt_next_word"), "reward_funcs 'gmt_next_word': this gmt-eval task is not scored by"),
+        ((), None),  # the recipe's reward, but a data set without the prompt column (the SFT rows)
+        (("--reward_funcs", "gmt_tiny_arith", "--use_vllm", "true"), "use_vllm true needs a GPU"),
+    ],
+    ids=["unknown-reward", "not-a-reward-task", "no-prompt-column", "vllm-on-cpu"],
+)
+def test_gmt_grpo_refuses_before_the_model_loads(tiny_assets, tmp_path, overrides, refusal):
+    from conftest import run_sft
+
+    data = tiny_assets / ("data/sft" if refusal is None else "data/dpo")
+    result = run_sft(GRPO_RECIPE, tmp_path / "no-model", data, tmp_path / "run", *overrides, script="gmt/grpo.py")
+    assert result.returncode == 2
+    said = result.stderr.strip().splitlines()[-1]
+    expected = refusal or "GRPO data set needs the columns prompt+answer; it has ['answer', 'messages']"
+    assert expected in said and "Traceback" not in result.stderr
+    assert "no-model" not in said  # nothing tried to load it
+
+
+def test_a_grpo_recipe_runs_as_gmt_grpo():
+    import yaml
+
+    from gmt.config import recipe_script
+
+    assert recipe_script(yaml.safe_load(open(GRPO_RECIPE))) == "gmt/grpo.py"
+    assert recipe_script({"beta": 0.1, "loss_type": "sigmoid"}) == "gmt/dpo.py"  # fields GRPOConfig shares
+
+
+def test_rewards_score_as_the_eval_task_does():
+    from gmt.rewards import reward_function
+    from gmt.smollm2.tasks import entries, reply
+
+    tiny = reward_function("gmt_tiny_arith")
+    completions = [[{"role": "assistant", "content": "3 + 4 = 7. The answer is 7."}], "The answer is 8.", "7"]
+    assert tiny(completions, answer=[7, 7, 7]) == [1.0, 0.0, 0.0]  # the number after "The answer is"
+    entry = entries("word_sequence_reversal", 1, seed=3)[0]
+    verifier = reward_function("gmt_reasoning_gym")
+    rows = {"task": ["word_sequence_reversal"] * 3, "entry": [json.dumps(entry)] * 3}
+    wrong = "Final answer: " + ", ".join(reversed(str(entry["answer"]).split(", ")))  # the list unreversed
+    assert verifier([reply(entry), wrong, "no final line"], **rows) == [1.0, 0.0, 0.0]

@@ -1,6 +1,7 @@
 """Every shipped recipe parses with gmt's own parser, every accelerate config loads, and the SLURM
 launcher builds the per-node command from SLURM's variables."""
 
+import importlib
 import os
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
 from conftest import REPO
-from gmt import dpo, sft
+from gmt.config import SCRIPT_MODULES
 from gmt.standins.recipes import script_for
 
 TRAINING_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
@@ -23,7 +24,7 @@ GPU_RECIPES = [recipe for recipe in TRAINING_RECIPES if recipe.parent.name not i
 @pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_parses(recipe):
     # bf16 is forced off: this machine has no GPU; every other key must be a known setting.
-    parser = (dpo if script_for(recipe) == "gmt/dpo.py" else sft).make_parser()
+    parser = importlib.import_module(SCRIPT_MODULES[script_for(recipe)]).make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
     assert model_args.model_name_or_path and script_args.dataset_name
     assert training_args.mask_strategy in ("gmt", "full")

@@ -210,3 +210,24 @@ def test_the_dpo_recipe_masks_the_real_policy(smollm2, tmp_path):
     changed = re.search(r"changed ([\d,]+) of its ([\d,]+) entries", result.stdout)
     share = int(changed[1].replace(",", "")) / int(changed[2].replace(",", ""))
     assert 0.5 < share <= 0.85, share  # two steps' kept entries (80% each, mostly the same ones)
+
+
+@pytest.mark.slow  # GRPO's generation and 2 steps of the real model (a few minutes)
+def test_the_grpo_recipe_masks_the_real_policy_and_syncs_the_kept_entries(smollm2, tmp_path):
+    """recipes/smollm2-135m/grpo_gmt.yaml as shipped, 2 steps from the base: the task's verifier is
+    logged as a reward (the base never writes the final-answer line it reads, so it gives 0 here;
+    the recipe starts from the SFT model), the completions' length is added so that the groups have
+    an advantage to follow; gmt keeps 3% of the entries at each step, and each step changes at most
+    those (update mode; step_delta_every 1): a sync of the changed entries is a fraction of the dense one."""
+    model_dir, data_dir = smollm2
+    result = run_sft("recipes/smollm2-135m/grpo_gmt.yaml", model_dir, data_dir / TASK, tmp_path / "grpo",
+                     "--reward_funcs", "gmt_reasoning_gym", "tests.grpo_rewards.longer_is_better",
+                     "--max_steps", "2", "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1",
+                     "--num_generations", "4", "--max_completion_length", "24", script="gmt/grpo.py",
+                     env={"OMP_NUM_THREADS": "2"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [round(value, 3) for value in logged(result.stdout, "mask/kept_fraction")] == [0.03, 0.03]
+    assert logged(result.stdout, "rewards/gmt_reasoning_gym/mean") == [0.0, 0.0]
+    changed = logged(result.stdout, "delta/changed_fraction")
+    assert len(changed) == 2 and all(0 < value <= 0.03 + 1e-4 for value in changed)
+    assert all(value <= 3 * 0.03 + 1e-4 for value in logged(result.stdout, "delta/bytes_vs_dense"))

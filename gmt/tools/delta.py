@@ -2,6 +2,8 @@
 
     gmt delta export --base .cache/gmt-tiny/base --tuned outputs/tiny/sft_gmt --out d.safetensors
     gmt delta apply --base .cache/gmt-tiny/base --delta d.safetensors --out outputs/rebuilt
+    # a run's per-step deltas (step_delta_dir), applied in order: the weights after the last one
+    gmt delta apply --base MODEL --delta deltas/step-*.safetensors --out outputs/at-step-N
 
 ``apply`` writes an ordinary HF checkpoint (the base's config and tokenizer, the delta's weights);
 the round trip reproduces the fine-tuned weights bit for bit.
@@ -38,7 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--out", type=Path, required=True)
     apply = commands.add_parser("apply", help="write --base with --delta applied as an HF checkpoint")
     apply.add_argument("--base", required=True)
-    apply.add_argument("--delta", type=Path, required=True)
+    apply.add_argument(
+        "--delta",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="one delta, or a chain of a run's step deltas, applied in the order given",
+    )
     apply.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
 
@@ -56,11 +64,14 @@ def main(argv: list[str] | None = None) -> None:
                   "or a fixed-mask strategy (gps, grft, gspf), changes only the kept entries")  # fmt: skip
     else:
         model = AutoModelForCausalLM.from_pretrained(args.base)
-        weights = apply_delta(model.state_dict(), load_delta(args.delta), delta_base_fingerprint(args.delta))
+        weights = model.state_dict()
+        for delta in args.delta:  # each checked against the weights it was taken from
+            weights = apply_delta(weights, load_delta(delta), delta_base_fingerprint(delta))
         model.load_state_dict(weights)
         model.save_pretrained(args.out)
         AutoTokenizer.from_pretrained(args.base).save_pretrained(args.out)
-        print(f"{args.out}: base {args.base} with {args.delta} applied")
+        applied = str(args.delta[0]) if len(args.delta) == 1 else f"{len(args.delta)} deltas ({args.delta[-1]} last)"
+        print(f"{args.out}: base {args.base} with {applied} applied")
 
 
 if __name__ == "__main__":
