@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     """``gmt check --config RECIPE [--accelerate_config FILE] [--setting value ...]``."""
     import importlib
 
-    from gmt.config import SCRIPT_MODULES, recipe_script
+    from gmt.config import SCRIPTS, recipe_script
     from gmt.errors import REFUSALS, exit_refused, show_tracebacks
     from gmt.resources import recipe_path
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         recipe = recipe_path(argv[argv.index("--config") + 1])
         settings: dict[str, Any] = yaml.safe_load(recipe.read_text()) or {}
         script = recipe_script(settings)
-        module = importlib.import_module(SCRIPT_MODULES[script])
+        module = importlib.import_module(SCRIPTS[script].module)
         script_args, training_args, model_args = module.make_parser().parse_args_and_config(argv)
         layout = None
         if script == "gmt/grpo.py":  # the rewards by name, and the columns they read

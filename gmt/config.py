@@ -256,8 +256,20 @@ class GMTGRPOScriptArguments(GMTScriptArguments):
     )
 
 
-# Each training script and the module that holds its ``make_parser`` and ``TRAINER``.
-SCRIPT_MODULES = {"gmt/sft.py": "gmt.sft", "gmt/dpo.py": "gmt.dpo", "gmt/grpo.py": "gmt.grpo"}
+@dataclass(frozen=True)
+class TrainingScript:
+    """A training script: the module that holds its ``make_parser``, ``main`` and ``TRAINER``, and its config."""
+
+    module: str
+    config: type
+
+
+# Every training script, by the path recipes and run records name it with.
+SCRIPTS = {
+    "gmt/sft.py": TrainingScript("gmt.sft", GMTSFTConfig),
+    "gmt/dpo.py": TrainingScript("gmt.dpo", GMTDPOConfig),
+    "gmt/grpo.py": TrainingScript("gmt.grpo", GMTGRPOConfig),
+}
 
 
 def recipe_script(settings: dict) -> str:

@@ -10,7 +10,7 @@ import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 
 from conftest import REPO
-from gmt.config import SCRIPT_MODULES
+from gmt.config import SCRIPTS
 from gmt.standins.recipes import script_for
 
 TRAINING_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
@@ -24,7 +24,7 @@ GPU_RECIPES = [recipe for recipe in TRAINING_RECIPES if recipe.parent.name not i
 @pytest.mark.parametrize("recipe", TRAINING_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_recipe_parses(recipe):
     # bf16 is forced off: this machine has no GPU; every other key must be a known setting.
-    parser = importlib.import_module(SCRIPT_MODULES[script_for(recipe)]).make_parser()
+    parser = importlib.import_module(SCRIPTS[script_for(recipe)].module).make_parser()
     script_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
     assert model_args.model_name_or_path and script_args.dataset_name
     assert training_args.mask_strategy in ("gmt", "full")

@@ -32,10 +32,10 @@ class Recipe:
         return recipe_script(self.settings)
 
     def setting(self, name: str):
-        """A training setting: the recipe's, else its config's default (SFTConfig's or DPOConfig's)."""
-        from gmt.config import GMTDPOConfig, GMTSFTConfig
+        """A training setting: the recipe's, else its script's config's default."""
+        from gmt.config import SCRIPTS
 
-        config = GMTDPOConfig if self.script == "gmt/dpo.py" else GMTSFTConfig
+        config = SCRIPTS[self.script].config
         return self.settings.get(name, config.__dataclass_fields__[name].default)
 
     @property

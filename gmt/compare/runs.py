@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from gmt.config import SCRIPTS
 from gmt.resources import PACKAGE
 
 
@@ -50,11 +51,11 @@ class Run:
 def training_command(launcher: str, script: str, recipe: Path, arguments: list[str]) -> tuple[list[str], dict]:
     """The command line that trains one run, and the environment it adds: ``python`` (one process
     here), an ``accelerate launch ...`` or ``torchrun ...`` line, or ``scripts/launch.slurm [CONFIG]``
-    (one accelerate launch per node of a SLURM allocation). ``script`` is ``gmt/sft.py`` or
-    ``gmt/dpo.py``: run as its module (``-m gmt.sft``), so that an installed package needs no clone;
-    another launcher gets the package's file."""
+    (one accelerate launch per node of a SLURM allocation). ``script`` is one of ``gmt.config.SCRIPTS``:
+    run as its module (``-m gmt.sft``), so that an installed package needs no clone; another launcher
+    gets the package's file."""
     words = shlex.split(launcher)
-    module = script.removesuffix(".py").replace("/", ".")
+    module = SCRIPTS[script].module
     if any(word.endswith("launch.slurm") for word in words):
         start = next(i for i, word in enumerate(words) if word.endswith("launch.slurm"))
         slurm, accelerate_config = words[: start + 1], words[start + 1 :]
@@ -226,7 +227,7 @@ def _settings(command: list[str]) -> list[str]:
             settings.append(pair[1].replace(".", "/") + ".py")
             index += 2
             continue
-        settings.append("/".join(Path(words[index]).parts[-2:]) if words[index].endswith(("gmt/sft.py", "gmt/dpo.py"))
-                        else words[index])  # fmt: skip
+        script = words[index].endswith(tuple(SCRIPTS))
+        settings.append("/".join(Path(words[index]).parts[-2:]) if script else words[index])
         index += 1
     return settings
