@@ -2,7 +2,8 @@
 
 A masked fine-tune changes a fraction of the weights; its delta stores, per tensor, the flat
 indices of the changed entries and their new values (not the differences, so applying a delta is
-exact, bit for bit). Saved as safetensors: ``<name>.indices`` (int64) and ``<name>.values``, with
+exact, bit for bit). Saved as safetensors: ``<name>.indices`` (int32, int64 for a tensor of 2^31
+entries or more) and ``<name>.values``, with
 a fingerprint of the base's weights in the metadata: applied to any other base (same names and
 shapes, other values) it would rebuild a wrong model, so that is refused.
 """
@@ -31,6 +32,8 @@ def compute_delta(base: Mapping[str, Tensor], tuned: Mapping[str, Tensor]) -> di
             raise ValueError(f"{name}: base {base_tensor.dtype}{tuple(base_tensor.shape)} vs "
                              f"fine-tuned {tuned_tensor.dtype}{tuple(tuned_tensor.shape)}")  # fmt: skip
         changed = changed_entries(base_tensor, tuned_tensor).nonzero().squeeze(1)
+        if tuned_tensor.numel() <= torch.iinfo(torch.int32).max:  # half the bytes of an index
+            changed = changed.to(torch.int32)
         if changed.numel():
             delta[f"{name}.indices"] = changed
             delta[f"{name}.values"] = tuned_tensor.reshape(-1)[changed].contiguous()

@@ -20,8 +20,6 @@ from torch import Tensor
 
 from gmt.delta import compute_delta, save_delta, weights_fingerprint
 
-INDEX_BYTES = 8  # gmt.delta's indices are int64
-
 
 def delta_file(out_dir: Path, step: int) -> Path:
     """Where the delta of optimizer step ``step`` is written."""
@@ -46,7 +44,7 @@ class StepDeltas:
 
     def take(self, step: int) -> tuple[int, int]:
         """The delta since the last one: written as ``step-<step>.safetensors`` where ``out_dir`` is
-        set; returns (changed entries, its bytes: an int64 index and a value per changed entry)."""
+        set; returns (changed entries, its bytes: an index and a value per changed entry)."""
         current = {name: tensor.detach() for name, tensor in self.weights().items()}
         delta = compute_delta(self.previous, current)
         changed = sum(t.numel() for key, t in delta.items() if key.endswith(".indices"))

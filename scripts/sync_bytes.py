@@ -1,5 +1,5 @@
 """Bytes per weight sync in GRPO: what a trainer hands its generator when it sends only the entries
-each optimizer step changed (gmt.step_delta: an int64 index and a value each), against the dense
+each optimizer step changed (gmt.step_delta: an int32 index and a value each), against the dense
 weights, for full training, gmt in both modes, random at the same density and a fixed mask.
 
 Each method runs GRPO on a tiny model (gmt.tiny, pretrained briefly: built once into
@@ -66,7 +66,7 @@ def run(method: str, precision: str, assets: Path, steps: int, workdir: Path) ->
 def markdown(records: list[dict], command: str) -> str:
     lines = [f"`{command}`", "",
              "Per GRPO optimizer step on the tiny model, the entries the step changed in the saved dtype, and the "
-             "bytes of a sync of only those (an int64 index and a value each) against the dense weights.", "",
+             "bytes of a sync of only those (an int32 index and a value each) against the dense weights.", "",
              "| method | weights | kept by the mask | changed a step | bytes a sync vs dense |",
              "|---|---|---:|---:|---:|"]  # fmt: skip
     for record in records:

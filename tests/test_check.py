@@ -94,3 +94,19 @@ def test_a_launch_counts_its_processes_as_accelerate_does():
     assert accelerate_launch_processes(["--config_file", "recipes/accelerate/zero3_multinode.yaml", "x.py"]) == 16
     assert accelerate_launch_processes(["--num_processes=4", "x.py", "--num_processes", "9"]) == 4  # the script's own
     assert accelerate_launch_processes(["x.py"]) is None
+
+
+def test_check_reads_a_grpo_recipe_with_its_rewards_columns(tiny_assets, tmp_path):
+    # the tiny GRPO recipe: gmt_tiny_arith reads each row's answer, so rows without it are refused
+    common = ("--config", "recipes/tiny/grpo_gmt.yaml", "--model_name_or_path", str(tiny_assets / "base"),
+              "--output_dir", str(tmp_path / "out"))  # fmt: skip
+    result = check(*common, "--dataset_name", str(tiny_assets / "data/dpo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gmt check: gmt/grpo.py, data" in result.stdout
+    assert "gmt check: everything training checks before its model loads passed" in result.stdout
+    bare = tmp_path / "prompts"
+    bare.mkdir()
+    (bare / "train.jsonl").write_text('{"prompt": [{"role": "user", "content": "What is 2 + 3?"}]}\n')
+    refused = check(*common, "--dataset_name", str(bare))
+    assert refused.returncode == 2
+    assert "GRPO data set needs the columns prompt+answer; it has ['prompt']" in refused.stderr.strip().splitlines()[-1]
