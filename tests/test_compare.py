@@ -464,3 +464,25 @@ def test_the_report_names_what_it_ran_on_and_can_leave_the_readme_alone(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.read_text().startswith("# The methods compared on a toy\n")
     assert "#### word problems" in out.read_text() and (REPO / "README.md").read_text() == readme_before
+
+
+def test_a_run_with_step_deltas_reports_its_sync_size_and_rewards():
+    from gmt.compare.runs import step_delta_and_rewards
+    from gmt.compare.tables import aggregate, markdown
+
+    history = [{"step": 1, "reward": 0.25, "delta/changed_fraction": 0.03, "delta/bytes_vs_dense": 0.06},
+               {"step": 2, "reward": 0.5, "delta/changed_fraction": 0.01, "delta/bytes_vs_dense": 0.02},
+               {"step": 2, "train_runtime": 9.0}]  # fmt: skip
+    found = step_delta_and_rewards(history)
+    assert found["step_delta"] == pytest.approx({"changed_fraction": 0.02, "bytes_vs_dense": 0.04})
+    assert found["rewards"] == [{"step": 1, "reward": 0.25}, {"step": 2, "reward": 0.5}]
+    assert step_delta_and_rewards([{"step": 1, "loss": 2.0}]) == {}  # an SFT run: nothing more
+    run = {"learning_rate": 1e-5, "score": 0.5, "kept_fraction": 0.03, "updated_fraction": 0.1, "seconds": 60.0}
+    records = [{**run, "method": "full", "seed": 0},
+               {**run, "method": "gmt-update-0.97", "seed": 0, **found}]  # fmt: skip
+    methods = {"full": ("--mask_strategy", "full"), "gmt-update-0.97": ("--mask_strategy", "gmt")}
+    table = markdown(aggregate(records, list(methods), methods), "# final")
+    assert "| sync a step (× dense) |" in table
+    assert table.splitlines()[-1].endswith("| 0.100 | 0.040 | 1.0 min |")  # entries changed, then the sync
+    assert table.splitlines()[-2].endswith("| 0.100 | - | 1.0 min |")  # full took no step deltas
+    assert "sync a step" not in markdown(aggregate(records[:1], ["full"], methods), "# final")

@@ -129,6 +129,7 @@ def finish(run: Run, env: dict[str, str]) -> dict:
                     if "gmt/optimizer_state_bytes_per_rank" in entry]  # fmt: skip
     if logged_state:
         record["optimizer_state_bytes"] = logged_state[-1]
+    record |= step_delta_and_rewards(history)
     if run.phase == "final":
         checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
         jobs = []
@@ -145,6 +146,20 @@ def finish(run: Run, env: dict[str, str]) -> dict:
         for path in checkpoints:  # scored: the final model stays in run_dir
             shutil.rmtree(path)
     return record
+
+
+def step_delta_and_rewards(history: list[dict]) -> dict:
+    """What a run logged beyond its score: its step deltas' mean changed fraction and bytes against
+    the dense weights (``step_delta_every``), and GRPO's mean reward at each logging step."""
+    found: dict = {}
+    deltas = [entry for entry in history if "delta/bytes_vs_dense" in entry]
+    if deltas:
+        found["step_delta"] = {key: statistics.fmean(entry[f"delta/{key}"] for entry in deltas)
+                               for key in ("changed_fraction", "bytes_vs_dense")}  # fmt: skip
+    rewards = [{"step": entry["step"], "reward": entry["reward"]} for entry in history if "reward" in entry]
+    if rewards:
+        found["rewards"] = rewards
+    return found
 
 
 def updated_fraction(base: str, tuned: Path, history: list[dict]) -> float:

@@ -28,11 +28,16 @@ def aggregate(records: list[dict], chosen: list[str], methods: dict[str, tuple[s
             "updated_fraction": statistics.fmean(r["updated_fraction"] for r in runs),
             "equations": _mean_or_none([r.get("equations_score") for r in runs]),
             "optimizer_state_bytes": _mean_or_none([r.get("optimizer_state_bytes") for r in runs]),
+            "sync_vs_dense": _mean_or_none([(r.get("step_delta") or {}).get("bytes_vs_dense") for r in runs]),
             "curve": next((r["curve"] for r in runs if r["seed"] == 0 and r.get("curve")), None),
             # median: a run that shared the machine with other work does not move it much
             "seconds": statistics.median(r["seconds"] for r in runs),
         })  # fmt: skip
     return rows
+
+
+def _sync(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _mean_or_none(values: list) -> float | None:
@@ -50,9 +55,12 @@ def markdown(rows: list[dict], header: str, base_equations: float | None = None,
     """The final table: a row per method, its rate and memory relative to full fine-tuning's."""
     full = next((row for row in rows if row["method"] == "full"), None)
     base = "" if base_equations is None else f" (base {100 * base_equations:.1f}%)"
+    # runs that took step deltas (step_delta_every) say what a sync of each step's changes sends
+    syncs = any(row.get("sync_vs_dense") is not None for row in rows)
     columns = (f"| method | learning rate (× full's) | seeds | {score_name} (mean ± std) | {forgetting}"
-               f"{base} | optimizer state (× full's) | kept per step | entries changed | wall time (median) |")
-    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+               f"{base} | optimizer state (× full's) | kept per step | entries changed |"
+               + (" sync a step (× dense) |" if syncs else "") + " wall time (median) |")
+    lines = [header, "", columns, "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if syncs else "") + "---:|"]
     for row in rows:
         equations = "-" if row.get("equations") is None else f"{100 * row['equations']:.1f}%"
         rate = f"{row['learning_rate']:g}" + (f" ({row['learning_rate'] / full['learning_rate']:.3g}×)" if full else "")
@@ -62,7 +70,8 @@ def markdown(rows: list[dict], header: str, base_equations: float | None = None,
         lines.append(
             f"| {row['method']} | {rate} | {row['seeds']} | {100 * row['score_mean']:.1f} ± "
             f"{100 * row['score_std']:.1f}% | {equations} | {memory} | {_fraction(row['kept_fraction'])} | "
-            f"{row['updated_fraction']:.3f} | {row['seconds'] / 60:.1f} min |"
+            f"{row['updated_fraction']:.3f} | " + (f"{_sync(row.get('sync_vs_dense'))} | " if syncs else "")
+            + f"{row['seconds'] / 60:.1f} min |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
 
