@@ -208,6 +208,12 @@ def test_compare_report_rules_on_known_numbers():
     assert table["gradient-chosen ≥ random at ratio 0.2"].startswith("within noise")
     assert table["gradient-chosen ≥ random at ratio 0.5"].startswith("holds")
     assert table["GMT insensitive to the mask ratio"].startswith("holds")  # spread 1.5 points, std 2
+    assert not any("update mode" in claim for claim in table)  # no update-mode pair ran
+    rows |= {"gmt-update-0.97": row("gmt-update-0.97", 0.40, 0.01, kept=0.03),
+             "random-update-0.97": row("random-update-0.97", 0.36, 0.02, kept=0.03)}  # fmt: skip
+    table = dict([cell.strip() for cell in line.strip("|").split("|")] for line in claims({"t": rows}).splitlines()[2:])
+    assert table["gradient-chosen ≥ random at ratio 0.97, update mode"].startswith("holds: 40.0 vs 36.0%")
+    del rows["gmt-update-0.97"], rows["random-update-0.97"]
     assert table["gps near full fine-tuning with ≤ 10% of the entries"].startswith("holds")  # 95% of full's
     assert table["grft near full fine-tuning with ≤ 10% of the entries"].startswith("does not hold (below 90%")
     rows["gps"]["kept_fraction"] = 0.108  # a score near full's, but more than the claim's budget

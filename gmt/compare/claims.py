@@ -64,6 +64,12 @@ def claims(tasks: dict[str, dict[str, dict]]) -> str:
     for ratio in RATIOS:
         row(f"gradient-chosen ≥ random at ratio {ratio}",
             lambda rows, ratio=ratio: versus(rows[f"gmt-grad-{ratio}"], rows[f"random-{ratio}"]))  # fmt: skip
+    # update mode, each step changing only the kept entries (the RL methods): where a task ran a pair
+    update_ratios = sorted({ratio for rows in tasks.values() for name in rows if name.startswith("gmt-update-")
+                            and f"random-update-{(ratio := name.removeprefix('gmt-update-'))}" in rows})  # fmt: skip
+    for ratio in update_ratios:
+        row(f"gradient-chosen ≥ random at ratio {ratio}, update mode",
+            lambda rows, ratio=ratio: versus(rows[f"gmt-update-{ratio}"], rows[f"random-update-{ratio}"]))  # fmt: skip
 
     def insensitive(rows: dict[str, dict]) -> str:
         gmt = [rows[f"gmt-grad-{ratio}"] for ratio in RATIOS]

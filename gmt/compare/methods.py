@@ -6,6 +6,7 @@ import shlex
 import sys
 
 RATIOS = (0.2, 0.5, 0.8)
+RL_RATIO = 0.97  # the ratio of the RL methods: 3% kept, in the 1-5% RL updates touch
 
 # Method name -> overrides of the recipe. gps and grft get their budgets from the model at hand
 # (fixed_mask_budgets); gspf's keep ratio is a share of the model already.
@@ -14,6 +15,10 @@ METHODS: dict[str, tuple[str, ...]] = {
     **{f"gmt-grad-{r}": ("--mask_strategy", "gmt", "--mask_ratio", str(r), "--gmt_mode", "grad") for r in RATIOS},
     # update mode (mask on the optimizer's update) at the middle ratio: does it differ from grad mode?
     "gmt-update-0.5": ("--mask_strategy", "gmt", "--mask_ratio", "0.5", "--gmt_mode", "update"),
+    # RL (GRPO): update mode keeping 3%, each step changing only its kept entries (a small weight sync),
+    # and random at the same density the same way: the bar a gradient-chosen mask has to clear in RL
+    **{f"{strategy}-update-{RL_RATIO}": ("--mask_strategy", strategy, "--mask_ratio", str(RL_RATIO), "--gmt_mode",
+                                         "update") for strategy in ("gmt", "random")},  # fmt: skip
     **{f"random-{r}": ("--mask_strategy", "random", "--mask_ratio", str(r)) for r in RATIOS},
     "gps": ("--mask_strategy", "gps"),
     "grft": ("--mask_strategy", "grft"),
