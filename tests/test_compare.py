@@ -492,3 +492,14 @@ def test_a_run_with_step_deltas_reports_its_sync_size_and_rewards():
     assert table.splitlines()[-1].endswith("| 0.100 | 0.040 | 1.0 min |")  # entries changed, then the sync
     assert table.splitlines()[-2].endswith("| 0.100 | - | 1.0 min |")  # full took no step deltas
     assert "sync a step" not in markdown(aggregate(records[:1], ["full"], methods), "# final")
+
+
+def test_the_default_methods_follow_the_recipes_script():
+    from gmt.compare.methods import METHODS, RL_METHODS, default_methods, method_table
+
+    methods = method_table(["mine=--mask_strategy gmt --mask_ratio 0.9"])
+    sft = default_methods("gmt/sft.py", methods)
+    assert not set(RL_METHODS) & set(sft) and "mine" in sft and len(sft) == len(METHODS) - len(RL_METHODS) + 1
+    assert default_methods("gmt/grpo.py", methods) == ["full", "gmt-update-0.97", "random-update-0.97", "gspf", "mine"]
+    random_update = ("--mask_strategy", "random", "--mask_ratio", "0.97", "--gmt_mode", "update")
+    assert METHODS["random-update-0.97"] == random_update

@@ -49,7 +49,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gmt.compare.methods import DENSE_PHASE_AT_FULLS_RATE, METHODS, gspf_warmup, method_table
+from gmt.compare.methods import (
+    DENSE_PHASE_AT_FULLS_RATE,
+    METHODS,
+    RL_METHODS,
+    default_methods,
+    gspf_warmup,
+    method_table,
+)
 from gmt.compare.plots import plot, plot_curves, plot_sweep
 from gmt.compare.rates import best_rate, failed, normal_rate, sweep_grid, sweep_steps_for, usual_multiples
 from gmt.compare.recipe import TINY_RECIPE, comparison_recipe, hold_out, read_recipe
@@ -284,7 +291,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     what.add_argument("--model", default=None, help="the base model (default: the recipe's model_name_or_path)")
     what.add_argument("--data", type=Path, default=None, help="the training data (default: the recipe's)")
     what.add_argument("--methods", nargs="+", default=None,
-                      help=f"methods to compare (default: all of {list(METHODS)})")
+                      help=f"methods to compare, of {list(METHODS)} (default: all but {list(RL_METHODS)} for "
+                           "an SFT or DPO recipe; full, those and gspf for a GRPO recipe)")
     what.add_argument("--method", action="append", default=[], metavar="NAME=ARGS",
                       help="add ARGS to method NAME's overrides, or define a new method, e.g. 'gps=--gps_k 4' or "
                            "'gmt-0.9=--mask_strategy gmt --mask_ratio 0.9' (repeatable)")  # fmt: skip
@@ -377,7 +385,7 @@ def settle(args: argparse.Namespace) -> tuple:
     if args.sweep_around and not args.sweep_around.is_file():
         sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
     methods = method_table(args.method)
-    chosen = args.methods or list(methods)
+    chosen = args.methods or default_methods(recipe.script, methods)
     unknown = [name for name in chosen if name not in methods]
     if unknown:
         sys.exit(f"--methods {unknown}: unknown; known: {list(methods)} (or define one with --method NAME=ARGS)")

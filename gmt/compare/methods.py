@@ -35,6 +35,16 @@ METHODS: dict[str, tuple[str, ...]] = {
 }
 
 FIXED_MASK = ("gps", "grft", "gspf", "gspf-dense-lr")  # the methods that train a fixed subset of entries
+RL_METHODS = tuple(f"{strategy}-update-{RL_RATIO}" for strategy in ("gmt", "random"))
+
+
+def default_methods(script: str, methods: dict[str, tuple[str, ...]]) -> list[str]:
+    """What a comparison runs unless --methods says: for a GRPO recipe full, the RL methods and the
+    fixed mask gspf; for SFT and DPO every method but the RL ones. Methods defined by --method are added."""
+    defined = [name for name in methods if name not in METHODS]
+    if script == "gmt/grpo.py":
+        return ["full", *RL_METHODS, "gspf", *defined]
+    return [name for name in methods if name not in RL_METHODS]
 
 # gps keeps gps_k input connections of every output neuron, grft grft_k rows of every matrix: an
 # eighth of the hidden size each (16 in the tiny model, hidden 128, as its comparison ran), so that
