@@ -494,6 +494,21 @@ def test_a_run_with_step_deltas_reports_its_sync_size_and_rewards():
     assert "sync a step" not in markdown(aggregate(records[:1], ["full"], methods), "# final")
 
 
+def test_grpo_rewards_are_drawn_per_run(tmp_path):
+    from PIL import Image
+
+    from gmt.compare.plots import plot_rewards
+
+    rewards = [{"step": step, "reward": 0.1 * step} for step in (1, 2, 3)]
+    records = [{"method": method, "seed": seed, "score": 0.5, "rewards": rewards}
+               for method in ("full", "gmt-update-0.97") for seed in (0, 1)]  # fmt: skip
+    plot_rewards(records, tmp_path / "rewards.png")
+    with Image.open(tmp_path / "rewards.png") as image:
+        assert image.size == (840, 540)  # 7 x 4.5 inches at 120 dpi
+        colours = {colour for _, colour in image.convert("RGB").getcolors(1 << 20)}
+    assert (31, 119, 180) in colours and (255, 127, 14) in colours  # C0 and C1: one line colour per method
+
+
 def test_the_default_methods_follow_the_recipes_script():
     from gmt.compare.methods import METHODS, RL_METHODS, default_methods, method_table
 

@@ -57,7 +57,7 @@ from gmt.compare.methods import (
     gspf_warmup,
     method_table,
 )
-from gmt.compare.plots import plot, plot_curves, plot_sweep
+from gmt.compare.plots import plot, plot_curves, plot_rewards, plot_sweep
 from gmt.compare.rates import best_rate, failed, normal_rate, sweep_grid, sweep_steps_for, usual_multiples
 from gmt.compare.recipe import TINY_RECIPE, comparison_recipe, hold_out, read_recipe
 from gmt.compare.runs import Run, cached, execute, score_checkpoints, score_jobs, training_command
@@ -232,6 +232,8 @@ def write_final(records: list[dict], args, methods: dict[str, tuple[str, ...]], 
                         "schedule is the full run's, so an early point is not a shorter run)")  # fmt: skip
         (args.out / "curve.md").write_text(curve_markdown(rows, curve_header))
         plot_curves(rows, args.out / "curve.png")
+    if any(record.get("rewards") for record in records):  # GRPO runs
+        plot_rewards(records, args.out / "rewards.png")
     print(markdown(rows, header, base_equations, score_name, forgetting))
     if "full" in args.methods:
         report = task_report(rows, args, methods, recipe)

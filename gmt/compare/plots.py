@@ -1,5 +1,5 @@
 """The comparison's pictures: score against memory, entries changed and forgetting; the sweep; the
-learning curves."""
+learning curves; GRPO's reward curves."""
 
 from __future__ import annotations
 
@@ -96,6 +96,31 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     axis.set_ylabel("test exact match (%)")
     axis.set_title("learning curves, each method at its best validation rate")
     axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_rewards(records: list[dict], path: Path) -> None:
+    """GRPO's mean reward at each logging step of every final run (one colour per method, a line
+    style per seed): what the policy earned while it trained."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [record for record in records if record.get("rewards") and not failed(record)]
+    methods = list(dict.fromkeys(record["method"] for record in runs))
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for record in runs:
+        index = methods.index(record["method"])
+        axis.plot([p["step"] for p in record["rewards"]], [p["reward"] for p in record["rewards"]],
+                  color=f"C{index}", linestyle=("-", "--", ":")[record["seed"] % 3],
+                  label=f"{record['method']} seed {record['seed']}")  # fmt: skip
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("mean reward of the step's completions")
+    axis.set_title("GRPO rewards while training, each method at its best validation rate")
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
