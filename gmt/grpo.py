@@ -35,7 +35,7 @@ def rewards_and_layout(script_args: GMTGRPOScriptArguments) -> tuple[list, DataL
     rewards = [reward_function(name) for name in names]
     if script_args.reward_model_name_or_path:
         rewards.insert(0, script_args.reward_model_name_or_path)
-    columns = (*GRPO_DATA.column_sets[0], *reward_columns(names))
+    columns = (*GRPO_DATA.column_sets[0], *reward_columns(rewards))
     return rewards, DataLayout(GRPO_DATA.purpose, (columns,))
 
 

@@ -25,20 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from gmt.prompts import task_yaml_spec
 from gmt.resources import EVAL_DIR
 
 RewardFunction = Callable[..., list[float]]
 TRL_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
 VERIFIER_SCORING = "gmt.evaluation.verifiers.process_results"
-
-
-class _TaskLoader(yaml.SafeLoader):
-    """Reads lm-eval task files: ``!function module.name`` as its dotted name."""
-
-
-_TaskLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
 
 
 def completion_text(completion: Any) -> str:
@@ -56,8 +48,10 @@ class TaskReward:
         self.name = name
         self.verifier = spec.get("process_results") == VERIFIER_SCORING
         if self.verifier:
+            from gmt.evaluation.verifiers import process_results
+
             self.columns: tuple[str, ...] = ("task", "entry")
-            self.pattern = None
+            self.pattern, self.process_results = None, process_results
             return
         target = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", str(spec.get("doc_to_target", "")))
         patterns = [step["regex_pattern"] for group in spec.get("filter_list") or []
@@ -74,9 +68,7 @@ class TaskReward:
             text = completion_text(completion)
             row = {column: columns[column][index] for column in self.columns}
             if self.verifier:
-                from gmt.evaluation.verifiers import process_results
-
-                rewards.append(process_results(row, [text])["reward"])
+                rewards.append(self.process_results(row, [text])["reward"])
                 continue
             found = self.pattern.search(text)
             answer = found.group(1) if found and found.groups() else found.group(0) if found else None
@@ -85,7 +77,7 @@ class TaskReward:
 
 
 def _task_spec(path: Path) -> dict[str, Any]:
-    return yaml.load(path.read_text(), Loader=_TaskLoader) or {}
+    return task_yaml_spec(path.read_text()) or {}
 
 
 def task_rewards() -> dict[str, Path]:
@@ -124,12 +116,12 @@ def reward_function(name: str) -> RewardFunction:
                      "import path")  # fmt: skip
 
 
-def reward_columns(names: Sequence[str]) -> tuple[str, ...]:
-    """The data columns the named gmt-eval rewards read (TRL passes each row's columns to them)."""
+def reward_columns(rewards: Sequence[RewardFunction | str]) -> tuple[str, ...]:
+    """The data columns the gmt-eval rewards among ``rewards`` read (TRL passes each row's columns to
+    them); other reward functions and reward models declare none."""
     columns: list[str] = []
-    for name in names:
-        function = reward_function(name)
-        for column in getattr(function, "columns", ()):
+    for reward in rewards:
+        for column in getattr(reward, "columns", ()):
             if column not in columns:
                 columns.append(column)
     return tuple(columns)

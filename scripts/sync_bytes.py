@@ -36,7 +36,9 @@ PRECISIONS = ("fp32", "bf16 weights")
 
 def length_reward(completions, **_) -> list[float]:
     """The completion's length in characters: rewards that differ within every group."""
-    return [float(len(c if isinstance(c, str) else "".join(m["content"] for m in c))) for c in completions]
+    from gmt.rewards import completion_text
+
+    return [float(len(completion_text(completion))) for completion in completions]
 
 
 def run(method: str, precision: str, assets: Path, steps: int, workdir: Path) -> dict:

@@ -3,6 +3,9 @@ as a recipe names its own: rewards that differ within every group of an untraine
 completions, so that each step has an advantage to follow."""
 
 
+from gmt.rewards import completion_text
+
+
 def longer_is_better(completions, **_) -> list[float]:
     """The completion's length in characters."""
-    return [float(len(c if isinstance(c, str) else "".join(m["content"] for m in c))) for c in completions]
+    return [float(len(completion_text(completion))) for completion in completions]

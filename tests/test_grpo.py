@@ -10,14 +10,12 @@ import torch
 
 def grpo_run(tiny_assets, tmp_path, **mask_settings):
     from datasets import Dataset
+    from grpo_rewards import longer_is_better  # rewards that differ within a group
 
     from gmt import GMTGRPOConfig, GMTGRPOTrainer
 
     rows = [json.loads(line) for line in (tiny_assets / "data/sft/train.jsonl").read_text().splitlines()[:8]]
     prompts = Dataset.from_list([{"prompt": row["messages"][:1]} for row in rows])
-
-    def longer_is_better(completions, **_) -> list[float]:  # rewards that differ within a group
-        return [float(len(completion[0]["content"])) for completion in completions]
 
     steps = mask_settings.pop("max_steps", 1)
     args = GMTGRPOConfig(output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4,

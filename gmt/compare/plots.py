@@ -79,48 +79,50 @@ def plot_sweep(sweeps: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Test score against the step, at each saved checkpoint of the seed-0 final runs."""
+def _line_figure():
+    """A figure for lines over optimizer steps (matplotlib without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(7, 4.5))
+
+
+def _save_lines(figure, axis, path: Path, xlabel: str, ylabel: str, title: str, legend_size: int) -> None:
+    import matplotlib.pyplot as plt
+
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.legend(fontsize=legend_size)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    """Test score against the step, at each saved checkpoint of the seed-0 final runs."""
     by_method = {row["method"]: row for row in rows}
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = _line_figure()
     for index, method in enumerate(curve_methods(rows)):
         curve = by_method[method]["curve"]
         axis.plot([p["step"] for p in curve], [100 * p["score"] for p in curve], marker="o", label=method,
                   color=f"C{index}")  # fmt: skip
-    axis.set_xlabel("optimizer step (checkpoints of one run, seed 0)")
-    axis.set_ylabel("test exact match (%)")
-    axis.set_title("learning curves, each method at its best validation rate")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save_lines(figure, axis, path, "optimizer step (checkpoints of one run, seed 0)", "test exact match (%)",
+                "learning curves, each method at its best validation rate", 8)  # fmt: skip
 
 
 def plot_rewards(records: list[dict], path: Path) -> None:
     """GRPO's mean reward at each logging step of every final run (one colour per method, a line
     style per seed): what the policy earned while it trained."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = [record for record in records if record.get("rewards") and not failed(record)]
     methods = list(dict.fromkeys(record["method"] for record in runs))
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = _line_figure()
     for record in runs:
         index = methods.index(record["method"])
         axis.plot([p["step"] for p in record["rewards"]], [p["reward"] for p in record["rewards"]],
                   color=f"C{index}", linestyle=("-", "--", ":")[record["seed"] % 3],
                   label=f"{record['method']} seed {record['seed']}")  # fmt: skip
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("mean reward of the step's completions")
-    axis.set_title("GRPO rewards while training, each method at its best validation rate")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save_lines(figure, axis, path, "optimizer step", "mean reward of the step's completions",
+                "GRPO rewards while training, each method at its best validation rate", 7)  # fmt: skip
