@@ -518,3 +518,17 @@ def test_the_default_methods_follow_the_recipes_script():
     assert default_methods("gmt/grpo.py", methods) == ["full", "gmt-update-0.97", "random-update-0.97", "gspf", "mine"]
     random_update = ("--mask_strategy", "random", "--mask_ratio", "0.97", "--gmt_mode", "update")
     assert METHODS["random-update-0.97"] == random_update
+
+
+def test_a_tasks_report_section_shows_the_curves_its_comparison_made(tmp_path):
+    from gmt.compare.report import task_section
+
+    for name in ("compare.md", "sweep.md"):
+        (tmp_path / name).write_text(f"| {name} |\n")
+    section = task_section("grpo", tmp_path, tmp_path / "report.md")  # no --curve, not GRPO
+    assert "| compare.md |" in section and "| sweep.md |" in section
+    assert "curve.png" not in section and "rewards.png" not in section
+    (tmp_path / "rewards.png").write_bytes(b"")
+    (tmp_path / "curve.md").write_text("| curve |\n")
+    section = task_section("grpo", tmp_path, tmp_path / "report.md")
+    assert "| curve |" in section and "](./curve.png)" in section and "](./rewards.png)" in section

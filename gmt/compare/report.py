@@ -35,15 +35,19 @@ def load(task_dir: Path) -> tuple[dict, dict]:
 
 
 def task_section(name: str, task_dir: Path, document: Path) -> str:
-    """One task's tables (final, sweep, learning curves) and plots, as compare.py wrote them; the
-    plots linked relative to ``document``'s folder."""
+    """One task's tables (final, sweep, and the learning curves or GRPO's reward curves where the
+    comparison made them) and plots, as compare.py wrote them; the plots linked relative to
+    ``document``'s folder."""
     relative = Path(os.path.relpath(task_dir, document.resolve().parent)).as_posix()
     parts = [f"#### {name}", "", (task_dir / "compare.md").read_text(),
              f"![score against optimizer state, entries changed and pretraining kept]({relative}/compare.png)", "",
              "Learning-rate sweep:", "", (task_dir / "sweep.md").read_text(),
-             f"![validation score against the learning rate]({relative}/sweep.png)", "",
-             "Learning curves:", "", (task_dir / "curve.md").read_text(),
-             f"![test score against the step]({relative}/curve.png)", ""]  # fmt: skip
+             f"![validation score against the learning rate]({relative}/sweep.png)", ""]  # fmt: skip
+    if (task_dir / "curve.md").is_file():  # --curve
+        parts += ["Learning curves:", "", (task_dir / "curve.md").read_text(),
+                  f"![test score against the step]({relative}/curve.png)", ""]  # fmt: skip
+    if (task_dir / "rewards.png").is_file():  # a GRPO recipe
+        parts += ["Rewards while training:", "", f"![GRPO's mean reward at each step]({relative}/rewards.png)", ""]
     return "\n".join(parts)
 
 
