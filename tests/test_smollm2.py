@@ -182,14 +182,18 @@ def test_masked_steps_of_the_real_model_then_the_verifier_suite(smollm2, tmp_pat
 
 def test_the_comparison_plans_the_real_recipe_with_the_models_budgets(smollm2, tmp_path):
     """--plan on the SmolLM2 recipe: fixed-mask budgets from its hidden size (72 of 576), the suite
-    checked against the rows it will score, the run lengths from the recipe (80 steps, sweeps of 27)."""
+    checked against the rows it will score, the run lengths from the recipe (80 steps, sweeps of 27),
+    the grids around --base_learning_rate."""
     command = [sys.executable, "-m", "gmt.compare", "--config", "recipes/smollm2-135m/sft_gmt.yaml",
                "--model", str(smollm2[0]), "--data", str(smollm2[1] / TASK),
                "--validation_data", str(smollm2[1] / TASK / "validation.jsonl"),
-               "--out", str(tmp_path / "out"), "--methods", "full", "grft", "gps", "--plan"]  # fmt: skip
+               "--out", str(tmp_path / "out"), "--methods", "full", "grft", "gps", "--plan",
+               "--base_learning_rate", "5e-5"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(80 optimizer steps a run on 640 rows)" in result.stdout and "runs of 27 steps" in result.stdout
+    # the grid of the committed comparison (docs/compare/smollm2), made when the recipe's rate was 5e-5
+    assert "  full: 1.5e-05, 5e-05, 0.00015 (--mask_strategy full)" in result.stdout
     assert "(--mask_strategy grft --grft_k 72)" in result.stdout
     assert "(--mask_strategy gps --gps_k 72)" in result.stdout
     copied = tmp_path / "out" / "data"

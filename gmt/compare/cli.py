@@ -17,10 +17,10 @@ method's overrides, a learning rate and ``--seed``.
 2. Sweep: every method at a grid of rates, seed 0, ``--sweep_steps`` steps (default: a third of
    the recipe's length), scored on the validation rows: by the eval suite where it reads them (the
    tiny suite, or ``--validation_eval_args``), else by the loss on them (``--select_by``). The grid
-   is the recipe's rate times the method's usual multiple (what won its sweep on the tiny task) and
-   one half-decade either side, or ``--lr_factors`` times the recipe's rate; where the best rate is
-   at an edge the grid grows by a factor of 3 that way (at most ``--max_extensions`` times), so a
-   method stops once its rate is bracketed. ``--sweep_around OTHER/sweep.json`` starts each grid at
+   is the recipe's rate (or ``--base_learning_rate``) times the method's usual multiple (what won
+   its sweep on the tiny task) and one half-decade either side, or ``--lr_factors`` times that
+   rate; where the best rate is at an edge the grid grows by a factor of 3 that way (at most
+   ``--max_extensions`` times), so a method stops once its rate is bracketed. ``--sweep_around OTHER/sweep.json`` starts each grid at
    the method's winning rate on another task instead. ``<out>/sweep.{json,md,png}``.
 3. Final: every method at its best validation rate (ties: the lower rate), ``--seeds``, the
    recipe's full length, scored with the eval suite on its test data, which no choice ever saw.
@@ -318,6 +318,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     score.add_argument("--curve", action=argparse.BooleanOptionalAction, default=None,
                        help="score seed 0's checkpoint at each quarter of its steps (a learning curve)")
     budget = parser.add_argument_group("the sweep's budget")
+    budget.add_argument("--base_learning_rate", type=float, default=None,
+                        help="the rate the grids are built around (default: the recipe's learning_rate); e.g. a "
+                             "committed comparison run again after its recipe took the rate it chose")  # fmt: skip
     budget.add_argument("--lr_factors", nargs="+", type=float, default=None,
                         help="the grid as multiples of the recipe's rate (default: each method's usual multiple "
                              "and one half-decade either side)")  # fmt: skip
@@ -435,7 +438,10 @@ def settle(args: argparse.Namespace) -> tuple:
         args.sweep_steps = sweep_steps_for(args.recipe_steps)
     around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
     multiples = usual_multiples()
-    grids = {m: sweep_grid(m, recipe.learning_rate, args.lr_factors, multiples, around) for m in args.methods}
+    if args.base_learning_rate is not None and not args.base_learning_rate > 0:
+        sys.exit(f"--base_learning_rate must be above 0, got {args.base_learning_rate:g}")
+    base_rate = args.base_learning_rate or recipe.learning_rate
+    grids = {m: sweep_grid(m, base_rate, args.lr_factors, multiples, around) for m in args.methods}
     return recipe, recipe_file, methods, grids
 
 
