@@ -20,8 +20,9 @@ method's overrides, a learning rate and ``--seed``.
    is the recipe's rate (or ``--base_learning_rate``) times the method's usual multiple (what won
    its sweep on the tiny task) and one half-decade either side, or ``--lr_factors`` times that
    rate; where the best rate is at an edge the grid grows by a factor of 3 that way (at most
-   ``--max_extensions`` times), so a method stops once its rate is bracketed. ``--sweep_around OTHER/sweep.json`` starts each grid at
-   the method's winning rate on another task instead. ``<out>/sweep.{json,md,png}``.
+   ``--max_extensions`` times), so a method stops once its rate is bracketed. ``--sweep_around
+   OTHER/sweep.json`` starts each grid at the method's winning rate on another task instead.
+   ``<out>/sweep.{json,md,png}``.
 3. Final: every method at its best validation rate (ties: the lower rate), ``--seeds``, the
    recipe's full length, scored with the eval suite on its test data, which no choice ever saw.
    ``<out>/compare.{json,md,png}``, and ``<out>/recommendation.md``: the method and rate to start from for
