@@ -461,11 +461,11 @@ def test_plan_offline_names_the_data_it_cannot_read(tmp_path):
 
 
 def test_the_report_names_what_it_ran_on_and_can_leave_the_readme_alone(tmp_path):
-    """The committed tiny comparison's report, titled as the toy it is; --readme none writes the
-    report alone (README's summary is the real model's once that comparison is in)."""
+    """The committed tiny comparison's report, titled as the toy it is, leaves the README alone by
+    default (README's summary is the real model's)."""
     readme_before = (REPO / "README.md").read_text()
     out = tmp_path / "report.md"
-    command = [sys.executable, "-m", "gmt.compare.report", "--readme", "none", "--out", str(out), "--title", "a toy"]
+    command = [sys.executable, "-m", "gmt.compare.report", "--out", str(out), "--title", "a toy"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert out.read_text().startswith("# The methods compared on a toy\n")

@@ -1,10 +1,10 @@
 """The comparison's report over several tasks: ``docs/compare/report.md`` and README's summary.
 
     gmt compare ... --out docs/compare && gmt compare ... --out docs/compare/twostep   # each task's runs
-    python -m gmt.compare.report                        # docs/compare/report.md and README's summary (the tiny toy's)
+    python -m gmt.compare.report                        # docs/compare/report.md (the tiny toy's)
     python -m gmt.compare.report --tasks 'word_sequence_reversal=docs/compare/smollm2' \
         --title 'SmolLM2-135M-Instruct (dequantized 4-bit) on reasoning-gym' \
-        --out docs/compare/smollm2/report.md --readme none
+        --out docs/compare/smollm2/report.md --readme README.md   # and README's summary (the real model's)
 
 Reads each task's ``compare.json`` and ``sweep.json`` (written by ``gmt compare``) and writes the
 report: which method to start from for a memory budget; every claim of the papers with the measured
@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=[f"{name}={path}" for name, path in TASKS.items()],
                         help="NAME=DIR for each task's comparison (compare.py's --out)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("docs/compare/report.md"))
-    parser.add_argument("--readme", default="README.md",
-                        help="the file whose compare:start/end section gets the summary ('none': no file)")
+    parser.add_argument("--readme", default="none",
+                        help="the file whose compare:start/end section gets the summary, e.g. README.md "
+                             "(default 'none': no file)")  # fmt: skip
     parser.add_argument("--title", default="the tiny recipe (a 0.86M-parameter toy)",
                         help="what the tasks were run on, for the report's heading and the summary")
     args = parser.parse_args(argv)
