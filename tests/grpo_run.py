@@ -7,13 +7,10 @@ import sys
 from pathlib import Path
 
 from datasets import Dataset
+from grpo_rewards import longer_is_better  # rewards that differ within a group (tests/ is this script's folder)
 
 from gmt import GMTGRPOConfig, GMTGRPOTrainer
 from gmt.cli import finish
-
-
-def longer_is_better(completions, **_) -> list[float]:  # rewards that differ within a group
-    return [float(len(completion[0]["content"])) for completion in completions]
 
 
 def main() -> None:

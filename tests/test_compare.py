@@ -174,12 +174,14 @@ def test_compare_refuses_to_resume_runs_of_another_length_or_settings(tmp_path):
         cached(run(300, "--gps_k", "4"))
 
 
-def test_compare_refuses_a_missing_sweep_around_before_any_run(tiny_assets, tmp_path):
+@pytest.mark.parametrize("setting, refusal", [("--sweep_around", "no such file"),
+                                              ("--base_learning_rate", "must be above 0, got 0")])
+def test_compare_refuses_a_bad_grid_setting_before_any_run(tiny_assets, tmp_path, setting, refusal):
+    value = str(tmp_path / "no.json") if setting == "--sweep_around" else "0"
     command = [sys.executable, "-m", "gmt.compare", "--smoke", "--model", str(tiny_assets / "base"),
-               "--data", str(tiny_assets / "data/sft"), "--out", str(tmp_path / "out"),
-               "--sweep_around", str(tmp_path / "no.json")]  # fmt: skip
+               "--data", str(tiny_assets / "data/sft"), "--out", str(tmp_path / "out"), setting, value]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and f"--sweep_around {tmp_path / 'no.json'}: no such file" in result.stderr
+    assert result.returncode != 0 and f"{setting} " in result.stderr and refusal in result.stderr
     assert not (tmp_path / "out").exists()  # nothing prepared, nothing trained
 
 

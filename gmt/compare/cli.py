@@ -323,7 +323,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the rate the grids are built around (default: the recipe's learning_rate); e.g. a "
                              "committed comparison run again after its recipe took the rate it chose")  # fmt: skip
     budget.add_argument("--lr_factors", nargs="+", type=float, default=None,
-                        help="the grid as multiples of the recipe's rate (default: each method's usual multiple "
+                        help="the grid as multiples of the recipe's rate or --base_learning_rate (default: each "
+                             "method's usual multiple "
                              "and one half-decade either side)")  # fmt: skip
     budget.add_argument("--sweep_steps", type=int, default=None, help="steps of a sweep run (default: a third of "
                                                                       "the recipe's)")  # fmt: skip
@@ -390,6 +391,8 @@ def settle(args: argparse.Namespace) -> tuple:
         sys.exit(f"--jobs must be at least 1, got {args.jobs}")
     if args.sweep_around and not args.sweep_around.is_file():
         sys.exit(f"--sweep_around {args.sweep_around}: no such file (another task's sweep.json, from compare.py)")
+    if args.base_learning_rate is not None and not args.base_learning_rate > 0:
+        sys.exit(f"--base_learning_rate must be above 0, got {args.base_learning_rate:g}")
     methods = method_table(args.method)
     chosen = args.methods or default_methods(recipe.script, methods)
     unknown = [name for name in chosen if name not in methods]
@@ -439,8 +442,6 @@ def settle(args: argparse.Namespace) -> tuple:
         args.sweep_steps = sweep_steps_for(args.recipe_steps)
     around = json.loads(args.sweep_around.read_text())["sweeps"] if args.sweep_around else None
     multiples = usual_multiples()
-    if args.base_learning_rate is not None and not args.base_learning_rate > 0:
-        sys.exit(f"--base_learning_rate must be above 0, got {args.base_learning_rate:g}")
     base_rate = args.base_learning_rate or recipe.learning_rate
     grids = {m: sweep_grid(m, base_rate, args.lr_factors, multiples, around) for m in args.methods}
     return recipe, recipe_file, methods, grids
